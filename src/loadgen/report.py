@@ -1,0 +1,124 @@
+"""The summary of a run: counts, rates and latency percentiles per queue, and the timeline plot.
+
+Definitions (all times in seconds, rates in tasks/s):
+
+- ``submitted``: tasks published. ``succeeded`` / ``failed``: ended in SUCCESS / FAILURE.
+- ``lost``: neither before the ``--timeout`` ran out (counted only with ``--wait``).
+- ``send_rate``: submitted ÷ seconds from the first send to the last.
+- ``throughput``: succeeded ÷ seconds from the first send to the last completion.
+- ``queue_wait``: the task's start minus its send; ``latency``: its finish minus its send.
+  Both as p50/p95/p99 over succeeded tasks.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import defaultdict
+
+from celery import states
+
+from .run import Outcome
+
+
+def percentiles(values: list[float]) -> dict[str, float | None]:
+    """p50, p95 and p99 of ``values`` (inclusive method); ``None`` without data."""
+    if not values:
+        return {"p50": None, "p95": None, "p99": None}
+    if len(values) == 1:
+        return {"p50": values[0], "p95": values[0], "p99": values[0]}
+    cuts = statistics.quantiles(values, n=100, method="inclusive")
+    return {"p50": cuts[49], "p95": cuts[94], "p99": cuts[98]}
+
+
+def _group(outcome: Outcome, queue: str | None) -> dict:
+    sent = [s for s in outcome.sent if queue is None or s.queue == queue]
+    metas = [(s, outcome.results.get(s.task_id)) for s in sent]
+    done = [(s, m) for s, m in metas if m is not None and m["status"] == states.SUCCESS]
+    failed = sum(1 for _, m in metas if m is not None and m["status"] != states.SUCCESS)
+    waits = [m["result"]["started_at"] - s.sent_at for s, m in done]
+    latencies = [m["result"]["finished_at"] - s.sent_at for s, m in done]
+    group = {
+        "submitted": len(sent),
+        "succeeded": len(done),
+        "failed": failed,
+        "lost": len(sent) - len(done) - failed if outcome.waited else None,
+        "queue_wait": percentiles(waits),
+        "latency": percentiles(latencies),
+    }
+    if done:
+        span = max(m["result"]["finished_at"] for _, m in done) - min(s.sent_at for s in sent)
+        group["throughput"] = len(done) / span if span > 0 else None
+    else:
+        group["throughput"] = None
+    return group
+
+
+def summarize(outcome: Outcome) -> dict:
+    """One JSON-ready object: totals, then ``queues`` with the same fields per queue."""
+    summary = _group(outcome, None)
+    summary["send_rate"] = len(outcome.sent) / outcome.send_seconds if outcome.send_seconds > 0 else None
+    summary["send_seconds"] = outcome.send_seconds
+    summary["queues"] = {q: _group(outcome, q) for q in sorted({s.queue for s in outcome.sent})}
+    return summary
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value * 1000:.0f}"
+
+
+def table(summary: dict, title: str = "load summary"):
+    """A rich Table of ``summary``: one row per queue and a total row."""
+    from rich.table import Table
+
+    t = Table(title=title)
+    for column in ("queue", "submitted", "succeeded", "failed", "lost", "tasks/s",
+                   "wait p50/p95/p99 ms", "latency p50/p95/p99 ms"):
+        t.add_column(column, justify="right" if column != "queue" else "left")
+    rows = [*summary["queues"].items(), ("total", summary)]
+    for name, g in rows:
+        t.add_row(name, str(g["submitted"]), str(g["succeeded"]), str(g["failed"]),
+                  "-" if g["lost"] is None else str(g["lost"]),
+                  "-" if g["throughput"] is None else f"{g['throughput']:.1f}",
+                  "/".join(_ms(g["queue_wait"][p]) for p in ("p50", "p95", "p99")),
+                  "/".join(_ms(g["latency"][p]) for p in ("p50", "p95", "p99")))
+    rate = summary["send_rate"]
+    t.caption = f"sent at {rate:.1f} tasks/s over {summary['send_seconds']:.1f}s" if rate else None
+    return t
+
+
+def plot(outcome: Outcome, path: str) -> None:
+    """Draw send rate, backlog per queue and completions per second against time to ``path``.
+
+    Raises:
+        ImportError: matplotlib is not installed (``pip install celery-autoscale[plot]``).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    start = outcome.started_at
+    sends, completions = defaultdict(int), defaultdict(int)
+    for s in outcome.sent:
+        sends[int(s.sent_at - start)] += 1
+    for meta in outcome.results.values():
+        if meta["status"] == states.SUCCESS:
+            completions[int(meta["result"]["finished_at"] - start)] += 1
+    end = max([*sends, *completions, *(int(x["t"]) for x in outcome.timeline), 0]) + 1
+    seconds = list(range(end))
+
+    fig, (ax_send, ax_backlog, ax_done) = plt.subplots(3, 1, sharex=True, figsize=(9, 7))
+    ax_send.bar(seconds, [sends[i] for i in seconds], width=1.0, align="edge")
+    ax_send.set_ylabel("sent (tasks/s)")
+    samples = [x for x in outcome.timeline if x["backlog"] is not None]
+    for queue in sorted({s.queue for s in outcome.sent}):
+        ax_backlog.plot([x["t"] for x in samples], [x["backlog"].get(queue, 0) for x in samples], label=queue)
+    ax_backlog.set_ylabel("backlog (tasks)")
+    ax_backlog.legend(loc="upper right")
+    ax_done.bar(seconds, [completions[i] for i in seconds], width=1.0, align="edge", color="tab:green")
+    ax_done.set_ylabel("completed (tasks/s)")
+    ax_done.set_xlabel("seconds since start")
+    fig.suptitle("celery-autoscale load timeline")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
