@@ -83,9 +83,14 @@ class Settings:
         ``visibility_timeout`` (seconds), ``priority_steps`` and ``sep`` are documented in
         Celery's "Using Redis" guide (Visibility timeout; Priorities); ``queue_order_strategy``
         ``priority`` makes a worker drain lower steps (higher priority) first.
+        ``unacked_restore_interval`` and ``unacked_restore_throttle`` (kombu's Redis transport
+        docs) make workers sweep for messages of dead workers every tenth of the visibility
+        timeout (1 to 10 seconds) instead of kombu's effective default of about 100 seconds.
         """
         return {
             "visibility_timeout": self.visibility_timeout,
+            "unacked_restore_interval": max(1, min(10, self.visibility_timeout // 10)),
+            "unacked_restore_throttle": 1,
             "priority_steps": list(self.priority_steps),
             "sep": PRIORITY_SEPARATOR,
             "queue_order_strategy": "priority",
