@@ -1,0 +1,60 @@
+"""Shared fixtures: real Redis servers and real Celery workers, started by the tests themselves.
+
+- ``stack``: one local stack for the session (Redis, the three default workers), for tests
+  that only send work and observe it.
+- ``fresh_stack``: a stack of its own (own Redis, no workers yet) for tests that stop, kill or
+  reconfigure workers.
+- ``artifacts``: the folder for screenshots and plots (``artifacts/`` at the repository root).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+ARTIFACTS = ROOT / "artifacts"
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+@pytest.fixture(scope="session")
+def artifacts() -> Path:
+    ARTIFACTS.mkdir(exist_ok=True)
+    return ARTIFACTS
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory):
+    from loadgen.stack import DEFAULT_WORKERS, LocalStack
+
+    with LocalStack(tmp_path_factory.mktemp("stack")) as s:
+        s.start_redis()
+        for spec in DEFAULT_WORKERS:
+            s.start_worker(spec)
+        yield s
+
+
+@pytest.fixture
+def fresh_stack(tmp_path):
+    from loadgen.stack import LocalStack
+
+    with LocalStack(tmp_path) as s:
+        s.start_redis()
+        yield s
+
+
+@pytest.fixture(scope="session")
+def celery_app(stack):
+    """A producer app for the session stack's broker."""
+    return producer(stack)
+
+
+def producer(stack):
+    """A Celery app (the project's settings) that sends to and reads results from ``stack``."""
+    from tasks import config
+    from tasks.app import create_app
+
+    return create_app(config.load({"CELERY_BROKER_URL": stack.broker_url, **stack.env}))

@@ -1,0 +1,49 @@
+"""Flower, in Debian's real chromium driven by Playwright, sees the three workers and their tasks."""
+
+import shutil
+
+import pytest
+from helpers import eventually
+
+from loadgen.stack import free_port
+from tasks.work import QUEUE_TASKS
+
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture(scope="module")
+def chromium():
+    path = shutil.which("chromium")
+    assert path, "Debian's chromium is needed: apt-get install chromium (make test does it as root)"
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=path, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+def test_flower_shows_the_workers_and_their_tasks(stack, celery_app, chromium, artifacts):
+    url = stack.start_flower(free_port())
+    try:
+        page = chromium.new_page(viewport={"width": 1400, "height": 900})
+        page.goto(f"{url}/workers")
+        for queue in QUEUE_TASKS:
+            page.get_by_text(f"worker-{queue}@").first.wait_for(timeout=30_000)
+        page.screenshot(path=str(artifacts / "flower-workers.png"), full_page=True)
+
+        results = [celery_app.send_task(name, queue=queue) for queue, (name, _) in QUEUE_TASKS.items()]
+        for r in results:
+            r.get(timeout=60)
+
+        def tasks_listed():
+            page.goto(f"{url}/tasks")
+            page.wait_for_load_state("networkidle")
+            return all(page.get_by_text(name).count() for name, _ in QUEUE_TASKS.values())
+
+        eventually(tasks_listed, 30, "tasks shown in Flower", interval=1)
+        assert page.get_by_text(results[0].id).count() == 1
+        page.screenshot(path=str(artifacts / "flower-tasks.png"), full_page=True)
+    finally:
+        stack.stop("flower")

@@ -1,0 +1,56 @@
+"""Real workers on a real Redis: routing, a 300-task burst with nothing lost, and the metrics."""
+
+from helpers import loadgen_json, result_states, scrape, succeeded_by_queue
+
+from tasks import backlog
+from tasks.work import QUEUE_TASKS
+
+
+def test_each_queue_is_consumed_by_its_own_worker_only(stack, celery_app):
+    sent = {queue: [celery_app.send_task(name, kwargs={"fail_rate": 0.0}, queue=queue) for _ in range(6)]
+            for queue, (name, _) in QUEUE_TASKS.items()}
+    for queue, results in sent.items():
+        workers = {r.get(timeout=60)["worker"].split("@")[0] for r in results}
+        assert workers == {f"worker-{queue}"}
+
+
+def test_a_burst_of_300_completes_with_none_lost_and_everyone_agrees(stack):
+    client = stack.client()
+    before_states = result_states(client)
+    before_metrics = {name: succeeded_by_queue(scrape(port)) for name, port in stack.metrics_ports.items()}
+
+    summary = loadgen_json(stack, "burst", "--count", "300", "--wait", "--timeout", "180",
+                           "--work-units", "5000", "--size-bytes", "4096", "--wait-seconds", "0.02",
+                           "--priorities", "0=1,4=1,9=1")
+
+    assert summary["submitted"] == 300 and summary["succeeded"] == 300
+    assert summary["failed"] == 0 and summary["lost"] == 0
+    assert sum(q["submitted"] for q in summary["queues"].values()) == 300
+    assert set(summary["queues"]) == {"cpu", "io", "mixed"}
+    # The result backend saw 300 more successes ...
+    after_states = result_states(client)
+    assert after_states.get("SUCCESS", 0) - before_states.get("SUCCESS", 0) == 300
+    # ... Redis holds no waiting or running task of any queue ...
+    settings = stack_settings(stack)
+    for queue in QUEUE_TASKS:
+        assert backlog.backlog(client, queue, settings).total == 0
+    # ... and each worker's /metrics counted exactly its queue's tasks, summed over processes.
+    for name, port in stack.metrics_ports.items():
+        queue = name.removeprefix("worker-")
+        ran = succeeded_by_queue(scrape(port)).get(queue, 0) - before_metrics[name].get(queue, 0)
+        assert ran == summary["queues"][queue]["succeeded"], name
+
+
+def test_metrics_have_runtime_wait_and_backlog_series(stack):
+    samples = scrape(stack.metrics_ports["worker-cpu"])
+    names = {name for name, _ in samples}
+    assert {"celery_autoscale_task_runtime_seconds_count", "celery_autoscale_queue_wait_seconds_count",
+            "celery_autoscale_backlog_tasks"} <= names
+    backlog_queues = {dict(labels)["queue"] for name, labels in samples if name == "celery_autoscale_backlog_tasks"}
+    assert backlog_queues == {"cpu"}
+
+
+def stack_settings(stack):
+    from tasks import config
+
+    return config.load({"CELERY_BROKER_URL": stack.broker_url})
