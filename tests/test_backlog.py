@@ -3,7 +3,7 @@
 import time
 
 from conftest import producer
-from helpers import eventually, scrape
+from helpers import eventually, run_module, scrape
 
 from loadgen.stack import WorkerSpec
 from tasks import backlog, config
@@ -20,14 +20,15 @@ def test_priority_lists_are_named_queue_colon_step_in_real_redis(fresh_stack):
 
 
 def test_backlog_counts_every_priority_with_no_worker_running(fresh_stack):
-    app = producer(fresh_stack)
     settings = config.load({"CELERY_BROKER_URL": fresh_stack.broker_url})
-    for i in range(40):
-        app.send_task("tasks.cpu.hash_chain", kwargs={"work_units": 1}, queue="cpu", priority=[0, 3, 7, 9][i % 4])
+    sent = run_module(fresh_stack, "loadgen", "burst", "--count", "40", "--queues", "cpu",
+                      "--priorities", "0=1,3=1,7=1,9=1", "--seed", "7")
+    assert sent.returncode == 0, sent.stderr
     found = backlog.backlog(fresh_stack.client(), "cpu", settings)
-    assert found.waiting == {"cpu": 10, "cpu:3": 10, "cpu:6": 10, "cpu:9": 10}
-    assert found.in_flight == 0 and found.total == 40
-    assert backlog.backlog_keys("cpu", settings.priority_steps)[-1] == "celery-autoscale:in-flight:cpu"
+    assert set(found.waiting) == {"cpu", "cpu:3", "cpu:6", "cpu:9"} and all(found.waiting.values())
+    assert found.queued == 40 and found.in_flight == 0 and found.total == 40
+    assert backlog.backlog_keys("cpu", settings.priority_steps) == [
+        "cpu", "cpu:3", "cpu:6", "cpu:9", "celery-autoscale:in-flight:cpu"]
 
 
 def test_running_tasks_count_as_in_flight_and_waiting_ones_stay_in_redis(fresh_stack):

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from celery import states
+from kombu.utils.uuid import uuid
 
 from tasks import backlog
 from tasks.work import QUEUE_TASKS
@@ -72,17 +73,22 @@ def send(app, spec: LoadSpec, on_sent: Callable[[int], None] | None = None) -> t
     """Publish ``spec``'s tasks on schedule; return them and the seconds sending took.
 
     Sends are paced so that the count equals ``floor(due(t))`` at every moment ``t``; a
-    sender that falls behind catches up at once (open loop). Messages published in one tick
-    go to Redis in one pipeline (kombu's ``Producer.batch``).
+    sender that falls behind catches up at once (open loop). Each message is built and
+    published with Celery's own ``app.amqp.as_task_v2`` and ``send_task_message`` (what
+    ``send_task`` does, without subscribing to each result), and the messages of one tick go
+    to Redis in one pipeline (kombu's ``Producer.batch``).
     """
     rng = random.Random(spec.seed)
     queues, weights = zip(*spec.queues.items())
     prios, prio_weights = zip(*spec.priorities.items()) if spec.priorities else ((None,), (1,))
     total = spec.total()
     plans = {q: task_kwargs(q, spec.profile) for q in queues}
+    amqp = app.amqp
     sent: list[Sent] = []
-    start = time.monotonic()
     with app.producer_or_acquire() as producer:
+        for queue in queues:
+            producer.maybe_declare(amqp.queues[queue])
+        start = time.monotonic()
         while len(sent) < total:
             due = min(total, math.floor(spec.pattern.due(time.monotonic() - start) + 1e-9))
             if due > len(sent):
@@ -91,9 +97,11 @@ def send(app, spec: LoadSpec, on_sent: Callable[[int], None] | None = None) -> t
                         queue = rng.choices(queues, weights)[0]
                         priority = rng.choices(prios, prio_weights)[0]
                         name, kwargs = plans[queue]
-                        result = app.send_task(name, kwargs=kwargs, queue=queue, priority=priority,
-                                               producer=producer)
-                        sent.append(Sent(result.id, queue, priority, time.time()))
+                        task_id = uuid()
+                        message = amqp.as_task_v2(task_id, name, kwargs=kwargs)
+                        options = {} if priority is None else {"priority": priority}
+                        amqp.send_task_message(producer, name, message, queue=queue, declare=[], **options)
+                        sent.append(Sent(task_id, queue, priority, time.time()))
                 if on_sent:
                     on_sent(len(sent))
             elif time.monotonic() - start > spec.pattern.duration + 1:

@@ -73,9 +73,8 @@ def create_app(settings: config.Settings) -> Celery:
         # (worker_soft_shutdown_timeout, "Workers Guide: Soft Shutdown", Celery >= 5.5).
         worker_soft_shutdown_timeout=settings.soft_shutdown_timeout,
         worker_enable_soft_shutdown_on_idle=settings.soft_shutdown_timeout > 0,
-        # Task events for Flower (worker_send_task_events, task_send_sent_event).
+        # Task events for Flower (worker_send_task_events).
         worker_send_task_events=True,
-        task_send_sent_event=True,
         task_track_started=True,
         result_expires=86400,
         result_extended=True,

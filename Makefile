@@ -1,0 +1,34 @@
+# celery-autoscale: `make demo` runs the main job locally, `make test` runs the test suite.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+# Debian packages the tests use: a real Redis server and the browser Flower is checked in.
+SYSTEM_PACKAGES := redis-server chromium
+
+.PHONY: demo test bench system-deps clean
+
+$(VENV)/.installed-%: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[$*]"
+	touch $@
+
+demo: $(VENV)/.installed-demo  ## Redis, 3 workers, Flower on :5555; a burst and a ramp; a summary
+	$(PY) -m loadgen.demo
+
+test: system-deps $(VENV)/.installed-test  ## the whole test suite on real processes
+	$(PY) -m pytest
+
+bench: $(VENV)/.installed-test  ## the benchmarks, one JSON line each
+	$(PY) bench/send_throughput.py
+	$(PY) bench/io_pool.py
+
+system-deps:  ## install missing Debian packages when run as root, else say what is missing
+	@missing=""; for p in $(SYSTEM_PACKAGES); do command -v $$p >/dev/null || missing="$$missing $$p"; done; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing:$$missing"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	else echo "please install the Debian packages:$$missing (apt-get install$$missing)"; exit 1; fi
+
+clean:
+	rm -rf $(VENV) .demo artifacts .pytest_cache
