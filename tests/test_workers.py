@@ -54,3 +54,19 @@ def stack_settings(stack):
     from tasks import config
 
     return config.load({"CELERY_BROKER_URL": stack.broker_url})
+
+
+def test_the_helm_test_round_trip_reaches_every_queue(stack):
+    from helpers import run_module
+
+    done = run_module(stack, "tasks.roundtrip", "--queues", "cpu,io,mixed", "--timeout", "60")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("answered by") == 3
+
+
+def test_the_round_trip_fails_clearly_for_a_queue_nobody_consumes(stack):
+    from helpers import run_module
+
+    done = run_module(stack, "tasks.roundtrip", "--queues", "cpu,nobody", "--timeout", "5")
+    assert done.returncode == 1
+    assert "FAILED queue nobody: no answer within 5s" in done.stderr and "queue cpu: answered" in done.stdout

@@ -52,7 +52,8 @@ QUEUE_WAIT = Histogram(
 
 
 def reset() -> None:
-    """Delete the files of earlier worker runs (an emptyDir outlives a container restart)."""
+    """Create the folder, and delete the files of earlier runs (an emptyDir outlives a restart)."""
+    os.makedirs(os.environ["PROMETHEUS_MULTIPROC_DIR"], exist_ok=True)
     for path in glob.glob(os.path.join(os.environ["PROMETHEUS_MULTIPROC_DIR"], "*.db")):
         os.remove(path)
 

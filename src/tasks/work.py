@@ -112,6 +112,12 @@ def mixed_pipeline(
     return _envelope(self, started, bytes=read, digest=hash_chain(work_units))
 
 
+@app.task(bind=True, name="tasks.probe.echo")
+def probe_echo(self, token: str = "") -> dict:
+    """Any queue: returns ``token`` at once. Sent with an explicit queue by the helm test."""
+    return _envelope(self, time.time(), token=token)
+
+
 #: The task the load generator sends to each queue, and the profile keywords it accepts.
 QUEUE_TASKS: dict[str, tuple[str, tuple[str, ...]]] = {
     "cpu": ("tasks.cpu.hash_chain", ("work_units", "fail_rate")),
