@@ -1,0 +1,26 @@
+# The one image of celery-autoscale: workers (`celery -A tasks worker`), Flower
+# (`celery -A tasks flower`) and the helm test (`python -m tasks.roundtrip`).
+
+# ---- build: wheels of the package and its dependencies -------------------------------------
+FROM python:3.11.11-slim-bookworm AS build
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY src ./src
+RUN pip wheel --no-cache-dir --wheel-dir /wheels ".[flower]"
+
+# ---- runtime: no compiler, no pip cache, a numeric non-root user ---------------------------
+FROM python:3.11.11-slim-bookworm
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+COPY --from=build /wheels /wheels
+RUN pip install --no-cache-dir --no-index --find-links=/wheels "celery-autoscale[flower]==0.1.0" \
+    && rm -rf /wheels \
+    && groupadd --gid 10001 celery \
+    && useradd --uid 10001 --gid 10001 --no-create-home --home-dir /tmp --shell /usr/sbin/nologin celery
+USER 10001:10001
+WORKDIR /tmp
+EXPOSE 9808 5555
+# Exec form, no shell: SIGTERM reaches the Celery main process (warm shutdown).
+ENTRYPOINT []
+CMD ["celery", "-A", "tasks", "worker", "--loglevel=INFO"]

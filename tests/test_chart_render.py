@@ -1,0 +1,76 @@
+"""Every values file renders, validates against the real Kubernetes and KEDA schemas, and lints clean."""
+
+import functools
+
+import helm_python as helm
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+from chart import CHART, KEDA_CRDS, KUBE_VERSION, VALUES_FILES, load_values, notes, render_chart
+
+CASES = [pytest.param({}, id="defaults")] + [pytest.param(load_values(p), id=p.name) for p in VALUES_FILES]
+MONITORING = {"ServiceMonitor", "PodMonitor"}  # Prometheus Operator kinds: no schema offline
+
+
+@functools.cache
+def keda_schemas() -> dict[tuple[str, str], dict]:
+    """``{(apiVersion, kind): openAPIV3Schema}`` from KEDA v2.20.2's CRDs in ../shared/keda-crds."""
+    schemas = {}
+    for path in sorted(KEDA_CRDS.glob("*.yaml")):
+        crd = yaml.safe_load(path.read_text())
+        for version in crd["spec"]["versions"]:
+            api = f"{crd['spec']['group']}/{version['name']}"
+            schemas[(api, crd["spec"]["names"]["kind"])] = version["schema"]["openAPIV3Schema"]
+    assert schemas, f"no KEDA CRDs found in {KEDA_CRDS}"
+    return schemas
+
+
+def validate_object(obj: dict) -> None:
+    if obj["apiVersion"].startswith("keda.sh/"):
+        jsonschema.Draft4Validator(keda_schemas()[(obj["apiVersion"], obj["kind"])]).validate(obj)
+    elif obj["kind"] in MONITORING:
+        assert obj["apiVersion"] == "monitoring.coreos.com/v1"
+    else:
+        kubernetes_validate.validate(obj, KUBE_VERSION, strict=True)
+
+
+@pytest.mark.parametrize("values", CASES)
+def test_renders_and_every_object_validates(values):
+    objects = render_chart(values)
+    assert {"Deployment", "ScaledObject", "ConfigMap"} <= {o["kind"] for o in objects}
+    for obj in objects:
+        validate_object(obj)
+
+
+@pytest.mark.parametrize("values", CASES)
+def test_helm_lint_strict_is_clean(values):
+    report = helm.lint(str(CHART), values, strict=True, kube_version=f"v{KUBE_VERSION}")
+    assert report["errors"] == [] and report["messages"] == [], report
+
+
+def test_keda_schema_validation_catches_a_broken_scaledobject():
+    """The KEDA check is real: a ScaledObject without scaleTargetRef is rejected."""
+    scaled = next(o for o in render_chart({}) if o["kind"] == "ScaledObject")
+    del scaled["spec"]["scaleTargetRef"]
+    with pytest.raises(jsonschema.ValidationError, match="scaleTargetRef"):
+        validate_object(scaled)
+
+
+def test_kubernetes_validation_catches_an_unknown_field():
+    deployment = next(o for o in render_chart({}) if o["kind"] == "Deployment")
+    deployment["spec"]["template"]["spec"]["containers"][0]["autoscale"] = True
+    with pytest.raises(kubernetes_validate.ValidationError):
+        validate_object(deployment)
+
+
+@pytest.mark.parametrize("values", CASES)
+def test_notes_tell_how_to_watch_scaling_and_never_print_a_secret(values):
+    text = notes(values)
+    assert "kubectl get scaledobject,hpa,deployment" in text and "helm test" in text
+    secrets = [o for o in render_chart(values) if o["kind"] == "Secret"]
+    for secret in secrets:
+        for encoded in secret.get("data", {}).values():
+            import base64
+
+            assert base64.b64decode(encoded).decode() not in text

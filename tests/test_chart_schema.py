@@ -1,0 +1,58 @@
+"""values.schema.json rejects bad values with readable errors: one test per class of mistake."""
+
+import helm_python as helm
+import pytest
+from chart import render_manifests
+
+CRON = {"timezone": "Europe/Berlin", "start": "0 8 * * 1-5", "end": "0 18 * * 1-5", "desiredReplicas": 2}
+
+
+def rejected(values: dict) -> str:
+    with pytest.raises(helm.HelmError) as err:
+        render_manifests(values)
+    return str(err.value)
+
+
+def test_unknown_keys():
+    assert "additional properties 'replicaCount' not allowed" in rejected({"replicaCount": 3})
+    assert "additional properties 'concurency' not allowed" in rejected({"queues": {"cpu": {"concurency": 3}}})
+
+
+@pytest.mark.parametrize("replicas, message", [(-1, "minimum: got -1, want 0"), (1.5, "got number, want integer"),
+                                               ("2", "got string, want integer")])
+def test_negative_or_non_integer_replicas(replicas, message):
+    assert message in rejected({"queues": {"io": {"autoscaling": {"maxReplicaCount": 4, "minReplicaCount": replicas}}}})
+
+
+def test_min_replicas_above_max_fails_the_render_naming_the_queue():
+    # JSON Schema cannot compare two values, so the ScaledObject template checks it.
+    message = rejected({"queues": {"cpu": {"autoscaling": {"minReplicaCount": 5, "maxReplicaCount": 2}}}})
+    assert "queues.cpu.autoscaling: minReplicaCount (5) must not exceed maxReplicaCount (2)" in message
+
+
+@pytest.mark.parametrize("expression", ["8am", "0 8 * *", "0 8 * * 1-5 2026", "0 8 * * 1;5"])
+def test_malformed_cron_expressions(expression):
+    message = rejected({"queues": {"cpu": {"autoscaling": {"cron": [{**CRON, "start": expression}]}}}})
+    assert "/queues/cpu/autoscaling/cron/0/start" in message and "does not match pattern" in message
+
+
+def test_unknown_time_zone():
+    message = rejected({"queues": {"cpu": {"autoscaling": {"cron": [{**CRON, "timezone": "Europe/Atlantis"}]}}}})
+    assert "/queues/cpu/autoscaling/cron/0/timezone" in message and "an IANA time zone name" in message
+    assert len(message) < 400  # one readable line, not the whole tz database
+
+
+@pytest.mark.parametrize("name", ["CPU", "io_bound", "-io", "a" * 21])
+def test_queue_names_that_are_not_kubernetes_names(name):
+    assert f"invalid propertyName '{name}'" in rejected({"queues": {name: {}}})
+
+
+def test_missing_flower_auth_in_prod():
+    assert "/flower/auth/enabled': value must be true" in rejected({"environment": "prod"})
+    render_manifests({"environment": "prod", "flower": {"auth": {"enabled": True}}})
+    render_manifests({"environment": "prod", "flower": {"enabled": False}})
+
+
+def test_timing_rules_that_would_lose_or_repeat_tasks():
+    assert "must exceed its taskTimeLimit" in rejected({"queues": {"cpu": {"taskTimeLimit": 600, "terminationGracePeriodSeconds": 300}}})
+    assert "must be below celery.visibilityTimeout" in rejected({"celery": {"visibilityTimeout": 300}})

@@ -1,0 +1,227 @@
+"""What the chart promises: per-queue workers that KEDA scales on the true backlog, and no leaked secret."""
+
+import base64
+import json
+import re
+
+import pytest
+from chart import VALUES_FILES, by_kind, load_values, queue_of, render_chart
+
+from tasks import backlog
+
+PROD = load_values(next(p for p in VALUES_FILES if p.name == "prod.yaml"))
+
+
+def worker_container(deployment: dict) -> dict:
+    return next(c for c in deployment["spec"]["template"]["spec"]["containers"] if c["name"] == "worker")
+
+
+def consumed_queue(deployment: dict) -> str:
+    [arg] = [a for a in worker_container(deployment)["args"] if a.startswith("--queues=")]
+    return arg.removeprefix("--queues=")
+
+
+def redis_triggers(scaled: dict) -> list[dict]:
+    return [t for t in scaled["spec"]["triggers"] if t["type"] == "redis"]
+
+
+@pytest.mark.parametrize("values", [{}, PROD], ids=["defaults", "prod"])
+def test_one_deployment_and_one_scaledobject_per_queue_each_aimed_at_its_consumer(values):
+    objects = render_chart(values)
+    deployments, scaled = by_kind(objects, "Deployment"), by_kind(objects, "ScaledObject")
+    workers = {n: d for n, d in deployments.items() if d["metadata"]["labels"]["app.kubernetes.io/component"] == "worker"}
+    assert sorted(queue_of(d) for d in workers.values()) == ["cpu", "io", "mixed"]
+    assert sorted(queue_of(s) for s in scaled.values()) == ["cpu", "io", "mixed"]
+    for so in scaled.values():
+        target = workers[so["spec"]["scaleTargetRef"]["name"]]
+        assert so["spec"]["scaleTargetRef"]["kind"] == "Deployment"
+        watched = {t["metadata"]["listName"].split(":")[0] for t in redis_triggers(so) if t["name"] != "in_flight"}
+        assert watched == {consumed_queue(target)}
+
+
+def test_triggers_watch_exactly_the_keys_the_workers_write_and_the_formula_sums_them():
+    steps = (0, 3, 6, 9)
+    for so in by_kind(render_chart({}), "ScaledObject").values():
+        queue = queue_of(so)
+        triggers = redis_triggers(so)
+        assert [t["metadata"]["listName"] for t in triggers] == backlog.backlog_keys(queue, steps)
+        modifiers = so["spec"]["advanced"]["scalingModifiers"]
+        assert sorted(modifiers["formula"].split(" + ")) == sorted(t["name"] for t in triggers)
+        assert modifiers["metricType"] == "AverageValue"
+
+
+def test_list_length_is_tasks_per_replica_derived_from_concurrency_unless_set():
+    objects = render_chart({"queues": {"mixed": {"concurrency": 3, "autoscaling": {"listLength": 7}}}})
+    targets = {queue_of(s): s["spec"]["advanced"]["scalingModifiers"]["target"] for s in by_kind(objects, "ScaledObject").values()}
+    assert targets == {"cpu": "2", "io": "16", "mixed": "7"}
+    assert all(t["metadata"]["listLength"] == targets[queue_of(s)]
+               for s in by_kind(objects, "ScaledObject").values() for t in redis_triggers(s))
+
+
+def test_one_priority_step_means_one_list_per_queue():
+    so = next(iter(by_kind(render_chart({"celery": {"prioritySteps": [0]}}), "ScaledObject").values()))
+    assert [t["name"] for t in redis_triggers(so)] == ["queued_0", "in_flight"]
+    configmap = next(iter(by_kind(render_chart({"celery": {"prioritySteps": [0]}}), "ConfigMap").values()))
+    assert configmap["data"]["CELERY_PRIORITY_STEPS"] == "0"
+
+
+def test_a_fourth_queue_is_a_values_only_change():
+    objects = render_chart({"queues": {"reports": {"pool": "threads", "concurrency": 8}}})
+    assert sorted(queue_of(d) for d in by_kind(objects, "Deployment").values() if "worker" in d["metadata"]["name"]) \
+        == ["cpu", "io", "mixed", "reports"]
+    deployment = by_kind(objects, "Deployment")["rel-celery-autoscale-worker-reports"]
+    assert "--pool=threads" in worker_container(deployment)["args"]
+    scaled = by_kind(objects, "ScaledObject")["rel-celery-autoscale-worker-reports"]
+    assert scaled["spec"]["advanced"]["scalingModifiers"]["target"] == "8"
+    assert redis_triggers(scaled)[-1]["metadata"]["listName"] == "celery-autoscale:in-flight:reports"
+    roundtrip = by_kind(objects, "Pod")["rel-celery-autoscale-roundtrip"]
+    assert "--queues=cpu,io,mixed,reports" in roundtrip["spec"]["containers"][0]["args"]
+
+
+def test_a_queue_set_to_null_is_removed():
+    objects = render_chart({"queues": {"mixed": None}})
+    assert sorted(queue_of(s) for s in by_kind(objects, "ScaledObject").values()) == ["cpu", "io"]
+
+
+def test_cron_triggers_only_when_configured_and_inside_the_formula():
+    assert not [t for s in by_kind(render_chart({}), "ScaledObject").values() for t in s["spec"]["triggers"]
+                if t["type"] == "cron"]
+    cpu = by_kind(render_chart(PROD), "ScaledObject")["rel-celery-autoscale-worker-cpu"]
+    [cron] = [t for t in cpu["spec"]["triggers"] if t["type"] == "cron"]
+    assert cron["metadata"] == {"timezone": "Europe/Berlin", "start": "0 8 * * 1-5", "end": "0 18 * * 1-5",
+                                "desiredReplicas": "4"}
+    # KEDA hands the HPA only the composite metric, so the cron trigger must be in the formula:
+    # peak_0 is desiredReplicas while in the window, times the per-replica target.
+    assert cpu["spec"]["advanced"]["scalingModifiers"]["formula"] == \
+        "max(queued_0 + queued_3 + queued_6 + queued_9 + in_flight, peak_0 * 4)"
+
+
+def test_keda_owns_replicas_unless_autoscaling_is_off():
+    objects = render_chart({"queues": {"io": {"autoscaling": {"enabled": False}, "replicas": 3}}})
+    deployments = by_kind(objects, "Deployment")
+    assert "replicas" not in deployments["rel-celery-autoscale-worker-cpu"]["spec"]
+    assert deployments["rel-celery-autoscale-worker-io"]["spec"]["replicas"] == 3
+    assert "rel-celery-autoscale-worker-io" not in by_kind(objects, "ScaledObject")
+
+
+def test_warm_shutdown_reaches_celery_within_a_grace_period_longer_than_any_task():
+    for deployment in by_kind(render_chart(PROD), "Deployment").values():
+        if "worker" not in deployment["metadata"]["name"]:
+            continue
+        pod = deployment["spec"]["template"]["spec"]
+        container = worker_container(deployment)
+        assert container["command"][:4] == ["celery", "-A", "tasks", "worker"]  # exec form: PID 1 is Celery
+        limit = int(next(e["value"] for e in container["env"] if e["name"] == "CELERY_TASK_TIME_LIMIT"))
+        assert pod["terminationGracePeriodSeconds"] > limit
+
+
+def test_workers_are_locked_down_and_probed_without_broadcasts():
+    deployment = by_kind(render_chart({}), "Deployment")["rel-celery-autoscale-worker-cpu"]
+    pod = deployment["spec"]["template"]["spec"]
+    container = worker_container(deployment)
+    assert pod["automountServiceAccountToken"] is False
+    assert pod["securityContext"]["runAsNonRoot"] and pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
+    assert container["securityContext"] == {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                                            "privileged": False, "capabilities": {"drop": ["ALL"]}}
+    assert {"name": "tmp", "emptyDir": {}} in pod["volumes"]
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert container[probe]["exec"]["command"][:3] == ["python", "-m", "tasks.health"]
+    annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+    assert re.fullmatch("[0-9a-f]{64}", annotations["checksum/config"])
+
+
+def test_a_config_change_rolls_the_workers():
+    before = by_kind(render_chart({}), "Deployment")["rel-celery-autoscale-worker-cpu"]
+    after = by_kind(render_chart({"celery": {"maxRetries": 2}}), "Deployment")["rel-celery-autoscale-worker-cpu"]
+    key = "checksum/config"
+    assert before["spec"]["template"]["metadata"]["annotations"][key] != after["spec"]["template"]["metadata"]["annotations"][key]
+
+
+@pytest.mark.parametrize("values", [{}, PROD, {"flower": {"auth": {"enabled": True}}}], ids=["defaults", "prod", "flower-auth"])
+def test_no_secret_value_outside_a_secret(values):
+    objects = render_chart(values)
+    secrets = [base64.b64decode(v).decode() for o in objects if o["kind"] == "Secret" for v in o["data"].values()]
+    secrets = [s for s in secrets if len(s) >= 16]  # the generated passwords, not user names
+    assert secrets or values is PROD  # prod names existing Secrets only
+    for obj in objects:
+        if obj["kind"] == "Secret":
+            continue
+        text = json.dumps(obj)
+        assert not any(s in text for s in secrets), obj["metadata"]["name"]
+    for so in by_kind(objects, "ScaledObject").values():
+        for trigger in so["spec"]["triggers"]:
+            assert not {"password", "username"} & set(trigger["metadata"])
+    for configmap in by_kind(objects, "ConfigMap").values():
+        assert "@" not in configmap["data"]["CELERY_BROKER_URL"]
+
+
+def test_keda_authenticates_through_a_trigger_authentication_referencing_the_secret():
+    objects = render_chart({})
+    [auth] = by_kind(objects, "TriggerAuthentication").values()
+    assert auth["spec"]["secretTargetRef"] == [{"parameter": "password", "name": "rel-celery-autoscale-redis",
+                                                "key": "redis-password"}]
+    for so in by_kind(objects, "ScaledObject").values():
+        assert all(t["authenticationRef"]["name"] == auth["metadata"]["name"] for t in redis_triggers(so))
+
+
+def test_external_redis_with_tls_verifies_with_its_ca():
+    objects = render_chart({"redis": {"enabled": False, "external": {"host": "redis.example.com", "port": 6380,
+                                                                   "tls": {"enabled": True, "caSecret": "redis-ca"}},
+                                      "auth": {"existingSecret": "redis-auth"}}})
+    assert "StatefulSet" not in {o["kind"] for o in objects}
+    configmap = next(iter(by_kind(objects, "ConfigMap").values()))
+    assert configmap["data"]["CELERY_BROKER_URL"] == "rediss://redis.example.com:6380/0"
+    so = by_kind(objects, "ScaledObject")["rel-celery-autoscale-worker-io"]
+    assert all(t["metadata"]["enableTLS"] == "true" and t["metadata"]["address"] == "redis.example.com:6380"
+               for t in redis_triggers(so))
+    [auth] = by_kind(objects, "TriggerAuthentication").values()
+    assert {"parameter": "ca", "name": "redis-ca", "key": "ca.crt"} in auth["spec"]["secretTargetRef"]
+    env = worker_container(by_kind(objects, "Deployment")["rel-celery-autoscale-worker-io"])["env"]
+    assert {"name": "REDIS_TLS_CA_FILE", "value": "/etc/celery-autoscale/redis-ca/ca.crt"} in env
+
+
+def test_redis_persists_its_append_only_file_on_a_claim():
+    objects = render_chart({"redis": {"persistence": {"size": "5Gi", "storageClass": "fast"}}})
+    [sts] = by_kind(objects, "StatefulSet").values()
+    [claim] = sts["spec"]["volumeClaimTemplates"]
+    assert claim["spec"]["resources"]["requests"]["storage"] == "5Gi" and claim["spec"]["storageClassName"] == "fast"
+    assert "--appendonly yes" in sts["spec"]["template"]["spec"]["containers"][0]["args"][0]
+    dev = render_chart({"redis": {"persistence": {"enabled": False}}})
+    [sts] = by_kind(dev, "StatefulSet").values()
+    assert "volumeClaimTemplates" not in sts["spec"]
+
+
+@pytest.mark.parametrize("setting, rendered", [(False, False), (True, True), ("auto", False)])
+def test_monitoring_objects_render_when_explicitly_enabled(setting, rendered):
+    objects = render_chart({"flower": {"serviceMonitor": {"enabled": setting}},
+                            "metrics": {"podMonitor": {"enabled": setting}}})
+    kinds = {o["kind"] for o in objects}
+    # "auto" renders only where the cluster serves monitoring.coreos.com/v1; `helm template` has none.
+    assert ({"ServiceMonitor", "PodMonitor"} <= kinds) is rendered
+
+
+def test_network_policy_admits_only_the_release_and_keda():
+    [policy] = by_kind(render_chart({"networkPolicy": {"enabled": True}}), "NetworkPolicy").values()
+    sources = policy["spec"]["ingress"][0]["from"]
+    components = [s["podSelector"]["matchLabels"].get("app.kubernetes.io/component") for s in sources]
+    assert components == ["worker", "flower", "helm-test", None]
+    assert sources[-1]["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": "keda"}
+
+
+def test_flower_behind_a_prefix_with_basic_auth_from_its_secret():
+    objects = render_chart(PROD)
+    flower = by_kind(objects, "Deployment")["rel-celery-autoscale-flower"]
+    container = flower["spec"]["template"]["spec"]["containers"][0]
+    assert "--url_prefix=flower" in container["args"]
+    assert container["readinessProbe"]["httpGet"]["path"] == "/flower/healthcheck"
+    refs = {e["name"]: e["valueFrom"]["secretKeyRef"]["name"] for e in container["env"] if "valueFrom" in e}
+    assert refs["BASIC_AUTH_PASSWORD"] == "celery-flower-basic-auth"
+    [ingress] = by_kind(objects, "Ingress").values()
+    assert ingress["spec"]["rules"][0]["http"]["paths"][0]["path"] == "/flower"
+
+
+def test_the_helm_test_is_a_hook_pod_running_the_round_trip():
+    pod = by_kind(render_chart({}), "Pod")["rel-celery-autoscale-roundtrip"]
+    assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    assert pod["spec"]["containers"][0]["command"] == ["python", "-m", "tasks.roundtrip"]
+    assert pod["spec"]["restartPolicy"] == "Never"
