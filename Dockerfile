@@ -18,8 +18,9 @@ RUN pip install --no-cache-dir --no-index --find-links=/wheels "celery-autoscale
     && rm -rf /wheels \
     && groupadd --gid 10001 celery \
     && useradd --uid 10001 --gid 10001 --no-create-home --home-dir /tmp --shell /usr/sbin/nologin celery
+COPY src/tasks/flowerconfig.py /app/flowerconfig.py
 USER 10001:10001
-WORKDIR /tmp
+WORKDIR /app
 EXPOSE 9808 5555
 # Exec form, no shell: SIGTERM reaches the Celery main process (warm shutdown).
 ENTRYPOINT []

@@ -5,6 +5,10 @@ PY     := $(VENV)/bin/python
 # Debian packages the tests use: a real Redis server and the browser Flower is checked in.
 SYSTEM_PACKAGES := redis-server chromium
 
+# checkov (the chart's security scan) pins libraries that clash with pytest's: its own venv.
+CHECKOV_VENV := .venv-checkov
+CHECKOV_VERSION := 3.3.30
+
 .PHONY: demo test bench system-deps clean
 
 $(VENV)/.installed-%: pyproject.toml
@@ -16,8 +20,12 @@ $(VENV)/.installed-%: pyproject.toml
 demo: $(VENV)/.installed-demo  ## Redis, 3 workers, Flower on :5555; a burst and a ramp; a summary
 	$(PY) -m loadgen.demo
 
-test: system-deps $(VENV)/.installed-test  ## the whole test suite on real processes
-	$(PY) -m pytest
+$(CHECKOV_VENV)/bin/checkov:
+	$(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/pip install -q "checkov==$(CHECKOV_VERSION)"
+
+test: system-deps $(VENV)/.installed-test $(CHECKOV_VENV)/bin/checkov  ## the whole test suite on real processes
+	CHECKOV=$(CHECKOV_VENV)/bin/checkov $(PY) -m pytest
 
 bench: $(VENV)/.installed-test  ## the benchmarks, one JSON line each
 	$(PY) bench/send_throughput.py
@@ -31,4 +39,4 @@ system-deps:  ## install missing Debian packages when run as root, else say what
 	else echo "please install the Debian packages:$$missing (apt-get install$$missing)"; exit 1; fi
 
 clean:
-	rm -rf $(VENV) .demo artifacts .pytest_cache
+	rm -rf $(VENV) $(CHECKOV_VENV) .demo artifacts .pytest_cache

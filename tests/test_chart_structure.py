@@ -74,8 +74,8 @@ def test_a_fourth_queue_is_a_values_only_change():
     scaled = by_kind(objects, "ScaledObject")["rel-celery-autoscale-worker-reports"]
     assert scaled["spec"]["advanced"]["scalingModifiers"]["target"] == "8"
     assert redis_triggers(scaled)[-1]["metadata"]["listName"] == "celery-autoscale:in-flight:reports"
-    roundtrip = by_kind(objects, "Pod")["rel-celery-autoscale-roundtrip"]
-    assert "--queues=cpu,io,mixed,reports" in roundtrip["spec"]["containers"][0]["args"]
+    roundtrip = by_kind(objects, "Job")["rel-celery-autoscale-roundtrip"]
+    assert "--queues=cpu,io,mixed,reports" in roundtrip["spec"]["template"]["spec"]["containers"][0]["args"]
 
 
 def test_a_queue_set_to_null_is_removed():
@@ -155,6 +155,15 @@ def test_no_secret_value_outside_a_secret(values):
         assert "@" not in configmap["data"]["CELERY_BROKER_URL"]
 
 
+def test_secrets_reach_containers_as_files_not_environment_variables():
+    for obj in render_chart({"flower": {"auth": {"enabled": True}}}):
+        spec = obj.get("spec", {}).get("template", {}).get("spec", {})
+        for container in spec.get("containers", []):
+            assert not [e for e in container.get("env", []) if "secretKeyRef" in e.get("valueFrom", {})], obj["metadata"]["name"]
+    worker = worker_container(by_kind(render_chart({}), "Deployment")["rel-celery-autoscale-worker-cpu"])
+    assert {"name": "REDIS_PASSWORD_FILE", "value": "/etc/celery-autoscale/redis-auth/password"} in worker["env"]
+
+
 def test_keda_authenticates_through_a_trigger_authentication_referencing_the_secret():
     objects = render_chart({})
     [auth] = by_kind(objects, "TriggerAuthentication").values()
@@ -200,12 +209,15 @@ def test_monitoring_objects_render_when_explicitly_enabled(setting, rendered):
     assert ({"ServiceMonitor", "PodMonitor"} <= kinds) is rendered
 
 
-def test_network_policy_admits_only_the_release_and_keda():
-    [policy] = by_kind(render_chart({"networkPolicy": {"enabled": True}}), "NetworkPolicy").values()
-    sources = policy["spec"]["ingress"][0]["from"]
-    components = [s["podSelector"]["matchLabels"].get("app.kubernetes.io/component") for s in sources]
+def test_network_policies_admit_only_the_release_and_keda_to_redis():
+    policies = by_kind(render_chart({}), "NetworkPolicy")
+    sources = policies["rel-celery-autoscale-redis"]["spec"]["ingress"][0]["from"]
+    components = [s.get("podSelector", {}).get("matchLabels", {}).get("app.kubernetes.io/component") for s in sources]
     assert components == ["worker", "flower", "helm-test", None]
-    assert sources[-1]["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": "keda"}
+    assert sources[-1] == {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "keda"}}}
+    app = policies["rel-celery-autoscale-app"]["spec"]
+    assert app["ingress"] == [{"ports": [{"port": "metrics", "protocol": "TCP"}, {"port": "http", "protocol": "TCP"}]}]
+    assert not by_kind(render_chart({"networkPolicy": {"enabled": False}}), "NetworkPolicy")
 
 
 def test_flower_behind_a_prefix_with_basic_auth_from_its_secret():
@@ -214,14 +226,18 @@ def test_flower_behind_a_prefix_with_basic_auth_from_its_secret():
     container = flower["spec"]["template"]["spec"]["containers"][0]
     assert "--url_prefix=flower" in container["args"]
     assert container["readinessProbe"]["httpGet"]["path"] == "/flower/healthcheck"
-    refs = {e["name"]: e["valueFrom"]["secretKeyRef"]["name"] for e in container["env"] if "valueFrom" in e}
-    assert refs["BASIC_AUTH_PASSWORD"] == "celery-flower-basic-auth"
+    assert "--conf=/app/flowerconfig.py" in container["args"]
+    assert {"name": "BASIC_AUTH_DIR", "value": "/etc/celery-autoscale/flower-auth"} in container["env"]
+    volumes = {v["name"]: v for v in flower["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["flower-auth"]["secret"]["secretName"] == "celery-flower-basic-auth"
     [ingress] = by_kind(objects, "Ingress").values()
     assert ingress["spec"]["rules"][0]["http"]["paths"][0]["path"] == "/flower"
 
 
-def test_the_helm_test_is_a_hook_pod_running_the_round_trip():
-    pod = by_kind(render_chart({}), "Pod")["rel-celery-autoscale-roundtrip"]
-    assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
-    assert pod["spec"]["containers"][0]["command"] == ["python", "-m", "tasks.roundtrip"]
-    assert pod["spec"]["restartPolicy"] == "Never"
+def test_the_helm_test_is_a_hook_job_running_the_round_trip_once():
+    job = by_kind(render_chart({}), "Job")["rel-celery-autoscale-roundtrip"]
+    assert job["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    assert job["spec"]["backoffLimit"] == 0
+    pod = job["spec"]["template"]["spec"]
+    assert pod["containers"][0]["command"] == ["python", "-m", "tasks.roundtrip"]
+    assert pod["restartPolicy"] == "Never"

@@ -38,3 +38,11 @@ def test_bad_settings_are_one_line_errors_without_secrets(env, message):
     with pytest.raises(config.ConfigError) as err:
         config.load(env)
     assert message in str(err.value) and "\n" not in str(err.value) and "pw" not in str(err.value)
+
+
+def test_password_file_is_read_like_a_mounted_secret(tmp_path):
+    (tmp_path / "password").write_text("from-a-file\n")
+    settings = config.load({"CELERY_BROKER_URL": "redis://redis:6379/0", "REDIS_PASSWORD_FILE": str(tmp_path / "password")})
+    assert settings.broker_url == "redis://:from-a-file@redis:6379/0"
+    with pytest.raises(config.ConfigError, match="cannot read REDIS_PASSWORD_FILE"):
+        config.load({"REDIS_PASSWORD_FILE": str(tmp_path / "missing")})

@@ -47,3 +47,35 @@ def test_flower_shows_the_workers_and_their_tasks(stack, celery_app, chromium, a
         page.screenshot(path=str(artifacts / "flower-tasks.png"), full_page=True)
     finally:
         stack.stop("flower")
+
+
+def test_flower_basic_auth_comes_from_files_through_the_image_config(stack, tmp_path):
+    """What the chart does: Secret files in BASIC_AUTH_DIR, read by tasks/flowerconfig.py via --conf."""
+    import base64
+    import urllib.error
+    import urllib.request
+    from pathlib import Path
+
+    import tasks
+
+    (tmp_path / "username").write_text("ops\n")
+    (tmp_path / "password").write_text("correct-horse\n")
+    conf = Path(tasks.__file__).parent / "flowerconfig.py"
+    url = stack.start_flower(free_port(), args=(f"--conf={conf}",), BASIC_AUTH_DIR=str(tmp_path))
+
+    def status(path, auth=None):
+        request = urllib.request.Request(f"{url}{path}")
+        if auth:
+            request.add_header("Authorization", "Basic " + base64.b64encode(auth.encode()).decode())
+        try:
+            return urllib.request.urlopen(request, timeout=5).status
+        except urllib.error.HTTPError as err:
+            return err.code
+
+    try:
+        eventually(lambda: status("/healthcheck") == 200, 30, "flower answering")
+        assert status("/workers") == 401
+        assert status("/workers", "ops:wrong") == 401
+        assert status("/workers", "ops:correct-horse") == 200
+    finally:
+        stack.stop("flower")

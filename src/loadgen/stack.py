@@ -139,10 +139,10 @@ class LocalStack:
             raise RuntimeError(f"worker {name} exited; see {self.workdir / (name + '.log')}")
         return name
 
-    def start_flower(self, port: int = 5555, **env: str) -> str:
-        """Start Flower on 127.0.0.1:``port``; wait until it answers HTTP."""
+    def start_flower(self, port: int = 5555, args: tuple[str, ...] = (), **env: str) -> str:
+        """Start Flower on 127.0.0.1:``port`` with extra ``args``; wait until it accepts connections."""
         self._spawn("flower", [sys.executable, "-m", "celery", "-A", "tasks", "flower",
-                               f"--port={port}", "--address=127.0.0.1"], self.process_env(**env))
+                               f"--port={port}", "--address=127.0.0.1", *args], self.process_env(**env))
         wait_until(lambda: socket.create_connection(("127.0.0.1", port), 1).close() or True, 60, "flower")
         return f"http://127.0.0.1:{port}"
 

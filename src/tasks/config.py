@@ -8,8 +8,9 @@ Variable                       Default                     Meaning
 =============================  ==========================  ==========================================
 ``CELERY_BROKER_URL``          ``redis://localhost:6379/0`` Broker URL (``redis://`` or ``rediss://``).
 ``CELERY_RESULT_BACKEND``      the broker URL              Result backend URL.
-``REDIS_PASSWORD``             unset                       Password put into URLs that carry none
-                                                           (the chart injects it from a Secret).
+``REDIS_PASSWORD``             unset                       Password put into URLs that carry none.
+``REDIS_PASSWORD_FILE``        unset                       File holding that password instead (the
+                                                           chart mounts it from a Secret).
 ``REDIS_TLS_CA_FILE``          unset                       CA bundle for ``rediss://``; system CAs
                                                            when unset.
 ``CELERY_VISIBILITY_TIMEOUT``  ``3600`` (seconds)          Redis transport visibility timeout: an
@@ -177,6 +178,11 @@ def load(env: dict | None = None) -> Settings:
     """
     env = dict(os.environ if env is None else env)
     password = env.get("REDIS_PASSWORD") or None
+    if env.get("REDIS_PASSWORD_FILE"):
+        try:
+            password = open(env["REDIS_PASSWORD_FILE"]).read().strip() or None
+        except OSError as exc:
+            raise ConfigError(f"cannot read REDIS_PASSWORD_FILE {env['REDIS_PASSWORD_FILE']}: {exc.strerror}") from None
     broker = with_password(env.get("CELERY_BROKER_URL") or "redis://localhost:6379/0", password)
     backend = with_password(env.get("CELERY_RESULT_BACKEND") or broker, password)
     for url in (broker, backend):

@@ -1,6 +1,7 @@
 {{/*
 What every container running the app image shares (workers, Flower, the helm test): its
-settings, the Redis password from the Secret, a writable /tmp, and the security context.
+settings, the Redis password as a file from its Secret, a writable /tmp, and the security
+context.
 */}}
 
 {{- define "celery-autoscale.celeryEnvFrom" -}}
@@ -8,14 +9,11 @@ settings, the Redis password from the Secret, a writable /tmp, and the security 
     name: {{ include "celery-autoscale.fullname" . }}-celery
 {{- end }}
 
-{{/* Environment items after the ConfigMap: the password from its Secret, the CA, extraEnv. */}}
+{{/* Environment items after the ConfigMap: where the password and CA files are, extraEnv. */}}
 {{- define "celery-autoscale.celeryEnvVars" -}}
 {{- if .Values.redis.auth.enabled }}
-- name: REDIS_PASSWORD
-  valueFrom:
-    secretKeyRef:
-      name: {{ include "celery-autoscale.redisSecretName" . }}
-      key: {{ .Values.redis.auth.existingSecretPasswordKey }}
+- name: REDIS_PASSWORD_FILE
+  value: /etc/celery-autoscale/redis-auth/password
 {{- end }}
 {{- if and (include "celery-autoscale.redisTLS" .) .Values.redis.external.tls.caSecret }}
 - name: REDIS_TLS_CA_FILE
@@ -29,6 +27,11 @@ settings, the Redis password from the Secret, a writable /tmp, and the security 
 {{- define "celery-autoscale.celeryVolumeMounts" -}}
 - name: tmp
   mountPath: /tmp
+{{- if .Values.redis.auth.enabled }}
+- name: redis-auth
+  mountPath: /etc/celery-autoscale/redis-auth
+  readOnly: true
+{{- end }}
 {{- if and (include "celery-autoscale.redisTLS" .) .Values.redis.external.tls.caSecret }}
 - name: redis-ca
   mountPath: /etc/celery-autoscale/redis-ca
@@ -39,6 +42,15 @@ settings, the Redis password from the Secret, a writable /tmp, and the security 
 {{- define "celery-autoscale.celeryVolumes" -}}
 - name: tmp
   emptyDir: {}
+{{- if .Values.redis.auth.enabled }}
+- name: redis-auth
+  secret:
+    secretName: {{ include "celery-autoscale.redisSecretName" . }}
+    defaultMode: 0440
+    items:
+      - key: {{ .Values.redis.auth.existingSecretPasswordKey }}
+        path: password
+{{- end }}
 {{- if and (include "celery-autoscale.redisTLS" .) .Values.redis.external.tls.caSecret }}
 - name: redis-ca
   secret:
