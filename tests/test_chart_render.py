@@ -74,3 +74,17 @@ def test_notes_tell_how_to_watch_scaling_and_never_print_a_secret(values):
             import base64
 
             assert base64.b64decode(encoded).decode() not in text
+
+
+def test_chart_lock_matches_the_declared_dependencies_and_needs_no_download(tmp_path):
+    """The chart declares no dependency (Redis is templated in the chart, so it renders offline);
+    Helm's own `dependency build` checks Chart.lock's digest against Chart.yaml."""
+    import shutil
+
+    copy = tmp_path / "chart"
+    shutil.copytree(CHART, copy)
+    helm.dependency_build(str(copy))
+    (copy / "Chart.yaml").write_text((copy / "Chart.yaml").read_text()
+                                     + "dependencies:\n  - {name: redis, version: 1.0.0, repository: file://../redis}\n")
+    with pytest.raises(helm.HelmError, match="out of sync"):
+        helm.dependency_build(str(copy))
