@@ -85,6 +85,6 @@ def test_chart_lock_matches_the_declared_dependencies_and_needs_no_download(tmp_
     shutil.copytree(CHART, copy)
     helm.dependency_build(str(copy))
     (copy / "Chart.yaml").write_text((copy / "Chart.yaml").read_text()
-                                     + "dependencies:\n  - {name: redis, version: 1.0.0, repository: file://../redis}\n")
+                                     + "dependencies:\n  - {name: redis, version: 1.0.0, repository: \"oci://registry.invalid/charts\"}\n")
     with pytest.raises(helm.HelmError, match="out of sync"):
         helm.dependency_build(str(copy))
