@@ -9,7 +9,11 @@ SYSTEM_PACKAGES := redis-server chromium
 CHECKOV_VENV := .venv-checkov
 CHECKOV_VERSION := 3.3.30
 
-.PHONY: demo test bench system-deps clean
+# The real-cluster tests build Kubernetes, etcd, KWOK and KEDA from Go modules into this cache.
+E2E_CACHE ?= $(HOME)/.cache/celery-autoscale-e2e
+export E2E_CACHE
+
+.PHONY: demo test e2e e2e-build bench bench-e2e system-deps clean
 
 $(VENV)/.installed-%: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,11 +29,20 @@ $(CHECKOV_VENV)/bin/checkov:
 	$(CHECKOV_VENV)/bin/pip install -q "checkov==$(CHECKOV_VERSION)"
 
 test: system-deps $(VENV)/.installed-test $(CHECKOV_VENV)/bin/checkov  ## the whole test suite on real processes
-	CHECKOV=$(CHECKOV_VENV)/bin/checkov $(PY) -m pytest
+	CHECKOV=$(CHECKOV_VENV)/bin/checkov $(PY) -m pytest -m "not e2e"
+
+e2e-build:  ## build the control plane and KEDA from their Go modules (cached in E2E_CACHE)
+	tests/e2e/build.sh
+
+e2e: system-deps $(VENV)/.installed-e2e e2e-build  ## autoscaling on a real control plane with the real KEDA
+	$(PY) -m pytest tests/e2e -m e2e
 
 bench: $(VENV)/.installed-test  ## the benchmarks, one JSON line each
 	$(PY) bench/send_throughput.py
 	$(PY) bench/io_pool.py
+
+bench-e2e: $(VENV)/.installed-e2e e2e-build  ## scaling figures on the real control plane, one JSON line
+	$(PY) bench/e2e_scaling.py
 
 system-deps:  ## install missing Debian packages when run as root, else say what is missing
 	@missing=""; for p in $(SYSTEM_PACKAGES); do command -v $$p >/dev/null || missing="$$missing $$p"; done; \

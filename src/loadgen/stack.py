@@ -81,6 +81,7 @@ class LocalStack:
     workdir: Path
     env: dict[str, str] = field(default_factory=dict)  # extra settings for every process
     redis_port: int = 0
+    redis_password: str = ""  # requirepass of the Redis server; empty: none
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
     metrics_ports: dict[str, int] = field(default_factory=dict)
 
@@ -91,7 +92,8 @@ class LocalStack:
 
     @property
     def broker_url(self) -> str:
-        return f"redis://127.0.0.1:{self.redis_port}/0"
+        auth = f":{self.redis_password}@" if self.redis_password else ""
+        return f"redis://{auth}127.0.0.1:{self.redis_port}/0"
 
     def process_env(self, **extra: str) -> dict[str, str]:
         """The environment of a child: ours, the stack's settings and ``extra``."""
@@ -110,11 +112,12 @@ class LocalStack:
         return proc
 
     def client(self) -> redis.Redis:
-        return redis.Redis(port=self.redis_port, host="127.0.0.1")
+        return redis.Redis(port=self.redis_port, host="127.0.0.1", password=self.redis_password or None)
 
     def start_redis(self) -> None:
+        auth = ["--requirepass", self.redis_password] if self.redis_password else []
         self._spawn("redis", [redis_server_binary(), "--port", str(self.redis_port), "--bind", "127.0.0.1",
-                              "--save", "", "--appendonly", "no", "--dir", str(self.workdir)])
+                              "--save", "", "--appendonly", "no", "--dir", str(self.workdir), *auth])
         wait_until(lambda: self.client().ping(), 20, "redis server")
 
     def start_worker(self, spec: WorkerSpec, name: str | None = None, **env: str) -> str:

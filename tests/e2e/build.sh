@@ -26,7 +26,7 @@ wrapper() {
 
 build_kube() {
   local out="$cache/bin/kubernetes-$KUBERNETES_VERSION" dir="$cache/src/kubernetes-$KUBERNETES_VERSION"
-  if [ -x "$out/kube-apiserver" ] && [ -x "$out/kube-controller-manager" ] && [ -x "$out/kube-scheduler" ]; then
+  if [ -x "$out/kube-apiserver" ] && [ -x "$out/kube-controller-manager" ] && [ -x "$out/kube-scheduler" ] && [ -x "$out/kubectl" ]; then
     say "kubernetes $KUBERNETES_VERSION: cached"; return; fi
   say "kubernetes $KUBERNETES_VERSION: building"
   wrapper "$dir" e2e.local/kubernetes
@@ -40,11 +40,11 @@ build_kube() {
   done
   go mod edit -require "k8s.io/kubernetes@$KUBERNETES_VERSION"
   go mod edit -godebug default=go1.25 2>/dev/null || true
-  for cmd in kube-apiserver kube-controller-manager kube-scheduler; do
+  for cmd in kube-apiserver kube-controller-manager kube-scheduler kubectl; do
     go get "k8s.io/kubernetes/cmd/$cmd@$KUBERNETES_VERSION" >/dev/null
   done
   mkdir -p "$out.tmp"
-  for cmd in kube-apiserver kube-controller-manager kube-scheduler; do
+  for cmd in kube-apiserver kube-controller-manager kube-scheduler kubectl; do
     say "  go build $cmd"
     go build -trimpath -ldflags "-s -w -X k8s.io/component-base/version.gitVersion=$KUBERNETES_VERSION -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=35" \
       -o "$out.tmp/$cmd" "k8s.io/kubernetes/cmd/$cmd"

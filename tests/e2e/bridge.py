@@ -1,0 +1,205 @@
+"""Pod bridge (test harness): real Celery workers behind the pods KWOK pretends to run.
+
+KWOK marks pods Running without running anything. For each worker pod it reports Running,
+the bridge starts a real process from that pod's own container command, args and env
+(ConfigMap ``envFrom``, ``valueFrom`` references, ``$(VAR)`` expansion), with its volumes
+(emptyDir, Secret, ConfigMap) as folders on the host. When the pod is deleted the bridge sends
+SIGTERM, as the kubelet does, and waits up to the pod's ``terminationGracePeriodSeconds`` before
+SIGKILL. So the scaling loop is closed by real workers draining real queues.
+
+Where a host differs from a pod, the bridge translates and says so here:
+
+- a mount path becomes ``<workdir>/<pod>/<volume>``, and env values under a mount path follow it;
+- ``%h`` in the args becomes the pod name (a pod's hostname is its name; here all share one host);
+- ``CELERY_METRICS_PORT`` becomes a free port (pods have a network namespace each; here they share one);
+- ``celery`` and ``python`` run with this interpreter, where the package is installed.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kubernetes import client, watch
+
+logger = logging.getLogger(__name__)
+VAR = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Running:
+    pod: str
+    proc: subprocess.Popen
+    grace: int
+    started: float = field(default_factory=time.time)
+
+
+class PodBridge:
+    """Watch the pods matching ``selector`` in ``namespace`` and mirror them as processes."""
+
+    def __init__(self, api: client.CoreV1Api, namespace: str, selector: str, workdir: Path):
+        self.api, self.namespace, self.selector = api, namespace, selector
+        self.workdir = Path(workdir)
+        self.running: dict[str, Running] = {}  # pod uid -> process
+        self.events: list[tuple[float, str, str]] = []  # (time, pod, "started" | "sigterm" | "exited N")
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._loop, daemon=True, name="pod-bridge")
+        self._reapers: list[threading.Thread] = []
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop watching, then stop every process as a pod deletion would."""
+        self._stop.set()
+        self._thread.join(timeout=15)
+        for uid in list(self.running):
+            self._terminate(uid)
+        for reaper in self._reapers:
+            reaper.join()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                stream = watch.Watch().stream(self.api.list_namespaced_pod, self.namespace,
+                                              label_selector=self.selector, timeout_seconds=5)
+                for event in stream:
+                    self._handle(event["type"], event["object"])
+                    if self._stop.is_set():
+                        break
+            except Exception:  # the apiserver restarting or a watch expiring: watch again
+                logger.exception("pod watch failed; retrying")
+                time.sleep(1)
+            self._reap_exited()
+
+    def _handle(self, kind: str, pod: client.V1Pod) -> None:
+        uid = pod.metadata.uid
+        if kind == "DELETED" or pod.metadata.deletion_timestamp is not None:
+            if uid in self.running:
+                self._terminate(uid)
+        elif pod.status.phase == "Running" and uid not in self.running:
+            self._launch(pod)
+
+    # -- one pod ------------------------------------------------------------------------------
+    def _launch(self, pod: client.V1Pod) -> None:
+        name = pod.metadata.name
+        home = self.workdir / name
+        mounts = self._materialize_volumes(pod, home)
+        container = pod.spec.containers[0]
+        env = self._container_env(container)
+        for key, value in env.items():
+            for mount_path, local in sorted(mounts.items(), key=lambda m: -len(m[0])):
+                if value == mount_path or value.startswith(mount_path.rstrip("/") + "/"):
+                    env[key] = str(local) + value[len(mount_path.rstrip("/")):]
+                    break
+        if "CELERY_METRICS_PORT" in env and env["CELERY_METRICS_PORT"] != "0":
+            env["CELERY_METRICS_PORT"] = str(free_port())
+        argv = [a.replace("%h", name) for a in [*(container.command or []), *(container.args or [])]]
+        argv = [VAR.sub(lambda m: env.get(m.group(1), m.group(0)), a) for a in argv]
+        if argv and argv[0] == "celery":
+            argv = [sys.executable, "-m", "celery", *argv[1:]]
+        elif argv and argv[0] == "python":
+            argv = [sys.executable, *argv[1:]]
+        process_env = {"PATH": os.environ.get("PATH", ""), "PYTHONUNBUFFERED": "1", **env}
+        log = open(home / "container.log", "ab")
+        proc = subprocess.Popen(argv, env=process_env, cwd=home, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        log.close()
+        with self._lock:
+            self.running[pod.metadata.uid] = Running(name, proc, pod.spec.termination_grace_period_seconds or 30)
+            self.events.append((time.time(), name, "started"))
+        logger.info("pod %s: started pid %d: %s", name, proc.pid, " ".join(argv))
+
+    def _materialize_volumes(self, pod: client.V1Pod, home: Path) -> dict[str, Path]:
+        """Each volume as a folder under ``home``; returns ``{mountPath: folder}``."""
+        home.mkdir(parents=True, exist_ok=True)
+        folders: dict[str, Path] = {}
+        for volume in pod.spec.volumes or []:
+            folder = home / volume.name
+            folder.mkdir(exist_ok=True)
+            if volume.secret is not None:
+                data = self.api.read_namespaced_secret(volume.secret.secret_name, self.namespace).data or {}
+                self._write_items(folder, {k: base64.b64decode(v) for k, v in data.items()}, volume.secret.items)
+            elif volume.config_map is not None:
+                data = self.api.read_namespaced_config_map(volume.config_map.name, self.namespace).data or {}
+                self._write_items(folder, {k: v.encode() for k, v in data.items()}, volume.config_map.items)
+            folders[volume.name] = folder
+        return {m.mount_path: folders[m.name] for m in pod.spec.containers[0].volume_mounts or []}
+
+    @staticmethod
+    def _write_items(folder: Path, data: dict[str, bytes], items) -> None:
+        paths = {item.key: item.path for item in items} if items else {key: key for key in data}
+        for key, path in paths.items():
+            (folder / path).write_bytes(data[key])
+            (folder / path).chmod(0o400)
+
+    def _container_env(self, container: client.V1Container) -> dict[str, str]:
+        env: dict[str, str] = {}
+        for source in container.env_from or []:
+            if source.config_map_ref is not None:
+                env.update(self.api.read_namespaced_config_map(source.config_map_ref.name, self.namespace).data or {})
+        for item in container.env or []:
+            if item.value is not None:
+                env[item.name] = VAR.sub(lambda m: env.get(m.group(1), m.group(0)), item.value)
+            elif item.value_from and item.value_from.secret_key_ref:
+                ref = item.value_from.secret_key_ref
+                secret = self.api.read_namespaced_secret(ref.name, self.namespace)
+                env[item.name] = base64.b64decode(secret.data[ref.key]).decode()
+            elif item.value_from and item.value_from.config_map_key_ref:
+                ref = item.value_from.config_map_key_ref
+                env[item.name] = self.api.read_namespaced_config_map(ref.name, self.namespace).data[ref.key]
+        return env
+
+    def _terminate(self, uid: str) -> None:
+        """SIGTERM now; SIGKILL the process group if it outlives the grace period (the kubelet's way)."""
+        with self._lock:
+            running = self.running.pop(uid, None)
+            if running is None:
+                return
+            self.events.append((time.time(), running.pod, "sigterm"))
+        if running.proc.poll() is None:
+            running.proc.send_signal(signal.SIGTERM)
+
+        def reap():
+            try:
+                code = running.proc.wait(running.grace)
+            except subprocess.TimeoutExpired:
+                os.killpg(running.proc.pid, signal.SIGKILL)
+                code = running.proc.wait()
+            with self._lock:
+                self.events.append((time.time(), running.pod, f"exited {code}"))
+
+        reaper = threading.Thread(target=reap, daemon=True)
+        reaper.start()
+        self._reapers.append(reaper)
+
+    def _reap_exited(self) -> None:
+        """A process that died on its own stays recorded; a real pod would restart it."""
+        with self._lock:
+            for uid, running in list(self.running.items()):
+                if running.proc.poll() is not None and not any(
+                        e[1] == running.pod and e[2].startswith("crashed") for e in self.events):
+                    self.events.append((time.time(), running.pod, f"crashed {running.proc.returncode}"))
+
+    def processes(self) -> dict[str, int]:
+        """Live processes by pod name."""
+        with self._lock:
+            return {r.pod: r.proc.pid for r in self.running.values() if r.proc.poll() is None}

@@ -1,0 +1,274 @@
+"""The real control plane and the real KEDA, as host processes (test harness for `make e2e`).
+
+- ``kwokctl --runtime binary`` starts etcd, kube-apiserver, kube-controller-manager,
+  kube-scheduler and the KWOK controller from the binaries ``build.sh`` built from their Go
+  modules (pointed at through a KwokctlConfiguration file). KWOK stands in for nodes: it marks
+  pods Running; :mod:`bridge` runs the real worker processes behind them.
+- KEDA's operator and metrics adapter run with the cluster's admin kubeconfig and TLS
+  certificates this module generates. ``v1beta1.external.metrics.k8s.io`` points at the
+  adapter through an ExternalName Service to ``localhost`` (aggregator routing is off, so the
+  apiserver dials the service's DNS name and the ban on loopback endpoint IPs does not apply).
+- :meth:`E2ECluster.stop` tears down in order: the APIService first, then KEDA, then the cluster.
+
+Every port is on 127.0.0.1 and chosen free at start.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+HERE = Path(__file__).resolve().parent
+CLUSTER_NAME = "celery-e2e"
+KEDA_NAMESPACE = "keda"
+
+
+def versions() -> dict[str, str]:
+    """The pinned upstream versions, from versions.env (the one place they are recorded)."""
+    pairs = (line.split("=", 1) for line in (HERE / "versions.env").read_text().splitlines()
+             if line and not line.startswith("#"))
+    return {k.strip(): v.strip() for k, v in pairs}
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("E2E_CACHE") or Path.home() / ".cache" / "celery-autoscale-e2e")
+
+
+def binaries() -> dict[str, Path]:
+    """Paths of the built binaries; raises FileNotFoundError naming what ``build.sh`` must build."""
+    v, bin_dir = versions(), cache_dir() / "bin"
+    paths = {
+        "kube-apiserver": bin_dir / f"kubernetes-{v['KUBERNETES_VERSION']}" / "kube-apiserver",
+        "kube-controller-manager": bin_dir / f"kubernetes-{v['KUBERNETES_VERSION']}" / "kube-controller-manager",
+        "kube-scheduler": bin_dir / f"kubernetes-{v['KUBERNETES_VERSION']}" / "kube-scheduler",
+        "kubectl": bin_dir / f"kubernetes-{v['KUBERNETES_VERSION']}" / "kubectl",
+        "etcd": bin_dir / f"etcd-{v['ETCD_VERSION']}" / "etcd",
+        "kwok": bin_dir / f"kwok-{v['KWOK_VERSION']}" / "kwok",
+        "kwokctl": bin_dir / f"kwok-{v['KWOK_VERSION']}" / "kwokctl",
+        "keda-operator": bin_dir / f"keda-{v['KEDA_VERSION']}" / "keda-operator",
+        "keda-adapter": bin_dir / f"keda-{v['KEDA_VERSION']}" / "keda-adapter",
+    }
+    missing = [name for name, path in paths.items() if not path.exists()]
+    if missing:
+        raise FileNotFoundError(f"not built: {', '.join(missing)}; run tests/e2e/build.sh")
+    return paths
+
+
+def keda_crds() -> list[Path]:
+    """KEDA's CRDs from the KEDA Go module itself (config/crd/bases)."""
+    out = subprocess.run(["go", "mod", "download", "-json", f"github.com/kedacore/keda/v2@{versions()['KEDA_VERSION']}"],
+                         capture_output=True, text=True, check=True, cwd=cache_dir())
+    return sorted((Path(json.loads(out.stdout)["Dir"]) / "config" / "crd" / "bases").glob("keda.sh_*.yaml"))
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def write_certificates(folder: Path, names: list[str]) -> dict[str, Path]:
+    """A self-signed CA and a server certificate for ``names`` (DNS names or IPs), PEM files.
+
+    Stands in for KEDA's own certificate rotation, which expects to run in-cluster.
+    """
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    folder.mkdir(parents=True, exist_ok=True)
+    now = datetime.datetime.now(datetime.timezone.utc)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "celery-autoscale e2e CA")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+          .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+          .not_valid_after(now + datetime.timedelta(days=2))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+    key = ec.generate_private_key(ec.SECP256R1())
+    sans = []
+    for name in names:
+        try:
+            sans.append(x509.IPAddress(ipaddress.ip_address(name)))
+        except ValueError:
+            sans.append(x509.DNSName(name))
+    cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]))
+            .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=2))
+            .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    pem = serialization.Encoding.PEM
+    files = {"ca.crt": ca.public_bytes(pem), "tls.crt": cert.public_bytes(pem),
+             "tls.key": key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())}
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
+    return {name: folder / name for name in files}
+
+
+@dataclass
+class E2ECluster:
+    """Start with :meth:`start`; the kubeconfig is :attr:`kubeconfig`."""
+
+    workdir: Path
+    hpa_sync_seconds: int = 2
+    procs: dict[str, subprocess.Popen] = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.workdir = Path(self.workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.bins = binaries()
+        self.kubeconfig = self.workdir / "kubeconfig"
+        self.env = {**os.environ, "KWOK_WORKDIR": str(self.workdir / "kwok"), "KUBECONFIG": str(self.kubeconfig),
+                    "PATH": f"{self.bins['kubectl'].parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+
+    # -- helpers --------------------------------------------------------------------------
+    def kubectl(self, *args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
+        return subprocess.run([str(self.bins["kubectl"]), "--kubeconfig", str(self.kubeconfig), *args],
+                              input=input, capture_output=True, text=True, check=check, env=self.env, timeout=120)
+
+    def apply(self, *objects: dict, server_side: bool = False) -> None:
+        args = ["apply", "-f", "-"] + (["--server-side", "--force-conflicts"] if server_side else [])
+        self.kubectl(*args, input="\n---\n".join(yaml.safe_dump(o) for o in objects))
+
+    def _spawn(self, name: str, argv: list[str], env: dict | None = None) -> None:
+        log = open(self.workdir / f"{name}.log", "ab")
+        self.procs[name] = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env or self.env,
+                                            cwd=self.workdir, start_new_session=True)
+        log.close()
+
+    def _wait(self, check, timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if check():
+                return
+            time.sleep(1)
+        raise TimeoutError(f"{what} not ready after {timeout:.0f}s; logs in {self.workdir}")
+
+    # -- the control plane ----------------------------------------------------------------
+    def start(self) -> None:
+        """The control plane, one KWOK node, then KEDA."""
+        self.start_control_plane()
+        self.start_keda()
+
+    def start_control_plane(self) -> None:
+        b, v = self.bins, versions()
+        config = {
+            "apiVersion": "config.kwok.x-k8s.io/v1alpha1",
+            "kind": "KwokctlConfiguration",
+            "options": {
+                "runtime": "binary",
+                "kubeVersion": v["KUBERNETES_VERSION"],
+                "kubeApiserverBinary": str(b["kube-apiserver"]),
+                "kubeControllerManagerBinary": str(b["kube-controller-manager"]),
+                "kubeSchedulerBinary": str(b["kube-scheduler"]),
+                "kubectlBinary": str(b["kubectl"]),
+                "etcdBinary": str(b["etcd"]),
+                "kwokControllerBinary": str(b["kwok"]),
+                "kubeApiserverPort": free_port(),
+                "etcdPort": free_port(),
+                "etcdPeerPort": free_port(),
+                "kubeControllerManagerPort": free_port(),
+                "kubeSchedulerPort": free_port(),
+                "kwokControllerPort": free_port(),
+                "securePort": True,
+                "kubeAuthorization": True,
+                "disableQPSLimits": True,
+            },
+            "componentsPatches": [{
+                "name": "kube-controller-manager",
+                "extraArgs": [{"key": "horizontal-pod-autoscaler-sync-period", "value": f"{self.hpa_sync_seconds}s"}],
+            }],
+        }
+        path = self.workdir / "kwokctl.yaml"
+        path.write_text(yaml.safe_dump(config))
+        subprocess.run([str(b["kwokctl"]), "create", "cluster", "--name", CLUSTER_NAME, "--config", str(path),
+                        "--kubeconfig", str(self.kubeconfig), "--wait", "120s"],
+                       check=True, env=self.env, capture_output=True, text=True, timeout=300)
+        subprocess.run([str(b["kwokctl"]), "scale", "node", "--name", CLUSTER_NAME, "--replicas", "1"],
+                       check=True, env=self.env, capture_output=True, text=True, timeout=120)
+        self._wait(lambda: self.kubectl("get", "serviceaccount", "default", check=False).returncode == 0, 60,
+                   "default service account")
+
+    # -- KEDA -------------------------------------------------------------------------------
+    def start_keda(self) -> None:
+        certs = write_certificates(self.workdir / "keda-certs", ["localhost", "127.0.0.1"])
+        self.keda_ports = {name: free_port() for name in ("grpc", "adapter", "metrics", "probe", "adapter-metrics")}
+        self.kubectl("create", "namespace", KEDA_NAMESPACE)
+        for crd in keda_crds():
+            self.kubectl("apply", "--server-side", "-f", str(crd))
+        keda_env = {**self.env, "WATCH_NAMESPACE": "", "KEDA_CLUSTER_OBJECT_NAMESPACE": KEDA_NAMESPACE,
+                    "POD_NAMESPACE": KEDA_NAMESPACE, "POD_NAME": "keda-operator-e2e", "OPERATOR_NAME": "keda-operator",
+                    "KEDA_HTTP_DEFAULT_TIMEOUT": "3000"}
+        cert_dir = str(certs["ca.crt"].parent)
+        self._spawn("keda-operator", [
+            str(self.bins["keda-operator"]), "--kubeconfig", str(self.kubeconfig),
+            f"--metrics-bind-address=127.0.0.1:{self.keda_ports['metrics']}",
+            f"--health-probe-bind-address=127.0.0.1:{self.keda_ports['probe']}",
+            f"--metrics-service-bind-address=127.0.0.1:{self.keda_ports['grpc']}",
+            f"--cert-dir={cert_dir}", "--enable-cert-rotation=false", "--enable-webhook-patching=false",
+            "--enable-apiservice-patching=false", "--zap-log-level=info",
+        ], keda_env)
+        self._spawn("keda-adapter", [
+            str(self.bins["keda-adapter"]), "--kubeconfig", str(self.kubeconfig),
+            "--authentication-kubeconfig", str(self.kubeconfig), "--authorization-kubeconfig", str(self.kubeconfig),
+            f"--secure-port={self.keda_ports['adapter']}", "--bind-address=127.0.0.1",
+            f"--tls-cert-file={certs['tls.crt']}", f"--tls-private-key-file={certs['tls.key']}",
+            f"--cert-dir={cert_dir}", f"--port={self.keda_ports['adapter-metrics']}",
+            f"--metrics-service-address=localhost:{self.keda_ports['grpc']}",
+        ], keda_env)
+        ca_bundle = __import__("base64").b64encode(certs["ca.crt"].read_bytes()).decode()
+        self.apply(
+            {"apiVersion": "v1", "kind": "Service",
+             "metadata": {"name": "keda-metrics-apiserver", "namespace": KEDA_NAMESPACE},
+             "spec": {"type": "ExternalName", "externalName": "localhost",
+                      "ports": [{"name": "https", "port": self.keda_ports["adapter"], "protocol": "TCP"}]}},
+            {"apiVersion": "apiregistration.k8s.io/v1", "kind": "APIService",
+             "metadata": {"name": "v1beta1.external.metrics.k8s.io"},
+             "spec": {"group": "external.metrics.k8s.io", "version": "v1beta1", "groupPriorityMinimum": 100,
+                      "versionPriority": 100, "caBundle": ca_bundle,
+                      "service": {"name": "keda-metrics-apiserver", "namespace": KEDA_NAMESPACE,
+                                  "port": self.keda_ports["adapter"]}}},
+        )
+        self._wait(self._external_metrics_available, 180, "KEDA metrics adapter behind the aggregator")
+
+    def _external_metrics_available(self) -> bool:
+        for name in ("keda-operator", "keda-adapter"):
+            if self.procs[name].poll() is not None:
+                raise RuntimeError(f"{name} exited; see {self.workdir / (name + '.log')}")
+        done = self.kubectl("get", "apiservice", "v1beta1.external.metrics.k8s.io", "-o", "json", check=False)
+        if done.returncode != 0:
+            return False
+        conditions = json.loads(done.stdout).get("status", {}).get("conditions", [])
+        return any(c["type"] == "Available" and c["status"] == "True" for c in conditions)
+
+    # -- teardown ---------------------------------------------------------------------------
+    def stop(self) -> None:
+        """APIService first (the aggregator stops calling the adapter), then KEDA, then the cluster."""
+        if self.kubeconfig.exists():
+            self.kubectl("delete", "apiservice", "v1beta1.external.metrics.k8s.io", "--ignore-not-found",
+                         "--wait=false", check=False)
+        for name in ("keda-adapter", "keda-operator"):
+            proc = self.procs.pop(name, None)
+            if proc and proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+                try:
+                    proc.wait(20)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
+        subprocess.run([str(self.bins["kwokctl"]), "delete", "cluster", "--name", CLUSTER_NAME],
+                       env=self.env, capture_output=True, text=True, timeout=120)
+        shutil.rmtree(self.workdir / "kwok", ignore_errors=True)

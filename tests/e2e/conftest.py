@@ -1,0 +1,27 @@
+"""Fixtures of the real-cluster tests (`make e2e`): one environment (see :mod:`harness`) per session.
+
+Tests reach the cluster through pytest-kubernetes' ``k8s`` fixture with its ``external``
+provider and this cluster's kubeconfig (``pytestmark`` in each module).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from harness import environment  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def release():
+    with environment() as running:
+        yield running
+
+
+@pytest.fixture
+def producer(release):
+    return release.producer()

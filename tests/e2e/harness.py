@@ -1,0 +1,116 @@
+"""Everything the real-cluster tests and the scaling benchmark stand on, brought up in order.
+
+``environment()`` starts a real ``redis-server`` on 127.0.0.1:16379 (the address
+``values/ci.yaml`` gives KEDA and the workers) with a password, the control plane and KEDA
+built from their Go modules (:mod:`cluster`), installs the chart with ``values/ci.yaml``
+through the real Helm SDK, and starts the pod bridge (:mod:`bridge`). On exit it stops them in
+reverse: bridge, release, KEDA and the cluster, Redis.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+RUN_DIR = Path(os.environ.get("E2E_RUN_DIR", "/tmp/celery-autoscale-e2e"))
+KUBECONFIG = RUN_DIR / "cluster" / "kubeconfig"
+NAMESPACE = "celery"
+RELEASE = "ci"
+REDIS_PORT = 16379
+CI_VALUES = yaml.safe_load((ROOT / "values" / "ci.yaml").read_text())
+QUEUES = ("cpu", "io", "mixed")
+
+
+def worker(queue: str) -> str:
+    """Name of the queue's Deployment, ScaledObject and HPA."""
+    return f"{RELEASE}-celery-autoscale-worker-{queue}"
+
+
+def merge(base: dict, override: dict) -> dict:
+    out = dict(base)
+    for key, value in override.items():
+        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+@dataclass
+class Release:
+    cluster: object
+    helm: object
+    chart: object
+    redis: object
+    bridge: object
+
+    def upgrade(self, values: dict) -> None:
+        """``helm upgrade`` with ci.yaml and ``values`` merged over it."""
+        self.helm.upgrade(self.chart, RELEASE, merge(CI_VALUES, values), namespace=NAMESPACE, timeout=120)
+
+    def get(self, kind: str, name: str) -> dict:
+        return json.loads(self.cluster.kubectl("get", kind, name, "-n", NAMESPACE, "-o", "json").stdout)
+
+    def replicas(self, queue: str) -> int:
+        """What the Deployment asks for (``spec.replicas``, set by KEDA and the HPA)."""
+        return self.get("deployment", worker(queue))["spec"].get("replicas", 0)
+
+    def producer(self):
+        """A Celery producer (the project's settings) bound to this Redis."""
+        from tasks import config
+        from tasks.app import create_app
+
+        return create_app(config.load({"CELERY_BROKER_URL": self.redis.broker_url}))
+
+
+@contextmanager
+def environment(run_dir: Path = RUN_DIR):
+    import helm_python as helm
+    from bridge import PodBridge
+    from cluster import E2ECluster
+    from kubernetes import client, config
+
+    from loadgen.stack import LocalStack
+
+    with LocalStack(run_dir / "redis", redis_port=REDIS_PORT, redis_password=secrets.token_hex(16)) as redis:
+        redis.start_redis()
+        cluster = E2ECluster(run_dir / "cluster")
+        # pytest-kubernetes runs the kubectl it finds on PATH: the one built with the control plane.
+        os.environ["PATH"] = f"{cluster.bins['kubectl'].parent}{os.pathsep}{os.environ['PATH']}"
+        try:
+            cluster.start()
+            cluster.kubectl("create", "namespace", NAMESPACE)
+            cluster.kubectl("create", "secret", "generic", "ci-redis", "-n", NAMESPACE,
+                            f"--from-literal=password={redis.redis_password}")
+            hc = helm.Config(kubeconfig_path=str(cluster.kubeconfig), namespace=NAMESPACE)
+            chart = helm.Chart.load(ROOT / "charts" / "celery-autoscale")
+            hc.install(chart, RELEASE, CI_VALUES, namespace=NAMESPACE, timeout=120)
+            api = client.CoreV1Api(config.new_client_from_config(str(cluster.kubeconfig)))
+            bridge = PodBridge(api, NAMESPACE,
+                               f"app.kubernetes.io/instance={RELEASE},app.kubernetes.io/component=worker",
+                               run_dir / "pods")
+            bridge.start()
+            try:
+                yield Release(cluster, hc, chart, redis, bridge)
+            finally:
+                bridge.stop()
+                hc.uninstall(RELEASE, timeout=60)
+        finally:
+            cluster.stop()
+
+
+def wait_for(check, timeout: float, what: str, interval: float = 1.0):
+    """Poll until ``check()`` is truthy; return it. Fails naming ``what`` and the last value."""
+    deadline, last = time.monotonic() + timeout, None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"{what}: still {last!r} after {timeout:.0f}s")

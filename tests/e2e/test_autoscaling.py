@@ -1,0 +1,161 @@
+"""Autoscaling on a real control plane with the real KEDA, closed by real workers (`make e2e`).
+
+values/ci.yaml: cpu concurrency 1, io 4, mixed 2 (so listLength 1, 4 and 2); maxReplicaCount 4;
+pollingInterval 2 s, cooldownPeriod 10 s, scale-down stabilization window 5 s; HPA sync 2 s.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import time
+
+import pytest
+from harness import KUBECONFIG, NAMESPACE, QUEUES, wait_for, worker
+
+from tasks import backlog, config
+
+pytestmark = [pytest.mark.e2e, pytest.mark.k8s(provider="external", k8s_kubeconfig=str(KUBECONFIG))]
+
+
+def queue_backlog(release, queue: str) -> int:
+    settings = config.load({"CELERY_BROKER_URL": release.redis.broker_url})
+    return backlog.backlog(release.redis.client(), queue, settings).total
+
+
+@pytest.fixture
+def idle(release):
+    """Every queue empty and at its minimum (0) before a test starts."""
+    wait_for(lambda: all(queue_backlog(release, q) == 0 and release.replicas(q) == 0 for q in QUEUES), 180,
+             "all queues idle at zero replicas")
+    return release
+
+
+def condition(obj: dict, kind: str) -> dict:
+    return next((c for c in obj.get("status", {}).get("conditions", []) if c["type"] == kind), {})
+
+
+def test_install_makes_every_scaledobject_ready_with_one_hpa_each(release, k8s):
+    for queue in QUEUES:
+        scaled = wait_for(lambda: (so := release.get("scaledobject", worker(queue)))
+                          and condition(so, "Ready").get("status") == "True" and so, 120, f"{queue} ScaledObject Ready")
+        assert scaled["spec"]["scaleTargetRef"]["name"] == worker(queue)
+    hpas = k8s.kubectl(["get", "hpa", "-n", NAMESPACE])["items"]
+    assert sorted(h["spec"]["scaleTargetRef"]["name"] for h in hpas) == sorted(worker(q) for q in QUEUES)
+    assert all(h["metadata"]["ownerReferences"][0]["kind"] == "ScaledObject" for h in hpas)
+
+
+def test_a_burst_on_cpu_scales_it_from_zero_to_the_cap_and_leaves_the_others_alone(idle, producer):
+    release = idle
+    results = [producer.send_task("tasks.cpu.hash_chain", kwargs={"work_units": 3_000_000}, queue="cpu")
+               for _ in range(12)]
+    seen = {q: set() for q in QUEUES}
+
+    def sample():
+        for q in QUEUES:
+            seen[q].add(release.replicas(q))
+        return release.replicas("cpu") >= 4
+
+    wait_for(sample, 120, "cpu at maxReplicaCount 4 (backlog 12 / listLength 1, capped)")
+    assert 1 in seen["cpu"] or min(seen["cpu"]) == 0  # KEDA activated 0 -> 1, the HPA went on
+    assert seen["io"] == {0} and seen["mixed"] == {0}
+    assert max(seen["cpu"]) == 4  # never above the cap
+
+    # Drain: the bridged workers finish every task, even those on pods removed while busy.
+    for r in results:
+        assert r.get(timeout=300)["queue"] == "cpu"
+    wait_for(lambda: release.replicas("cpu") == 0, 120, "cpu back to minReplicaCount 0 after the cooldown")
+    stopped = [e for e in release.bridge.events if e[1].startswith(worker("cpu")) and e[2] == "sigterm"]
+    assert stopped, "pods were removed on scale-down"
+    assert all(queue_backlog(release, q) == 0 for q in QUEUES)
+
+
+def test_running_tasks_keep_a_queue_from_scaling_to_zero(idle, producer):
+    release = idle
+    results = [producer.send_task("tasks.mixed.pipeline", kwargs={"work_units": 1000, "size_bytes": 0,
+                                                                   "wait_seconds": 30}, queue="mixed")
+               for _ in range(2)]
+    settings = config.load({"CELERY_BROKER_URL": release.redis.broker_url})
+    wait_for(lambda: backlog.backlog(release.redis.client(), "mixed", settings).in_flight == 2, 60,
+             "both tasks running")
+    assert backlog.backlog(release.redis.client(), "mixed", settings).queued == 0
+    # Lists empty, two tasks in flight: longer than cooldown + stabilization, still one replica.
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        assert release.replicas("mixed") == 1
+        time.sleep(1)
+    for r in results:
+        r.get(timeout=120)
+    wait_for(lambda: release.replicas("mixed") == 0, 120, "mixed to zero once the tasks finished")
+
+
+def test_every_priority_list_counts_towards_the_replicas(idle, producer):
+    release = idle
+    results = [producer.send_task("tasks.io.transfer", kwargs={"size_bytes": 0, "wait_seconds": 25}, queue="io",
+                                  priority=[0, 5, 9][i % 3]) for i in range(12)]
+    # 12 tasks over three priority lists, listLength 4: 3 replicas. Counting only the base
+    # list (4 of them) would give 1.
+    wait_for(lambda: release.replicas("io") == 3, 90, "io at ceil(12 / 4) = 3 replicas")
+    for r in results:
+        r.get(timeout=180)
+
+
+def test_a_cron_window_holds_desired_replicas_with_an_empty_queue(idle):
+    release = idle
+    now = datetime.datetime.now(datetime.timezone.utc)
+    start, end = now - datetime.timedelta(minutes=2), now + datetime.timedelta(minutes=20)
+    window = {"timezone": "UTC", "start": f"{start.minute} {start.hour} * * *", "end": f"{end.minute} {end.hour} * * *",
+              "desiredReplicas": 2}
+    release.upgrade({"queues": {"mixed": {"autoscaling": {"cron": [window]}}}})
+    try:
+        wait_for(lambda: release.replicas("mixed") == 2, 90, "mixed held at the cron window's 2 replicas")
+        time.sleep(15)  # beyond cooldown and stabilization: the window, not a backlog, holds them
+        assert release.replicas("mixed") == 2 and queue_backlog(release, "mixed") == 0
+    finally:
+        release.upgrade({})
+    wait_for(lambda: release.replicas("mixed") == 0, 120, "mixed back to zero without the window")
+
+
+def test_a_wrong_redis_address_is_a_condition_and_a_fallback_not_a_crash(idle, producer):
+    release = idle
+    scaled = release.get("scaledobject", worker("io"))
+    for trigger in scaled["spec"]["triggers"]:
+        trigger["metadata"]["address"] = "127.0.0.1:1"
+    patch = {"spec": {"triggers": scaled["spec"]["triggers"]}}
+    release.cluster.kubectl("patch", "scaledobject", worker("io"), "-n", NAMESPACE, "--type", "merge",
+                            "-p", json.dumps(patch))
+    try:
+        broken = wait_for(lambda: (so := release.get("scaledobject", worker("io")))
+                          and condition(so, "Fallback").get("status") == "True" and so, 90, "io falls back")
+        assert condition(broken, "Ready").get("status") == "False" or condition(broken, "Active")
+        wait_for(lambda: release.replicas("io") == 1, 60, "io at fallback.replicas 1")
+        assert release.cluster.procs["keda-operator"].poll() is None  # KEDA did not crash
+        # The other queues keep scaling.
+        results = [producer.send_task("tasks.cpu.hash_chain", kwargs={"work_units": 10_000}, queue="cpu")
+                   for _ in range(3)]
+        wait_for(lambda: release.replicas("cpu") >= 1, 60, "cpu still scales")
+        for r in results:
+            r.get(timeout=120)
+    finally:
+        release.upgrade({})  # helm puts the right address back
+    wait_for(lambda: condition(release.get("scaledobject", worker("io")), "Ready").get("status") == "True", 90,
+             "io Ready again")
+
+
+def test_helm_upgrade_of_concurrency_rolls_the_workers_and_keda_stays_in_control(idle, producer):
+    release = idle
+    before = release.get("deployment", worker("io"))
+    release.upgrade({"queues": {"io": {"concurrency": 6}}})
+    after = release.get("deployment", worker("io"))
+    assert after["metadata"]["generation"] > before["metadata"]["generation"]
+    args = after["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--concurrency=6" in args
+    so = release.get("scaledobject", worker("io"))
+    assert so["spec"]["advanced"]["scalingModifiers"]["target"] == "6"
+    assert release.get("hpa", worker("io"))["spec"]["maxReplicas"] == 4
+    results = [producer.send_task("tasks.io.transfer", kwargs={"size_bytes": 0, "wait_seconds": 20}, queue="io")
+               for _ in range(12)]
+    wait_for(lambda: release.replicas("io") == 2, 90, "io at ceil(12 / 6) = 2 replicas after the upgrade")
+    for r in results:
+        r.get(timeout=180)
+    release.upgrade({})
