@@ -70,3 +70,19 @@ def test_the_round_trip_fails_clearly_for_a_queue_nobody_consumes(stack):
     done = run_module(stack, "tasks.roundtrip", "--queues", "cpu,nobody", "--timeout", "5")
     assert done.returncode == 1
     assert "FAILED queue nobody: no answer within 5s" in done.stderr and "queue cpu: answered" in done.stdout
+
+
+def test_a_worker_reads_the_redis_password_from_a_file_as_the_chart_mounts_it(tmp_path):
+    """The chart gives CELERY_BROKER_URL without the password and REDIS_PASSWORD_FILE beside it."""
+    from conftest import producer
+
+    from loadgen.stack import LocalStack, WorkerSpec
+
+    with LocalStack(tmp_path, redis_password="s3cret-from-a-secret") as locked:
+        locked.start_redis()
+        (tmp_path / "password").write_text("s3cret-from-a-secret")
+        locked.start_worker(WorkerSpec("cpu", "solo", concurrency=1), name="filed",
+                            CELERY_BROKER_URL="redis://127.0.0.1:%d/0" % locked.redis_port,
+                            CELERY_RESULT_BACKEND="", REDIS_PASSWORD_FILE=str(tmp_path / "password"))
+        result = producer(locked).send_task("tasks.cpu.hash_chain", kwargs={"work_units": 10}, queue="cpu")
+        assert result.get(timeout=30)["worker"].startswith("filed@")

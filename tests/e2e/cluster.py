@@ -170,6 +170,7 @@ class E2ECluster:
             "kind": "KwokctlConfiguration",
             "options": {
                 "runtime": "binary",
+                "bindAddress": "127.0.0.1",
                 "kubeVersion": v["KUBERNETES_VERSION"],
                 "kubeApiserverBinary": str(b["kube-apiserver"]),
                 "kubeControllerManagerBinary": str(b["kube-controller-manager"]),
@@ -204,7 +205,10 @@ class E2ECluster:
 
     # -- KEDA -------------------------------------------------------------------------------
     def start_keda(self) -> None:
-        certs = write_certificates(self.workdir / "keda-certs", ["localhost", "127.0.0.1"])
+        # The aggregator checks the adapter's certificate against the Service's DNS name; the
+        # operator and the adapter reach each other on localhost.
+        service = f"keda-metrics-apiserver.{KEDA_NAMESPACE}.svc"
+        certs = write_certificates(self.workdir / "keda-certs", [service, f"{service}.cluster.local", "localhost", "127.0.0.1"])
         self.keda_ports = {name: free_port() for name in ("grpc", "adapter", "metrics", "probe", "adapter-metrics")}
         self.kubectl("create", "namespace", KEDA_NAMESPACE)
         for crd in keda_crds():
@@ -223,6 +227,7 @@ class E2ECluster:
         ], keda_env)
         self._spawn("keda-adapter", [
             str(self.bins["keda-adapter"]), "--kubeconfig", str(self.kubeconfig),
+            "--lister-kubeconfig", str(self.kubeconfig),
             "--authentication-kubeconfig", str(self.kubeconfig), "--authorization-kubeconfig", str(self.kubeconfig),
             f"--secure-port={self.keda_ports['adapter']}", "--bind-address=127.0.0.1",
             f"--tls-cert-file={certs['tls.crt']}", f"--tls-private-key-file={certs['tls.key']}",

@@ -25,3 +25,11 @@ def release():
 @pytest.fixture
 def producer(release):
     return release.producer()
+
+
+@pytest.fixture
+def kube(k8s, release):
+    """pytest-kubernetes' handle on the running cluster. ``create()`` finds it ready and so marks it
+    as not created by pytest-kubernetes, which then leaves it (and its kubeconfig) alone."""
+    k8s.create()
+    return k8s

@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import signal
+import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -78,6 +80,8 @@ def environment(run_dir: Path = RUN_DIR):
 
     from loadgen.stack import LocalStack
 
+    # A SIGTERM (a CI timeout, a Ctrl-C'd make) must still run the teardown below.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     with LocalStack(run_dir / "redis", redis_port=REDIS_PORT, redis_password=secrets.token_hex(16)) as redis:
         redis.start_redis()
         cluster = E2ECluster(run_dir / "cluster")

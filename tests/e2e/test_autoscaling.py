@@ -35,12 +35,12 @@ def condition(obj: dict, kind: str) -> dict:
     return next((c for c in obj.get("status", {}).get("conditions", []) if c["type"] == kind), {})
 
 
-def test_install_makes_every_scaledobject_ready_with_one_hpa_each(release, k8s):
+def test_install_makes_every_scaledobject_ready_with_one_hpa_each(release, kube):
     for queue in QUEUES:
         scaled = wait_for(lambda: (so := release.get("scaledobject", worker(queue)))
                           and condition(so, "Ready").get("status") == "True" and so, 120, f"{queue} ScaledObject Ready")
         assert scaled["spec"]["scaleTargetRef"]["name"] == worker(queue)
-    hpas = k8s.kubectl(["get", "hpa", "-n", NAMESPACE])["items"]
+    hpas = kube.kubectl(["get", "hpa", "-n", NAMESPACE])["items"]
     assert sorted(h["spec"]["scaleTargetRef"]["name"] for h in hpas) == sorted(worker(q) for q in QUEUES)
     assert all(h["metadata"]["ownerReferences"][0]["kind"] == "ScaledObject" for h in hpas)
 
