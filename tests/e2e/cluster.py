@@ -65,10 +65,11 @@ def binaries() -> dict[str, Path]:
 
 
 def keda_crds() -> list[Path]:
-    """KEDA's CRDs from the KEDA Go module itself (config/crd/bases)."""
+    """All of KEDA's CRDs from the KEDA Go module itself (config/crd/bases): keda.sh and
+    eventing.keda.sh (the operator stops when its CloudEventSource informers cannot sync)."""
     out = subprocess.run(["go", "mod", "download", "-json", f"github.com/kedacore/keda/v2@{versions()['KEDA_VERSION']}"],
                          capture_output=True, text=True, check=True, cwd=cache_dir())
-    return sorted((Path(json.loads(out.stdout)["Dir"]) / "config" / "crd" / "bases").glob("keda.sh_*.yaml"))
+    return sorted((Path(json.loads(out.stdout)["Dir"]) / "config" / "crd" / "bases").glob("*.yaml"))
 
 
 def free_port() -> int:
@@ -209,7 +210,8 @@ class E2ECluster:
         # operator and the adapter reach each other on localhost.
         service = f"keda-metrics-apiserver.{KEDA_NAMESPACE}.svc"
         certs = write_certificates(self.workdir / "keda-certs", [service, f"{service}.cluster.local", "localhost", "127.0.0.1"])
-        self.keda_ports = {name: free_port() for name in ("grpc", "adapter", "metrics", "probe", "adapter-metrics")}
+        self.keda_ports = {name: free_port() for name in ("grpc", "adapter", "metrics", "probe", "adapter-metrics",
+                                                          "pprof")}
         self.kubectl("create", "namespace", KEDA_NAMESPACE)
         for crd in keda_crds():
             self.kubectl("apply", "--server-side", "-f", str(crd))
@@ -224,6 +226,7 @@ class E2ECluster:
             f"--metrics-service-bind-address=127.0.0.1:{self.keda_ports['grpc']}",
             f"--cert-dir={cert_dir}", "--enable-cert-rotation=false", "--enable-webhook-patching=false",
             "--enable-apiservice-patching=false", "--zap-log-level=info",
+            f"--profiling-bind-address=127.0.0.1:{self.keda_ports['pprof']}",
         ], keda_env)
         self._spawn("keda-adapter", [
             str(self.bins["keda-adapter"]), "--kubeconfig", str(self.kubeconfig),
@@ -249,10 +252,14 @@ class E2ECluster:
         )
         self._wait(self._external_metrics_available, 180, "KEDA metrics adapter behind the aggregator")
 
-    def _external_metrics_available(self) -> bool:
+    def keda_alive(self) -> None:
+        """Raises RuntimeError naming the log of a KEDA process that exited."""
         for name in ("keda-operator", "keda-adapter"):
             if self.procs[name].poll() is not None:
                 raise RuntimeError(f"{name} exited; see {self.workdir / (name + '.log')}")
+
+    def _external_metrics_available(self) -> bool:
+        self.keda_alive()
         done = self.kubectl("get", "apiservice", "v1beta1.external.metrics.k8s.io", "-o", "json", check=False)
         if done.returncode != 0:
             return False

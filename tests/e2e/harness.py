@@ -61,7 +61,15 @@ class Release:
 
     def replicas(self, queue: str) -> int:
         """What the Deployment asks for (``spec.replicas``, set by KEDA and the HPA)."""
+        self.cluster.keda_alive()
         return self.get("deployment", worker(queue))["spec"].get("replicas", 0)
+
+    def explain(self, queue: str) -> str:
+        """The ScaledObject's and the HPA's view of ``queue``, for a failure message."""
+        so = self.get("scaledobject", worker(queue)).get("status", {})
+        hpa = self.get("hpa", worker(queue)).get("status", {})
+        return json.dumps({"replicas": self.replicas(queue), "scaledobject": so, "hpa": hpa,
+                           "bridge": self.bridge.events[-10:]}, indent=1, default=str)
 
     def producer(self):
         """A Celery producer (the project's settings) bound to this Redis."""
@@ -109,12 +117,14 @@ def environment(run_dir: Path = RUN_DIR):
             cluster.stop()
 
 
-def wait_for(check, timeout: float, what: str, interval: float = 1.0):
-    """Poll until ``check()`` is truthy; return it. Fails naming ``what`` and the last value."""
+def wait_for(check, timeout: float, what: str, interval: float = 1.0, explain=None):
+    """Poll until ``check()`` is truthy; return it. Fails naming ``what``, the last value and
+    ``explain()`` (e.g. :meth:`Release.explain`)."""
     deadline, last = time.monotonic() + timeout, None
     while time.monotonic() < deadline:
         last = check()
         if last:
             return last
         time.sleep(interval)
-    raise AssertionError(f"{what}: still {last!r} after {timeout:.0f}s")
+    detail = f"\n{explain()}" if explain else ""
+    raise AssertionError(f"{what}: still {last!r} after {timeout:.0f}s{detail}")

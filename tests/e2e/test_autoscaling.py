@@ -27,7 +27,7 @@ def queue_backlog(release, queue: str) -> int:
 def idle(release):
     """Every queue empty and at its minimum (0) before a test starts."""
     wait_for(lambda: all(queue_backlog(release, q) == 0 and release.replicas(q) == 0 for q in QUEUES), 180,
-             "all queues idle at zero replicas")
+             "all queues idle at zero replicas", explain=lambda: "\n".join(release.explain(q) for q in QUEUES))
     return release
 
 
@@ -64,7 +64,8 @@ def test_a_burst_on_cpu_scales_it_from_zero_to_the_cap_and_leaves_the_others_alo
     # Drain: the bridged workers finish every task, even those on pods removed while busy.
     for r in results:
         assert r.get(timeout=300)["queue"] == "cpu"
-    wait_for(lambda: release.replicas("cpu") == 0, 120, "cpu back to minReplicaCount 0 after the cooldown")
+    wait_for(lambda: release.replicas("cpu") == 0, 120, "cpu back to minReplicaCount 0 after the cooldown",
+             explain=lambda: release.explain("cpu"))
     stopped = [e for e in release.bridge.events if e[1].startswith(worker("cpu")) and e[2] == "sigterm"]
     assert stopped, "pods were removed on scale-down"
     assert all(queue_backlog(release, q) == 0 for q in QUEUES)
@@ -95,7 +96,8 @@ def test_every_priority_list_counts_towards_the_replicas(idle, producer):
                                   priority=[0, 5, 9][i % 3]) for i in range(12)]
     # 12 tasks over three priority lists, listLength 4: 3 replicas. Counting only the base
     # list (4 of them) would give 1.
-    wait_for(lambda: release.replicas("io") == 3, 90, "io at ceil(12 / 4) = 3 replicas")
+    wait_for(lambda: release.replicas("io") == 3, 90, "io at ceil(12 / 4) = 3 replicas",
+             explain=lambda: release.explain("io"))
     for r in results:
         r.get(timeout=180)
 
@@ -113,7 +115,8 @@ def test_a_cron_window_holds_desired_replicas_with_an_empty_queue(idle):
         assert release.replicas("mixed") == 2 and queue_backlog(release, "mixed") == 0
     finally:
         release.upgrade({})
-    wait_for(lambda: release.replicas("mixed") == 0, 120, "mixed back to zero without the window")
+    wait_for(lambda: release.replicas("mixed") == 0, 120, "mixed back to zero without the window",
+             explain=lambda: release.explain("mixed"))
 
 
 def test_a_wrong_redis_address_is_a_condition_and_a_fallback_not_a_crash(idle, producer):
