@@ -17,6 +17,10 @@ components=("$@")
 [ ${#components[@]} -gt 0 ] || components=(kube etcd kwok keda)
 
 say() { printf '[e2e-build %(%H:%M:%S)T] %s\n' -1 "$*"; }
+mkdir -p "$cache"
+log="$cache/build.log"
+# quiet CMD...: run CMD with its chatter in $log; on failure show the end of it.
+quiet() { "$@" >>"$log" 2>&1 || { echo "failed: $*" >&2; tail -n 40 "$log" >&2; return 1; }; }
 
 # wrapper DIR MODULE: a fresh go.mod named MODULE in DIR (kept if present, for resuming).
 wrapper() {
@@ -34,19 +38,19 @@ build_kube() {
   # k8s.io/kubernetes points its staging modules at ./staging; map each to its published
   # version, generating the list from the module's own go.mod.
   local gomod
-  gomod="$(go mod download -json "k8s.io/kubernetes@$KUBERNETES_VERSION" | sed -n 's/.*"GoMod": "\(.*\)",/\1/p')"
+  gomod="$(go mod download -json "k8s.io/kubernetes@$KUBERNETES_VERSION" 2>>"$log" | sed -n 's/.*"GoMod": "\(.*\)",/\1/p')"
   grep -E '^\s*k8s.io/[^ ]+ => ./staging/' "$gomod" | awk '{print $1}' | while read -r mod; do
     go mod edit -replace "$mod=$mod@$KUBERNETES_STAGING_VERSION"
   done
   go mod edit -require "k8s.io/kubernetes@$KUBERNETES_VERSION"
   go mod edit -godebug default=go1.25 2>/dev/null || true
   for cmd in kube-apiserver kube-controller-manager kube-scheduler kubectl; do
-    go get "k8s.io/kubernetes/cmd/$cmd@$KUBERNETES_VERSION" >/dev/null
+    quiet go get "k8s.io/kubernetes/cmd/$cmd@$KUBERNETES_VERSION"
   done
   mkdir -p "$out.tmp"
   for cmd in kube-apiserver kube-controller-manager kube-scheduler kubectl; do
     say "  go build $cmd"
-    go build -trimpath -ldflags "-s -w -X k8s.io/component-base/version.gitVersion=$KUBERNETES_VERSION -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=35" \
+    quiet go build -trimpath -ldflags "-s -w -X k8s.io/component-base/version.gitVersion=$KUBERNETES_VERSION -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=35" \
       -o "$out.tmp/$cmd" "k8s.io/kubernetes/cmd/$cmd"
   done
   rm -rf "$out" && mv "$out.tmp" "$out"
@@ -71,10 +75,10 @@ import (
 func main() { etcdmain.Main(os.Args) }
 GO
   cd "$dir"
-  go get "go.etcd.io/etcd/server/v3@$ETCD_VERSION" >/dev/null
-  go mod tidy >/dev/null
+  quiet go get "go.etcd.io/etcd/server/v3@$ETCD_VERSION"
+  quiet go mod tidy
   mkdir -p "$out.tmp"
-  go build -trimpath -ldflags "-s -w" -o "$out.tmp/etcd" .
+  quiet go build -trimpath -ldflags "-s -w" -o "$out.tmp/etcd" .
   rm -rf "$out" && mv "$out.tmp" "$out"
 }
 
@@ -83,7 +87,7 @@ build_kwok() {
   if [ -x "$out/kwok" ] && [ -x "$out/kwokctl" ]; then say "kwok $KWOK_VERSION: cached"; return; fi
   say "kwok $KWOK_VERSION: building"
   mkdir -p "$out.tmp"
-  GOBIN="$out.tmp" go install -trimpath -ldflags "-s -w" \
+  GOBIN="$out.tmp" quiet go install -trimpath -ldflags "-s -w" \
     "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION" "sigs.k8s.io/kwok/cmd/kwokctl@$KWOK_VERSION"
   rm -rf "$out" && mv "$out.tmp" "$out"
 }
@@ -95,19 +99,19 @@ build_keda() {
   wrapper "$dir" e2e.local/keda
   cd "$dir"
   local gomod
-  gomod="$(go mod download -json "github.com/kedacore/keda/v2@$KEDA_VERSION" | sed -n 's/.*"GoMod": "\(.*\)",/\1/p')"
+  gomod="$(go mod download -json "github.com/kedacore/keda/v2@$KEDA_VERSION" 2>>"$log" | sed -n 's/.*"GoMod": "\(.*\)",/\1/p')"
   # KEDA pins k8s.io and controller-runtime in a replace block: copy it.
   awk '/^replace \(/{f=1;next} f&&/^\)/{f=0} f&&/=>/{print $1"="$3"@"$4}' "$gomod" | while read -r rep; do
     go mod edit -replace "$rep"
   done
   go mod edit -require "github.com/kedacore/keda/v2@$KEDA_VERSION"
   for cmd in operator adapter; do
-    go get "github.com/kedacore/keda/v2/cmd/$cmd@$KEDA_VERSION" >/dev/null
+    quiet go get "github.com/kedacore/keda/v2/cmd/$cmd@$KEDA_VERSION"
   done
   mkdir -p "$out.tmp"
   for cmd in operator adapter; do
     say "  go build keda $cmd"
-    go build -trimpath -ldflags "-s -w -X github.com/kedacore/keda/v2/version.Version=$KEDA_VERSION" \
+    quiet go build -trimpath -ldflags "-s -w -X github.com/kedacore/keda/v2/version.Version=$KEDA_VERSION" \
       -o "$out.tmp/keda-$cmd" "github.com/kedacore/keda/v2/cmd/$cmd"
   done
   rm -rf "$out" && mv "$out.tmp" "$out"
