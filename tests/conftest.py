@@ -49,12 +49,6 @@ def fresh_stack(tmp_path):
 @pytest.fixture(scope="session")
 def celery_app(stack):
     """A producer app for the session stack's broker."""
+    from helpers import producer
+
     return producer(stack)
-
-
-def producer(stack):
-    """A Celery app (the project's settings) that sends to and reads results from ``stack``."""
-    from tasks import config
-    from tasks.app import create_app
-
-    return create_app(config.load({"CELERY_BROKER_URL": stack.broker_url, **stack.env}))

@@ -62,3 +62,11 @@ def eventually(check, timeout: float, what: str, interval: float = 0.2):
             return last
         time.sleep(interval)
     raise AssertionError(f"{what}: still {last!r} after {timeout}s")
+
+
+def producer(stack):
+    """A Celery app (the project's settings) that sends to and reads results from ``stack``."""
+    from tasks import config
+    from tasks.app import create_app
+
+    return create_app(config.load({"CELERY_BROKER_URL": stack.broker_url, **stack.env}))

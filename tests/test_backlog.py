@@ -2,8 +2,7 @@
 
 import time
 
-from conftest import producer
-from helpers import eventually, run_module, scrape
+from helpers import eventually, producer, run_module, scrape
 
 from loadgen.stack import WorkerSpec
 from tasks import backlog, config

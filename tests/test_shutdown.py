@@ -5,8 +5,7 @@ import os
 import signal
 
 from celery import states
-from conftest import producer
-from helpers import eventually, run_module
+from helpers import eventually, producer, run_module
 
 from loadgen.stack import WorkerSpec
 from tasks import backlog, config, deadletter

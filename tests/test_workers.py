@@ -1,6 +1,6 @@
 """Real workers on a real Redis: routing, a 300-task burst with nothing lost, and the metrics."""
 
-from helpers import loadgen_json, result_states, scrape, succeeded_by_queue
+from helpers import loadgen_json, producer, result_states, scrape, succeeded_by_queue
 
 from tasks import backlog
 from tasks.work import QUEUE_TASKS
@@ -74,8 +74,6 @@ def test_the_round_trip_fails_clearly_for_a_queue_nobody_consumes(stack):
 
 def test_a_worker_reads_the_redis_password_from_a_file_as_the_chart_mounts_it(tmp_path):
     """The chart gives CELERY_BROKER_URL without the password and REDIS_PASSWORD_FILE beside it."""
-    from conftest import producer
-
     from loadgen.stack import LocalStack, WorkerSpec
 
     with LocalStack(tmp_path, redis_password="s3cret-from-a-secret") as locked:

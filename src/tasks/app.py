@@ -8,7 +8,6 @@ for why an autoscaled worker needs it.
 from __future__ import annotations
 
 import logging
-import os
 
 from celery import Celery, Task
 
@@ -17,12 +16,6 @@ from . import config, deadletter
 logger = logging.getLogger(__name__)
 
 settings = config.load()
-
-# Celery prefers CELERY_BROKER_URL and CELERY_RESULT_BACKEND from the environment to its own
-# configuration (celery.app.utils.Settings.broker_url). The URLs that carry the password from
-# REDIS_PASSWORD(_FILE) live only in the configuration, so the environment's copies go.
-for _name in ("CELERY_BROKER_URL", "CELERY_RESULT_BACKEND"):
-    os.environ.pop(_name, None)
 
 
 class TransientError(RuntimeError):

@@ -56,6 +56,12 @@ PRIORITY_SEPARATOR = ":"
 KEY_PREFIX = "celery-autoscale"
 
 
+#: Variables Celery itself reads from the environment in preference to its configuration
+#: (``celery.app.utils.Settings.broker_url`` and ``.result_backend``).
+CELERY_READS = ("CELERY_BROKER_URL", "CELERY_RESULT_BACKEND")
+_taken: dict[str, str] = {}  # their values, once load() has taken them out of os.environ
+
+
 class ConfigError(ValueError):
     """A setting from the environment is malformed; the message is one line."""
 
@@ -169,14 +175,22 @@ def _steps(raw: str) -> tuple[int, ...]:
 
 
 def load(env: dict | None = None) -> Settings:
-    """Read :class:`Settings` from ``env`` (default ``os.environ``).
+    """Read :class:`Settings` from ``env`` (default ``os.environ``, see :data:`CELERY_READS`).
 
     Raises:
         ConfigError: a value is malformed, or the visibility timeout does not exceed the
             task time limit (Celery's "Using Redis" caveats: a task still running when the
             visibility timeout ends is delivered a second time).
     """
-    env = dict(os.environ if env is None else env)
+    if env is None:
+        # Celery would prefer these raw variables to our URLs, which carry the password from
+        # REDIS_PASSWORD(_FILE): take them out of the environment, and remember them for later
+        # calls in this process.
+        for name in CELERY_READS:
+            if name in os.environ:
+                _taken[name] = os.environ.pop(name)
+        env = {**os.environ, **_taken}
+    env = dict(env)
     password = env.get("REDIS_PASSWORD") or None
     if env.get("REDIS_PASSWORD_FILE"):
         try:
