@@ -33,12 +33,12 @@ MAX_ENTRIES = 10_000
 
 def record(task, exc, task_id, args, kwargs, einfo) -> None:
     """Push one failed task onto the dead-letter list (called from ``Task.on_failure``)."""
-    from .hooks import _queue_of, _redis
+    from .hooks import queue_of, redis_client
 
     entry = {
         "task_id": task_id,
         "task": task.name,
-        "queue": _queue_of(task),
+        "queue": queue_of(task),
         "args": list(args or ()),
         "kwargs": dict(kwargs or {}),
         "error": f"{type(exc).__name__}: {exc}",
@@ -47,7 +47,7 @@ def record(task, exc, task_id, args, kwargs, einfo) -> None:
         "failed_at": time.time(),
     }
     try:
-        pipe = _redis().pipeline()
+        pipe = redis_client().pipeline()
         pipe.lpush(KEY, json.dumps(entry, default=repr))
         pipe.ltrim(KEY, 0, MAX_ENTRIES - 1)
         pipe.execute()

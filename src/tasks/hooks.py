@@ -15,7 +15,7 @@ import time
 
 from celery import bootsteps, signals
 
-from . import backlog, config, health
+from . import backlog, health
 
 logger = logging.getLogger(__name__)
 
@@ -23,7 +23,8 @@ _client = None  # one Redis client per process; redis-py resets its pool after f
 _started: dict[str, tuple[float, str]] = {}  # task id -> (perf_counter at start, queue)
 
 
-def _redis():
+def redis_client():
+    """This process's Redis client for the broker (created on first use)."""
     global _client
     if _client is None:
         from .app import settings
@@ -32,7 +33,8 @@ def _redis():
     return _client
 
 
-def _queue_of(task) -> str:
+def queue_of(task) -> str:
+    """The queue the running task's message came from."""
     info = task.request.delivery_info or {}
     return info.get("routing_key") or "unknown"
 
@@ -46,11 +48,11 @@ def stamp_published_at(headers=None, **_):
 
 @signals.task_prerun.connect
 def task_started(task_id=None, task=None, **_):
-    queue = _queue_of(task)
+    queue = queue_of(task)
     now = time.time()
     _started[task_id] = (time.perf_counter(), queue)
     try:
-        _redis().zadd(backlog.in_flight_key(queue), {task_id: now})
+        redis_client().zadd(backlog.in_flight_key(queue), {task_id: now})
     except Exception:  # metrics must never fail a task
         logger.exception("could not record task %s as in flight", task_id)
     from . import metrics
@@ -62,9 +64,9 @@ def task_started(task_id=None, task=None, **_):
 
 @signals.task_postrun.connect
 def task_finished(task_id=None, task=None, state=None, **_):
-    began, queue = _started.pop(task_id, (None, _queue_of(task)))
+    began, queue = _started.pop(task_id, (None, queue_of(task)))
     try:
-        _redis().zrem(backlog.in_flight_key(queue), task_id)
+        redis_client().zrem(backlog.in_flight_key(queue), task_id)
     except Exception:
         logger.exception("could not clear in-flight entry of task %s", task_id)
     from . import metrics
@@ -90,7 +92,7 @@ def serve_metrics(sender=None, **_):
 
     queues = sorted(q.name for q in sender.task_consumer.queues) if sender.task_consumer else []
     if settings.metrics_port:
-        metrics.serve(settings, queues, _redis())
+        metrics.serve(settings, queues, redis_client())
 
 
 class Heartbeat(bootsteps.StartStopStep):
@@ -118,7 +120,7 @@ class Heartbeat(bootsteps.StartStopStep):
         health.touch(self.settings.heartbeat_file)
         try:
             for queue in self.queues:
-                backlog.prune_in_flight(_redis(), queue, self.settings.visibility_timeout)
+                backlog.prune_in_flight(redis_client(), queue, self.settings.visibility_timeout)
         except Exception:
             logger.exception("could not prune in-flight entries")
 
