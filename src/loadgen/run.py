@@ -59,7 +59,7 @@ class Outcome:
     send_seconds: float  # from the first send to the last
     results: dict[str, dict]  # task id -> result backend meta, for tasks that ended
     timeline: list[dict]  # samples: {"t", "sent", "backlog": {queue: tasks}}
-    started_at: float  # Unix seconds
+    started_at: float  # Unix seconds; the timeline's "t" counts from here
     waited: bool
 
 
@@ -168,7 +168,6 @@ def run(app, settings, spec: LoadSpec, *, wait: bool, timeout: float, sample_int
 
     sampler = Sampler(backlog.connect(settings), settings, list(spec.queues), sample_interval,
                       lambda: sent_count[0])
-    started_at = time.time()
     sampler.start()
     try:
         sent, send_seconds = send(app, spec, on_sent)
@@ -178,4 +177,4 @@ def run(app, settings, spec: LoadSpec, *, wait: bool, timeout: float, sample_int
                               (lambda n: progress("wait", n, len(sent))) if progress else None)
     finally:
         timeline = sampler.stop()
-    return Outcome(sent, send_seconds, results, timeline, started_at, wait)
+    return Outcome(sent, send_seconds, results, timeline, sampler.start_time, wait)

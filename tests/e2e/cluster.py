@@ -15,6 +15,7 @@ Every port is on 127.0.0.1 and chosen free at start.
 
 from __future__ import annotations
 
+import base64
 import datetime
 import ipaddress
 import json
@@ -237,7 +238,7 @@ class E2ECluster:
             f"--cert-dir={cert_dir}", f"--port={self.keda_ports['adapter-metrics']}",
             f"--metrics-service-address=localhost:{self.keda_ports['grpc']}",
         ], keda_env)
-        ca_bundle = __import__("base64").b64encode(certs["ca.crt"].read_bytes()).decode()
+        ca_bundle = base64.b64encode(certs["ca.crt"].read_bytes()).decode()
         self.apply(
             {"apiVersion": "v1", "kind": "Service",
              "metadata": {"name": "keda-metrics-apiserver", "namespace": KEDA_NAMESPACE},
