@@ -1,26 +1,49 @@
-"""``python -m loadgen PATTERN [options]``: send a shaped load of Celery tasks.
+"""``python -m loadgen PATTERN [options]``: send a shaped load of Celery tasks to any app.
 
-The broker comes from ``CELERY_BROKER_URL`` (see :mod:`tasks.config`) unless ``--broker`` is
-given. Every input is checked, and the broker pinged, before anything is sent: an error is
-one line on stderr and exit status 2 (bad input) or 3 (broker unreachable). With ``--wait``
-the exit status is 1 when any task was lost.
+The app comes from ``--app`` (default ``CELERY_AUTOSCALE_APP``, else the sample app
+``tasks.app:app``) and its broker from ``CELERY_BROKER_URL`` unless ``--broker`` is given. The
+tasks are ``--task`` with ``--args``/``--kwargs`` (routed by the app, or sent to each of
+``--queues``), a weighted ``--mix``, or by default the sample app's ``cpu``, ``io`` and
+``mixed`` tasks shaped by the profile options. Every input is checked, and the broker pinged,
+before anything is sent: an error is one line on stderr.
+
+Exit status: 0 ok; 1 tasks lost or failed (with ``--wait``) or the broker went away mid-run
+(the summary so far is printed); 2 bad input (nothing sent); 3 broker unreachable (nothing sent).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from pathlib import Path
 
 from .patterns import PATTERNS, PatternError, build
 
-EXIT_BAD_INPUT, EXIT_BROKER, EXIT_LOST = 2, 3, 1
+EXIT_FAILED, EXIT_BAD_INPUT, EXIT_BROKER = 1, 2, 3
+#: The sample app, loadgen's default.
+DEMO_APP = "tasks.app:app"
 
 
 class InputError(ValueError):
     """A command-line value is invalid; the message is one line."""
+
+
+def number(kind=float, low: float = -math.inf, high: float = math.inf, low_open: bool = False):
+    """argparse type: a finite ``kind`` within [low, high] (``(low, high]`` with ``low_open``)."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a {'whole number' if kind is int else 'number'}: {text!r}") from None
+        if not math.isfinite(value) or value < low or value > high or (low_open and value == low):
+            lo = f"> {low:g}" if low_open else f">= {low:g}"
+            bound = f"{lo} and <= {high:g}" if math.isfinite(high) else lo
+            raise argparse.ArgumentTypeError(f"must be finite and {bound}, got {text!r}")
+        return value
+    return parse
 
 
 def parse_weights(text: str, what: str, convert=str) -> dict:
@@ -33,8 +56,8 @@ def parse_weights(text: str, what: str, convert=str) -> dict:
             value = float(weight) if weight else 1.0
         except ValueError:
             raise InputError(f"--{what}: cannot read {part!r}; use name=weight,...") from None
-        if not value >= 0:
-            raise InputError(f"--{what}: weight of {key!r} must not be negative")
+        if not (math.isfinite(value) and value >= 0):
+            raise InputError(f"--{what}: weight of {key!r} must be a finite number >= 0, got {weight!r}")
         weights[parsed_key] = value
     if not weights or not any(weights.values()):
         raise InputError(f"--{what}: give at least one entry with a positive weight")
@@ -44,104 +67,180 @@ def parse_weights(text: str, what: str, convert=str) -> dict:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m loadgen",
-        description="Send a shaped, open-loop load of celery-autoscale tasks and summarize it.",
-        epilog="Exit status: 0 ok, 1 tasks lost (with --wait), 2 bad input, 3 broker unreachable.",
+        description="Send a shaped, open-loop load of Celery tasks to any app and summarize it.",
+        epilog="Exit status: 0 ok, 1 tasks lost or failed (with --wait) or broker lost mid-run, "
+               "2 bad input, 3 broker unreachable.",
     )
     p.add_argument("pattern", help=f"load shape: {', '.join(PATTERNS)}")
     shape = p.add_argument_group("shape")
-    shape.add_argument("--rate", type=float, metavar="TASKS/S", help="tasks/s: steady rate, ramp end rate, oscillate mean")
-    shape.add_argument("--duration", type=float, metavar="SECONDS", default=60.0, help="seconds of sending (default 60)")
-    shape.add_argument("--count", type=int, metavar="N", help="tasks to send: burst size, or a cap for other patterns")
-    shape.add_argument("--start-rate", type=float, metavar="TASKS/S", default=0.0, help="ramp start rate, tasks/s (default 0)")
-    shape.add_argument("--amplitude", type=float, metavar="TASKS/S", help="oscillate amplitude, tasks/s (default rate/2)")
-    shape.add_argument("--period", type=float, metavar="SECONDS", default=60.0, help="oscillate period, seconds (default 60)")
+    shape.add_argument("--rate", type=number(float, 0, low_open=True), metavar="TASKS/S",
+                       help="tasks/s: steady rate, ramp end rate, oscillate mean")
+    shape.add_argument("--duration", type=number(float, 0, low_open=True), metavar="SECONDS", default=60.0,
+                       help="seconds of sending (default 60)")
+    shape.add_argument("--count", type=number(int, 1), metavar="N", help="tasks to send: burst size, or a cap for other patterns")
+    shape.add_argument("--start-rate", type=number(float, 0), metavar="TASKS/S", default=0.0, help="ramp start rate, tasks/s (default 0)")
+    shape.add_argument("--amplitude", type=number(float, 0), metavar="TASKS/S", help="oscillate amplitude, tasks/s (default rate/2)")
+    shape.add_argument("--period", type=number(float, 0, low_open=True), metavar="SECONDS", default=60.0,
+                       help="oscillate period, seconds (default 60)")
     shape.add_argument("--wave", default="sine", metavar="SHAPE", help="oscillate wave: sine or square (default sine)")
     shape.add_argument("--csv", type=Path, metavar="FILE", help="replay: CSV of seconds,tasks_per_second segments")
-    mix = p.add_argument_group("mix")
-    mix.add_argument("--queues", default="cpu,io,mixed", metavar="Q[=W],...",
-                     help="queues and weights, e.g. cpu=2,io=1 (default cpu,io,mixed equally)")
-    mix.add_argument("--priorities", metavar="P[=W],...",
-                     help="Celery priorities 0-9 and weights, e.g. 0=3,9=1 (0 is served first on Redis)")
-    mix.add_argument("--seed", type=int, metavar="N", default=0, help="random seed of the queue and priority draws")
-    prof = p.add_argument_group("task profile (omitted keys keep the task's default)")
-    prof.add_argument("--work-units", type=int, metavar="N", help="SHA-256 rounds per task (cpu, mixed)")
-    prof.add_argument("--size-bytes", type=int, metavar="BYTES", help="bytes written, fsynced and read (io, mixed)")
-    prof.add_argument("--wait-seconds", type=float, metavar="SECONDS", help="seconds of simulated network wait (io, mixed)")
-    prof.add_argument("--fail-rate", type=float, metavar="P", help="probability 0-1 of a transient fault per attempt")
+    tasks = p.add_argument_group("tasks (default: the sample app's cpu, io and mixed tasks)")
+    tasks.add_argument("--app", metavar="MODULE:ATTR",
+                       help=f"the producer's Celery app (default: CELERY_AUTOSCALE_APP, else {DEMO_APP})")
+    tasks.add_argument("--task", metavar="NAME", help="send this task (routed by the app, or to each of --queues)")
+    tasks.add_argument("--args", metavar="JSON", help="positional arguments of --task, a JSON list (default [])")
+    tasks.add_argument("--kwargs", metavar="JSON", help="keyword arguments of --task, a JSON object (default {})")
+    tasks.add_argument("--mix", metavar="JSON|@FILE",
+                       help='a weighted mix: a JSON list of {"task", "queue", "args", "kwargs", "weight"}')
+    tasks.add_argument("--queues", metavar="Q[=W],...",
+                       help="queues and weights, e.g. cpu=2,io=1 (sample app default: cpu,io,mixed equally)")
+    tasks.add_argument("--priorities", metavar="P[=W],...",
+                       help="Celery priorities 0-9 and weights, e.g. 0=3,9=1 (0 is served first on Redis)")
+    tasks.add_argument("--seed", type=int, metavar="N", default=0, help="random seed of the task and priority draws")
+    prof = p.add_argument_group("sample app task profile (omitted keys keep the task's default)")
+    prof.add_argument("--work-units", type=number(int, 0), metavar="N", help="SHA-256 rounds per task (cpu, mixed)")
+    prof.add_argument("--size-bytes", type=number(int, 0), metavar="BYTES", help="bytes written, fsynced and read (io, mixed)")
+    prof.add_argument("--wait-seconds", type=number(float, 0, 86400), metavar="SECONDS",
+                      help="seconds of simulated network wait (io, mixed)")
+    prof.add_argument("--fail-rate", type=number(float, 0, 1), metavar="P", help="probability 0-1 of a transient fault per attempt")
     out = p.add_argument_group("outcome")
-    out.add_argument("--wait", action="store_true", help="wait for every task to finish")
-    out.add_argument("--timeout", type=float, metavar="SECONDS", default=300.0, help="seconds --wait waits (default 300)")
+    out.add_argument("--wait", action="store_true", help="wait for every task to end; lost or failed tasks exit 1")
+    out.add_argument("--timeout", type=number(float, 0, 7 * 86400, low_open=True), metavar="SECONDS", default=300.0,
+                     help="seconds --wait waits (default 300)")
     out.add_argument("--json", action="store_true", help="print the summary as one JSON line, last")
     out.add_argument("--plot", type=Path, metavar="FILE.png", help="write the timeline to this PNG file")
-    out.add_argument("--broker", metavar="URL", help="broker URL (default: CELERY_BROKER_URL)")
+    out.add_argument("--broker", metavar="URL", help="broker URL, redis:// or rediss:// (default: CELERY_BROKER_URL)")
     return p
 
 
-def build_spec(args: argparse.Namespace):
-    """A :class:`~loadgen.run.LoadSpec` from parsed arguments.
+def _json(text: str, what: str, kind: type):
+    if text.startswith("@"):
+        try:
+            text = Path(text[1:]).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InputError(f"--{what}: cannot read {text[1:]}: {getattr(exc, 'strerror', None) or exc.reason}") from None
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise InputError(f"--{what}: not JSON ({exc.msg} at position {exc.pos})") from None
+    if not isinstance(value, kind):
+        raise InputError(f"--{what}: must be a JSON {'list' if kind is list else 'object'}")
+    return value
+
+
+def _plans(args, app):
+    """The :class:`~loadgen.run.TaskPlan` mix the options describe."""
+    from .run import TaskPlan
+
+    queues = parse_weights(args.queues, "queues") if args.queues else None
+    profile = {"work_units": args.work_units, "size_bytes": args.size_bytes,
+               "wait_seconds": args.wait_seconds, "fail_rate": args.fail_rate}
+    profile = {k: v for k, v in profile.items() if v is not None}
+    if (args.task or args.mix) and profile:
+        raise InputError(f"--{next(iter(profile)).replace('_', '-')} shapes the sample app's tasks; "
+                         "give --kwargs with --task instead")
+    if args.task and args.mix:
+        raise InputError("give --task or --mix, not both")
+    if args.mix:
+        plans = []
+        for i, item in enumerate(_json(args.mix, "mix", list)):
+            if not isinstance(item, dict) or not isinstance(item.get("task"), str) or not isinstance(item.get("queue"), str):
+                raise InputError(f"--mix: entry {i} needs a \"task\" and a \"queue\" string")
+            weight = item.get("weight", 1)
+            if not isinstance(weight, (int, float)) or not (math.isfinite(weight) and weight >= 0):
+                raise InputError(f"--mix: entry {i} has a weight that is not a finite number >= 0")
+            if not isinstance(item.get("args", []), list) or not isinstance(item.get("kwargs", {}), dict):
+                raise InputError(f"--mix: entry {i}: args must be a list and kwargs an object")
+            plans.append(TaskPlan(item["task"], item["queue"], tuple(item.get("args", [])), item.get("kwargs", {}), weight))
+        return [p for p in plans if p.weight > 0]
+    if args.task:
+        call = (tuple(_json(args.args, "args", list)) if args.args else (),
+                _json(args.kwargs, "kwargs", dict) if args.kwargs else {})
+        if queues is None:
+            queues = {app.amqp.router.route({}, args.task, *call)["queue"].name: 1.0}
+        return [TaskPlan(args.task, q, *call, weight=w) for q, w in queues.items() if w > 0]
+    if args.args or args.kwargs:
+        raise InputError("--args and --kwargs go with --task")
+    from tasks.work import QUEUE_TASKS  # the sample app's table
+
+    queues = queues or {q: 1.0 for q in QUEUE_TASKS}
+    unknown = sorted(set(queues) - set(QUEUE_TASKS))
+    if unknown:
+        raise InputError(f"--queues: unknown queue {unknown[0]!r}; the sample app has {', '.join(QUEUE_TASKS)} "
+                         "(give --task or --mix for other apps)")
+    plans = []
+    for queue, weight in queues.items():
+        name, accepted = QUEUE_TASKS[queue]
+        plans.append(TaskPlan(name, queue, (), {k: v for k, v in profile.items() if k in accepted}, weight))
+    return [p for p in plans if p.weight > 0]
+
+
+def build_spec(args: argparse.Namespace, app):
+    """A :class:`~loadgen.run.LoadSpec` from parsed arguments, for ``app``.
 
     Raises:
         InputError, PatternError: an invalid value, in one line.
     """
-    from tasks.work import QUEUE_TASKS
-
     from .run import LoadSpec
 
-    queues = parse_weights(args.queues, "queues")
-    unknown = sorted(set(queues) - set(QUEUE_TASKS))
-    if unknown:
-        raise InputError(f"--queues: unknown queue {unknown[0]!r}; known: {', '.join(QUEUE_TASKS)}")
+    plans = _plans(args, app)
+    if not plans:
+        raise InputError("no task to send: every weight is 0")
     priorities = parse_weights(args.priorities, "priorities", int) if args.priorities else None
     if priorities and not all(0 <= p <= 9 for p in priorities):
         raise InputError("--priorities: priorities are 0 to 9")
-    if args.count is not None and args.count <= 0:
-        raise InputError(f"--count must be positive, got {args.count}")
-    if args.timeout <= 0:
-        raise InputError(f"--timeout must be positive seconds, got {args.timeout}")
-    profile = {"work_units": args.work_units, "size_bytes": args.size_bytes,
-               "wait_seconds": args.wait_seconds, "fail_rate": args.fail_rate}
-    for key, value in profile.items():
-        if value is not None and value < 0:
-            raise InputError(f"--{key.replace('_', '-')} must not be negative, got {value}")
-    if args.fail_rate is not None and args.fail_rate > 1:
-        raise InputError(f"--fail-rate is a probability from 0 to 1, got {args.fail_rate}")
+    if args.plot is not None:
+        folder = args.plot.resolve().parent
+        if not folder.is_dir() or not os.access(folder, os.W_OK):
+            raise InputError(f"--plot: cannot write into {folder}")
     pattern = build(args.pattern, rate=args.rate, duration=args.duration, count=args.count,
                     start_rate=args.start_rate, amplitude=args.amplitude, period=args.period,
                     wave=args.wave, csv_path=args.csv)
     if pattern.total() == 0:
         raise InputError("this pattern sends no task; raise --rate or --duration")
-    return LoadSpec(pattern, {q: w for q, w in queues.items() if w > 0},
-                    {k: v for k, v in profile.items() if v is not None},
+    return LoadSpec(pattern, tuple(plans),
                     {p: w for p, w in priorities.items() if w > 0} if priorities else None,
                     args.count, args.seed)
 
 
+def load(args):
+    """The producer app of ``args`` (``--broker`` applied), with the runtime installed.
+
+    Raises:
+        InputError: a bad ``--broker`` or ``--app``; celery_autoscale.ConfigError: bad settings.
+    """
+    from celery_autoscale import AppLoadError, load_app
+    from celery_autoscale._settings import check_redis_url
+
+    if args.broker:
+        check_redis_url(args.broker, "--broker")
+        os.environ["CELERY_BROKER_URL"] = args.broker  # Celery prefers it to the app's configuration
+    try:
+        return load_app(args.app or os.environ.get("CELERY_AUTOSCALE_APP") or DEMO_APP)
+    except AppLoadError as exc:
+        raise InputError(f"--app: {exc}") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    if args.broker:
-        os.environ["CELERY_BROKER_URL"] = args.broker
-    from tasks import config
+    from celery_autoscale import ConfigError, connect, redact, settings_of
 
     try:
-        settings = config.load()
-        spec = build_spec(args)
-    except (config.ConfigError, InputError, PatternError) as exc:
+        app = load(args)
+        settings = settings_of(app)
+        spec = build_spec(args, app)
+    except (ConfigError, InputError, PatternError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
-
-    from tasks import backlog
-
     try:
-        backlog.connect(settings).ping()
+        connect(settings).ping()
     except Exception as exc:
-        print(f"error: cannot reach the broker at {config.redact(settings.broker_url)} "
-              f"({type(exc).__name__})", file=sys.stderr)
+        print(f"error: cannot reach the broker at {redact(settings.broker_url)} ({type(exc).__name__})",
+              file=sys.stderr)
         return EXIT_BROKER
 
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from tasks.app import app
 
     from . import report
     from .run import run
@@ -156,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
                 bars[phase] = bar.add_task(f"{phase}ing" if phase == "send" else "waiting", total=total)
             bar.update(bars[phase], completed=done)
 
-        outcome = run(app, settings, spec, wait=args.wait, timeout=args.timeout, progress=progress)
+        outcome = run(app, spec, wait=args.wait, timeout=args.timeout, progress=progress)
     summary = report.summarize(outcome)
     summary["pattern"] = spec.pattern.name
     if args.plot:
@@ -165,4 +264,6 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(summary))
     else:
         Console(width=max(Console().width, 120)).print(report.table(summary, f"{spec.pattern.name}: {len(outcome.sent)} tasks"))
-    return EXIT_LOST if summary["lost"] else 0
+    if outcome.error:
+        print(f"error: {outcome.error}", file=sys.stderr)
+    return EXIT_FAILED if outcome.error or summary["lost"] or (args.wait and summary["failed"]) else 0

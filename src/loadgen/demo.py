@@ -41,16 +41,16 @@ def main(argv: list[str] | None = None) -> int:
         console.print(f"flower: {stack.start_flower(args.flower_port)}")
 
         os.environ.update(CELERY_BROKER_URL=stack.broker_url, CELERY_RESULT_BACKEND=stack.broker_url)
-        from tasks.app import app, settings
-
         from . import report
-        from .cli import build_spec, parser
+        from .cli import build_spec, load, parser
         from .run import run
 
         for name, cli_args in RUNS.items():
-            spec = build_spec(parser().parse_args(cli_args))
+            parsed = parser().parse_args(cli_args)
+            app = load(parsed)
+            spec = build_spec(parsed, app)
             console.print(f"\n[bold]{name}[/bold]: python -m loadgen {' '.join(cli_args)} --wait")
-            outcome = run(app, settings, spec, wait=True, timeout=180)
+            outcome = run(app, spec, wait=True, timeout=180)
             summary = report.summarize(outcome)
             console.print(report.table(summary, f"{name}: {summary['submitted']} tasks"))
             plot = args.workdir / f"{name}.png"

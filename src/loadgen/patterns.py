@@ -82,9 +82,11 @@ def read_replay(path: Path) -> list[tuple[float, float]]:
             (its line number is named).
     """
     try:
-        lines = Path(path).read_text().splitlines()
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
     except OSError as exc:
         raise PatternError(f"cannot read replay CSV {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise PatternError(f"cannot read replay CSV {path}: not UTF-8 text") from None
     segments = []
     for number, row in enumerate(csv.reader(lines), start=1):
         if not row or all(not cell.strip() for cell in row):
@@ -137,7 +139,7 @@ def build(name: str, *, rate: float | None, duration: float, count: int | None, 
         return replay(read_replay(csv_path))
     if rate is None or not rate > 0 or not math.isfinite(rate):
         raise PatternError(f"--rate must be a positive number of tasks/s, got {rate}")
-    if not duration > 0:
+    if not (duration > 0 and math.isfinite(duration)):
         raise PatternError(f"--duration must be positive seconds, got {duration}")
     if name == "steady":
         return steady(rate, duration)

@@ -6,14 +6,17 @@ Definitions (all times in seconds, rates in tasks/s):
 - ``lost``: neither before the ``--timeout`` ran out (counted only with ``--wait``).
 - ``send_rate``: submitted ÷ seconds from the first send to the last.
 - ``throughput``: succeeded ÷ seconds from the first send to the last completion.
-- ``queue_wait``: the task's start minus its send; ``latency``: its finish minus its send.
-  Both as p50/p95/p99 over succeeded tasks.
+- ``queue_wait``: the task's start minus its send, from the runtime's run record in Redis
+  (absent when the worker does not run :mod:`celery_autoscale`); ``latency``: its finish minus
+  its send, the finish being the result's ``date_done`` (which every Celery result carries).
+  Both as p50/p95/p99 over succeeded tasks, in seconds.
 """
 
 from __future__ import annotations
 
 import statistics
 from collections import defaultdict
+from datetime import datetime, timezone
 
 from celery import states
 
@@ -30,13 +33,27 @@ def percentiles(values: list[float]) -> dict[str, float | None]:
     return {"p50": cuts[49], "p95": cuts[94], "p99": cuts[98]}
 
 
+def finished_at(meta: dict, run: tuple[float, float] | None = None) -> float | None:
+    """When a task ended (Unix seconds): the result's ``date_done``, else the run record's end."""
+    done = meta.get("date_done")
+    if isinstance(done, str):
+        try:
+            done = datetime.fromisoformat(done)
+        except ValueError:
+            done = None
+    if isinstance(done, datetime):
+        return (done if done.tzinfo else done.replace(tzinfo=timezone.utc)).timestamp()
+    return run[1] if run else None
+
+
 def _group(outcome: Outcome, queue: str | None) -> dict:
     sent = [s for s in outcome.sent if queue is None or s.queue == queue]
     metas = [(s, outcome.results.get(s.task_id)) for s in sent]
     done = [(s, m) for s, m in metas if m is not None and m["status"] == states.SUCCESS]
     failed = sum(1 for _, m in metas if m is not None and m["status"] != states.SUCCESS)
-    waits = [m["result"]["started_at"] - s.sent_at for s, m in done]
-    latencies = [m["result"]["finished_at"] - s.sent_at for s, m in done]
+    ends = {s.task_id: finished_at(m, outcome.runs.get(s.task_id)) for s, m in done}
+    waits = [outcome.runs[s.task_id][0] - s.sent_at for s, _ in done if s.task_id in outcome.runs]
+    latencies = [ends[s.task_id] - s.sent_at for s, _ in done if ends[s.task_id] is not None]
     group = {
         "submitted": len(sent),
         "succeeded": len(done),
@@ -45,11 +62,9 @@ def _group(outcome: Outcome, queue: str | None) -> dict:
         "queue_wait": percentiles(waits),
         "latency": percentiles(latencies),
     }
-    if done:
-        span = max(m["result"]["finished_at"] for _, m in done) - min(s.sent_at for s in sent)
-        group["throughput"] = len(done) / span if span > 0 else None
-    else:
-        group["throughput"] = None
+    known = [end for end in ends.values() if end is not None]
+    span = (max(known) - min(s.sent_at for s in sent)) if known else 0
+    group["throughput"] = len(done) / span if span > 0 else None
     return group
 
 
@@ -59,6 +74,7 @@ def summarize(outcome: Outcome) -> dict:
     summary["send_rate"] = len(outcome.sent) / outcome.send_seconds if outcome.send_seconds > 0 else None
     summary["send_seconds"] = outcome.send_seconds
     summary["queues"] = {q: _group(outcome, q) for q in sorted({s.queue for s in outcome.sent})}
+    summary["error"] = outcome.error
     return summary
 
 
@@ -101,9 +117,10 @@ def plot(outcome: Outcome, path: str) -> None:
     sends, completions = defaultdict(int), defaultdict(int)
     for s in outcome.sent:
         sends[int(s.sent_at - start)] += 1
-    for meta in outcome.results.values():
-        if meta["status"] == states.SUCCESS:
-            completions[int(meta["result"]["finished_at"] - start)] += 1
+    for task_id, meta in outcome.results.items():
+        end = finished_at(meta, outcome.runs.get(task_id))
+        if meta["status"] == states.SUCCESS and end is not None:
+            completions[int(max(0.0, end - start))] += 1
     end = max([*sends, *completions, *(int(x["t"]) for x in outcome.timeline), 0]) + 1
     seconds = list(range(end))
 

@@ -18,25 +18,35 @@ from dataclasses import dataclass, field
 from celery import states
 from kombu.utils.uuid import uuid
 
-from tasks import backlog
-from tasks.work import QUEUE_TASKS
+from celery_autoscale import backlog, connect, run_record_key, settings_of
 
 from .patterns import Pattern
 
-#: Profile keywords the tasks accept, with their units (see :mod:`tasks.work`).
-PROFILE_KEYS = ("work_units", "size_bytes", "wait_seconds", "fail_rate")
+
+@dataclass(frozen=True)
+class TaskPlan:
+    """One kind of task to send: its name, queue, arguments and relative weight."""
+
+    task: str
+    queue: str
+    args: tuple = ()
+    kwargs: dict = field(default_factory=dict)
+    weight: float = 1.0
 
 
 @dataclass(frozen=True)
 class LoadSpec:
-    """What to send: a pattern, a queue mix, a task profile and a priority mix."""
+    """What to send: a pattern, a weighted mix of tasks, and a priority mix."""
 
     pattern: Pattern
-    queues: dict[str, float]  # queue -> relative weight
-    profile: dict[str, float] = field(default_factory=dict)  # PROFILE_KEYS -> value
+    plans: tuple[TaskPlan, ...]
     priorities: dict[int, float] | None = None  # Celery priority 0-9 -> relative weight
     count: int | None = None  # cap on tasks sent
     seed: int = 0
+
+    @property
+    def queues(self) -> list[str]:
+        return list(dict.fromkeys(p.queue for p in self.plans))
 
     def total(self) -> int:
         total = self.pattern.total()
@@ -61,15 +71,12 @@ class Outcome:
     timeline: list[dict]  # samples: {"t", "sent", "backlog": {queue: tasks}}
     started_at: float  # Unix seconds; the timeline's "t" counts from here
     waited: bool
+    runs: dict[str, tuple[float, float]] = field(default_factory=dict)  # task id -> (started, finished), the runtime's record
+    error: str | None = None  # what stopped the run early (the broker went away), else None
 
 
-def task_kwargs(queue: str, profile: dict[str, float]) -> tuple[str, dict]:
-    """The task name for ``queue`` and the profile keywords that task accepts."""
-    name, accepted = QUEUE_TASKS[queue]
-    return name, {k: v for k, v in profile.items() if k in accepted and v is not None}
-
-
-def send(app, spec: LoadSpec, on_sent: Callable[[int], None] | None = None) -> tuple[list[Sent], float]:
+def send(app, spec: LoadSpec, on_sent: Callable[[int], None] | None = None,
+         sent: list[Sent] | None = None) -> tuple[list[Sent], float]:
     """Publish ``spec``'s tasks on schedule; return them and the seconds sending took.
 
     Sends are paced so that the count equals ``floor(due(t))`` at every moment ``t``; a
@@ -79,14 +86,13 @@ def send(app, spec: LoadSpec, on_sent: Callable[[int], None] | None = None) -> t
     to Redis in one pipeline (kombu's ``Producer.batch``).
     """
     rng = random.Random(spec.seed)
-    queues, weights = zip(*spec.queues.items())
+    plans, weights = spec.plans, [p.weight for p in spec.plans]
     prios, prio_weights = zip(*spec.priorities.items()) if spec.priorities else ((None,), (1,))
     total = spec.total()
-    plans = {q: task_kwargs(q, spec.profile) for q in queues}
     amqp = app.amqp
-    sent: list[Sent] = []
+    sent = [] if sent is None else sent  # the caller's list keeps what was sent if publishing fails
     with app.producer_or_acquire() as producer:
-        for queue in queues:
+        for queue in spec.queues:
             producer.maybe_declare(amqp.queues[queue])
         start = time.monotonic()
         while len(sent) < total:
@@ -94,14 +100,13 @@ def send(app, spec: LoadSpec, on_sent: Callable[[int], None] | None = None) -> t
             if due > len(sent):
                 with producer.batch():
                     for _ in range(due - len(sent)):
-                        queue = rng.choices(queues, weights)[0]
+                        plan = rng.choices(plans, weights)[0]
                         priority = rng.choices(prios, prio_weights)[0]
-                        name, kwargs = plans[queue]
                         task_id = uuid()
-                        message = amqp.as_task_v2(task_id, name, kwargs=kwargs)
+                        message = amqp.as_task_v2(task_id, plan.task, args=plan.args, kwargs=plan.kwargs)
                         options = {} if priority is None else {"priority": priority}
-                        amqp.send_task_message(producer, name, message, queue=queue, declare=[], **options)
-                        sent.append(Sent(task_id, queue, priority, time.time()))
+                        amqp.send_task_message(producer, plan.task, message, queue=plan.queue, declare=[], **options)
+                        sent.append(Sent(task_id, plan.queue, priority, time.time()))
                 if on_sent:
                     on_sent(len(sent))
             elif time.monotonic() - start > spec.pattern.duration + 1:
@@ -127,7 +132,7 @@ class Sampler(threading.Thread):
             sample = {"t": time.time() - self.start_time, "sent": self.count_sent(), "backlog": {}}
             try:
                 for queue in self.queues:
-                    sample["backlog"][queue] = backlog.backlog(self.client, queue, self.settings).total
+                    sample["backlog"][queue] = backlog(self.client, queue, self.settings).total
             except Exception:
                 sample["backlog"] = None  # Redis blinked; the plot shows a gap
             self.samples.append(sample)
@@ -142,7 +147,14 @@ class Sampler(threading.Thread):
 
 def collect(app, task_ids: list[str], timeout: float,
             on_done: Callable[[int], None] | None = None) -> dict[str, dict]:
-    """Result metas of the tasks among ``task_ids`` that end (succeed or fail) within ``timeout`` s."""
+    """Result metas of the tasks among ``task_ids`` that end (succeed or fail) within ``timeout`` s.
+
+    Raises:
+        redis/kombu connection errors: the result backend went away (``results`` so far is kept
+        in the exception's ``partial`` attribute).
+    """
+    from celery.exceptions import TimeoutError as ResultTimeout
+
     results: dict[str, dict] = {}
     try:
         for task_id, meta in app.backend.get_many(set(task_ids), timeout=timeout, interval=0.2):
@@ -150,14 +162,35 @@ def collect(app, task_ids: list[str], timeout: float,
                 results[task_id] = meta
                 if on_done:
                     on_done(len(results))
-    except TimeoutError:
+    except (ResultTimeout, TimeoutError):  # Celery's TimeoutError is not the built-in one
         pass
+    except Exception as exc:
+        exc.partial = results
+        raise
     return results
 
 
-def run(app, settings, spec: LoadSpec, *, wait: bool, timeout: float, sample_interval: float = 0.5,
+def run_records(client, settings, task_ids: list[str]) -> dict[str, tuple[float, float]]:
+    """``task id -> (started, finished)`` (Unix seconds) from the runtime's run records in Redis."""
+    records: dict[str, tuple[float, float]] = {}
+    for i in range(0, len(task_ids), 1000):
+        chunk = task_ids[i:i + 1000]
+        for task_id, raw in zip(chunk, client.mget([run_record_key(t, settings.key_prefix) for t in chunk])):
+            if raw:
+                started, _, finished = raw.decode().partition(",")
+                records[task_id] = (float(started), float(finished))
+    return records
+
+
+def run(app, spec: LoadSpec, *, wait: bool, timeout: float, sample_interval: float = 0.5,
         progress: Callable[[str, int, int], None] | None = None) -> Outcome:
-    """Send ``spec``, and with ``wait`` collect outcomes for up to ``timeout`` seconds."""
+    """Send ``spec`` with ``app``, and with ``wait`` collect outcomes for up to ``timeout`` seconds.
+
+    A broker that goes away mid-run ends the run early: the outcome keeps what was sent and
+    what ended so far, and says why in ``error``.
+    """
+    settings = settings_of(app)
+    client = connect(settings)
     total = spec.total()
     sent_count = [0]
 
@@ -166,15 +199,22 @@ def run(app, settings, spec: LoadSpec, *, wait: bool, timeout: float, sample_int
         if progress:
             progress("send", n, total)
 
-    sampler = Sampler(backlog.connect(settings), settings, list(spec.queues), sample_interval,
-                      lambda: sent_count[0])
+    sampler = Sampler(client, settings, spec.queues, sample_interval, lambda: sent_count[0])
     sampler.start()
+    sent: list[Sent] = []
+    results: dict[str, dict] = {}
+    runs: dict[str, tuple[float, float]] = {}
+    error = None
     try:
-        sent, send_seconds = send(app, spec, on_sent)
-        results = {}
+        send(app, spec, on_sent, sent)
         if wait:
             results = collect(app, [s.task_id for s in sent], timeout,
                               (lambda n: progress("wait", n, len(sent))) if progress else None)
+        runs = run_records(client, settings, [s.task_id for s in sent])
+    except Exception as exc:
+        results = getattr(exc, "partial", results)
+        error = f"{type(exc).__name__} talking to the broker; the figures are what was seen before it"
     finally:
         timeline = sampler.stop()
-    return Outcome(sent, send_seconds, results, timeline, sampler.start_time, wait)
+    send_seconds = (sent[-1].sent_at - sent[0].sent_at) if sent else 0.0
+    return Outcome(sent, send_seconds, results, timeline, sampler.start_time, wait, runs, error)

@@ -22,12 +22,17 @@ import redis
 
 @dataclass(frozen=True)
 class WorkerSpec:
-    """How one queue's worker runs: Celery's ``--pool``, ``--concurrency``, ``--autoscale``."""
+    """How one queue's worker runs: its app, Celery's ``--pool``, ``--concurrency``, ``--autoscale``.
+
+    The worker is started as the chart starts it: ``celery -A celery_autoscale.worker worker``
+    with ``CELERY_AUTOSCALE_APP`` naming ``app``.
+    """
 
     queue: str
     pool: str = "prefork"
     concurrency: int = 2
     autoscale: tuple[int, int] | None = None  # (max, min) processes, Celery's --autoscale
+    app: str = "tasks.app:app"  # module:attribute of the Celery app
 
 
 #: The demo's workers: prefork with Celery's own autoscaler for ``cpu``, threads for ``io``.
@@ -103,10 +108,11 @@ class LocalStack:
         env.update(extra)
         return env
 
-    def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
+    def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None,
+               cwd: Path | None = None) -> subprocess.Popen:
         log = open(self.workdir / f"{name}.log", "ab")
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env or self.process_env(),
-                                cwd=self.workdir, start_new_session=True)
+                                cwd=cwd or self.workdir, start_new_session=True)
         log.close()
         self.procs[name] = proc
         return proc
@@ -120,32 +126,32 @@ class LocalStack:
                               "--save", "", "--appendonly", "no", "--dir", str(self.workdir), *auth])
         wait_until(lambda: self.client().ping(), 20, "redis server")
 
-    def start_worker(self, spec: WorkerSpec, name: str | None = None, **env: str) -> str:
-        """Start ``celery -A tasks worker`` for ``spec``; wait for its first heartbeat."""
+    def start_worker(self, spec: WorkerSpec, name: str | None = None, cwd: Path | None = None, **env: str) -> str:
+        """Start a worker for ``spec`` (in ``cwd``, default the workdir); wait for its first heartbeat."""
         name = name or f"worker-{spec.queue}"
         heartbeat = self.workdir / f"{name}.heartbeat"
         heartbeat.unlink(missing_ok=True)
         metrics_dir = self.workdir / f"{name}.metrics"
         metrics_dir.mkdir(exist_ok=True)
         self.metrics_ports[name] = port = free_port()
-        argv = [sys.executable, "-m", "celery", "-A", "tasks", "worker", "-Q", spec.queue,
+        argv = [sys.executable, "-m", "celery", "-A", "celery_autoscale.worker", "worker", "-Q", spec.queue,
                 "-n", f"{name}@%h", "--pool", spec.pool, "--loglevel", "INFO", "--without-mingle",
                 "--without-gossip"]
         argv += [f"--autoscale={spec.autoscale[0]},{spec.autoscale[1]}"] if spec.autoscale else \
                 ["--concurrency", str(spec.concurrency)]
         self._spawn(name, argv, self.process_env(
-            CELERY_HEARTBEAT_FILE=str(heartbeat), CELERY_HEARTBEAT_INTERVAL="1",
+            CELERY_AUTOSCALE_APP=spec.app, CELERY_HEARTBEAT_FILE=str(heartbeat), CELERY_HEARTBEAT_INTERVAL="1",
             CELERY_METRICS_PORT=str(port), PROMETHEUS_MULTIPROC_DIR=str(metrics_dir),
-            CELERY_WORK_DIR=str(self.workdir), **env))
+            CELERY_WORK_DIR=str(self.workdir), **env), cwd=cwd)
         wait_until(lambda: heartbeat.exists() or self._died(name), 60, f"worker {name}")
         if self._died(name):
             raise RuntimeError(f"worker {name} exited; see {self.workdir / (name + '.log')}")
         return name
 
-    def start_flower(self, port: int = 5555, args: tuple[str, ...] = (), **env: str) -> str:
-        """Start Flower on 127.0.0.1:``port`` with extra ``args``; wait until it accepts connections."""
-        self._spawn("flower", [sys.executable, "-m", "celery", "-A", "tasks", "flower",
-                               f"--port={port}", "--address=127.0.0.1", *args], self.process_env(**env))
+    def start_flower(self, port: int = 5555, args: tuple[str, ...] = (), app: str = "tasks.app:app", **env: str) -> str:
+        """Start Flower as the chart does (``python -m celery_autoscale.flower``) on 127.0.0.1:``port``."""
+        self._spawn("flower", [sys.executable, "-m", "celery_autoscale.flower", f"--port={port}", "--address=127.0.0.1",
+                               *args], self.process_env(CELERY_AUTOSCALE_APP=app, **env))
         wait_until(lambda: socket.create_connection(("127.0.0.1", port), 1).close() or True, 60, "flower")
         return f"http://127.0.0.1:{port}"
 

@@ -1,15 +1,8 @@
-"""celery-autoscale's Celery app and tasks.
+"""celery-autoscale's sample app: ``cpu``, ``io`` and ``mixed`` tasks on the runtime.
 
-``celery -A tasks worker -Q cpu`` finds :data:`app` here. The modules:
+``celery -A tasks.app worker -Q cpu`` runs it; it opts into :mod:`celery_autoscale` with one
+line, as any user's app does. The modules:
 
-- :mod:`tasks.config`: settings from the environment (the only reader of ``os.environ``).
-- :mod:`tasks.app`: the Celery app, its worker settings and the task base class.
-- :mod:`tasks.work`: the ``cpu``, ``io`` and ``mixed`` tasks.
-- :mod:`tasks.backlog`: a queue's true backlog (priority lists plus tasks in flight).
-- :mod:`tasks.hooks`, :mod:`tasks.metrics`, :mod:`tasks.health`: what makes a worker observable.
-- :mod:`tasks.deadletter`: tasks that failed for good, and its CLI.
+- :mod:`tasks.app`: the Celery app, its routing and settings.
+- :mod:`tasks.work`: the ``cpu``, ``io`` and ``mixed`` tasks, and :data:`tasks.work.QUEUE_TASKS`.
 """
-
-from .app import TransientError, app, settings
-
-__all__ = ["TransientError", "app", "settings"]

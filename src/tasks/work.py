@@ -21,7 +21,13 @@ import socket
 import tempfile
 import time
 
-from .app import TransientError, app, settings
+from celery_autoscale import TransientError
+
+from .app import app
+
+
+#: Where ``io`` and ``mixed`` tasks write their files (``CELERY_WORK_DIR``, default the temp folder).
+WORK_DIR = os.environ.get("CELERY_WORK_DIR") or tempfile.gettempdir()
 
 
 def _maybe_fail(fail_rate: float) -> None:
@@ -89,7 +95,7 @@ def io_transfer(
     """I/O-bound: write, fsync and read ``size_bytes``, then wait ``wait_seconds``."""
     started = time.time()
     _maybe_fail(fail_rate)
-    read = file_roundtrip(size_bytes, settings.work_dir) if size_bytes else 0
+    read = file_roundtrip(size_bytes, WORK_DIR) if size_bytes else 0
     if wait_seconds:
         time.sleep(wait_seconds)
     return _envelope(self, started, bytes=read)
@@ -106,16 +112,10 @@ def mixed_pipeline(
     """Both: a file round trip, a wait, then ``work_units`` hash rounds over the result."""
     started = time.time()
     _maybe_fail(fail_rate)
-    read = file_roundtrip(size_bytes, settings.work_dir) if size_bytes else 0
+    read = file_roundtrip(size_bytes, WORK_DIR) if size_bytes else 0
     if wait_seconds:
         time.sleep(wait_seconds)
     return _envelope(self, started, bytes=read, digest=hash_chain(work_units))
-
-
-@app.task(bind=True, name="tasks.probe.echo")
-def probe_echo(self, token: str = "") -> dict:
-    """Any queue: returns ``token`` at once. Sent with an explicit queue by the helm test."""
-    return _envelope(self, time.time(), token=token)
 
 
 #: The task the load generator sends to each queue, and the profile keywords it accepts.

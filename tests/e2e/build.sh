@@ -18,6 +18,11 @@ components=("$@")
 
 say() { printf '[e2e-build %(%H:%M:%S)T] %s\n' -1 "$*"; }
 mkdir -p "$cache"
+# One build at a time per cache: a second run waits here instead of replacing the binaries
+# the first one is writing (each component is moved into place whole, so a run that waited
+# then finds them cached).
+exec 9>"$cache/.build.lock"
+if ! flock -n 9; then say "another build holds $cache/.build.lock: waiting"; flock 9; fi
 log="$cache/build.log"
 # quiet CMD...: run CMD with its chatter in $log; on failure show the end of it.
 quiet() { "$@" >>"$log" 2>&1 || { echo "failed: $*" >&2; tail -n 40 "$log" >&2; return 1; }; }

@@ -1,0 +1,109 @@
+"""The true backlog of a queue: every priority list plus the tasks in flight.
+
+Celery's Redis transport (kombu) keeps a queue as Redis lists: the queue name itself for
+priority step 0 and ``<queue><sep><step>`` for every other step of ``priority_steps``
+(kombu ``redis.Channel._q_for_pri``), each prefixed by ``global_keyprefix``. With kombu's
+defaults (``sep`` ``"\\x06\\x16"``, steps ``[0, 3, 6, 9]``) the lists of ``emails`` are
+``emails``, ``emails\\x06\\x163``, ``emails\\x06\\x166`` and ``emails\\x06\\x169``: exactly what a
+plain Celery producer writes.
+
+A message a worker has taken leaves those lists. The runtime records each running task in a
+per-queue sorted set, :func:`in_flight_key` (member: task id, score: start, Unix seconds), and
+removes it when the run ends. An entry older than the visibility timeout belongs to a worker
+that died; its message is redelivered by then, so :func:`prune_in_flight` removes it.
+
+KEDA's Redis trigger reads a list with ``LLEN`` and a sorted set with ``ZCARD``, so the chart
+points one trigger at each key of :func:`backlog_keys` and sums them.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from ._settings import Settings
+
+__all__ = ["Backlog", "backlog", "backlog_keys", "connect", "in_flight_key", "priority_lists",
+           "prune_in_flight", "run_record_key"]
+
+#: Prefix of every Redis key the runtime itself writes (after kombu's ``global_keyprefix``).
+KEY_PREFIX = "celery-autoscale"
+
+
+def priority_lists(queue: str, steps: tuple[int, ...], separator: str, prefix: str = "") -> list[str]:
+    """Names of the Redis lists that hold ``queue``'s waiting messages, step 0 first."""
+    return [f"{prefix}{queue}" if step == 0 else f"{prefix}{queue}{separator}{step}" for step in steps]
+
+
+def in_flight_key(queue: str, prefix: str = "") -> str:
+    """Name of the sorted set of ``queue``'s running tasks (member: task id; score: start)."""
+    return f"{prefix}{KEY_PREFIX}:in-flight:{queue}"
+
+
+def run_record_key(task_id: str, prefix: str = "") -> str:
+    """Name of the string ``"<started>,<finished>"`` (Unix seconds) kept for a finished task."""
+    return f"{prefix}{KEY_PREFIX}:run:{task_id}"
+
+
+def backlog_keys(queue: str, settings: Settings) -> list[str]:
+    """Every Redis key whose size counts towards ``queue``'s backlog, as KEDA must name them."""
+    return [*priority_lists(queue, settings.priority_steps, settings.separator, settings.key_prefix),
+            in_flight_key(queue, settings.key_prefix)]
+
+
+@dataclass(frozen=True)
+class Backlog:
+    """One queue's backlog, in tasks."""
+
+    queue: str
+    waiting: dict[str, int]  # list name -> LLEN
+    in_flight: int
+
+    @property
+    def queued(self) -> int:
+        """Tasks waiting in any priority list."""
+        return sum(self.waiting.values())
+
+    @property
+    def total(self) -> int:
+        """Waiting plus running tasks: what an autoscaler must serve."""
+        return self.queued + self.in_flight
+
+
+def prune_in_flight(client, queue: str, settings: Settings, now: float | None = None) -> int:
+    """Remove ``queue``'s in-flight entries older than the visibility timeout; return how many."""
+    now = time.time() if now is None else now
+    return int(client.zremrangebyscore(in_flight_key(queue, settings.key_prefix), "-inf",
+                                       now - settings.visibility_timeout))
+
+
+def backlog(client, queue: str, settings: Settings) -> Backlog:
+    """Measure ``queue``'s backlog with one pipeline of ``LLEN`` and ``ZCARD`` calls.
+
+    Stale in-flight entries (older than the visibility timeout) are pruned first, so the
+    figure equals what KEDA reads from the same keys.
+
+    Args:
+        client: a ``redis.Redis`` for the broker (:func:`connect`).
+        queue: the Celery queue name.
+        settings: the app's :func:`~celery_autoscale.settings_of`.
+
+    Raises:
+        redis.RedisError: Redis cannot be reached.
+    """
+    lists = priority_lists(queue, settings.priority_steps, settings.separator, settings.key_prefix)
+    key = in_flight_key(queue, settings.key_prefix)
+    pipe = client.pipeline(transaction=False)
+    pipe.zremrangebyscore(key, "-inf", time.time() - settings.visibility_timeout)
+    for name in lists:
+        pipe.llen(name)
+    pipe.zcard(key)
+    _, *lengths, running = pipe.execute()
+    return Backlog(queue=queue, waiting=dict(zip(lists, lengths)), in_flight=int(running))
+
+
+def connect(settings: Settings):
+    """A ``redis.Redis`` client for the broker of ``settings`` (password and TLS included)."""
+    import redis
+
+    return redis.Redis.from_url(settings.broker_url, password=settings.password, **(settings.ssl or {}))

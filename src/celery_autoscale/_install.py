@@ -1,0 +1,164 @@
+"""``install(app)``: the one line that makes a Celery app safe to autoscale.
+
+It changes only what the guarantees need and leaves the app's routes, queues, serializers and
+tasks alone. Each setting below cites the Celery documentation
+(https://docs.celeryq.dev/en/stable/userguide/configuration.html) for why an autoscaled worker
+needs it. A value the app itself set that breaks a guarantee is refused with a one-line
+:class:`~celery_autoscale.ConfigError`, unless ``autoscale_allow_unsafe`` (or
+``install(app, allow_unsafe=True)``) accepts it.
+"""
+
+from __future__ import annotations
+
+import json
+import ssl
+from collections.abc import Mapping
+from urllib.parse import urlsplit
+
+from celery import signals
+
+from ._deadletter import queue_of
+from ._heartbeat import Heartbeat
+from ._runtime import runtime_of
+from ._settings import DEFAULT_TASK_TIME_LIMIT, ConfigError, environ_overrides, settings_of
+
+__all__ = ["PROBE_TASK", "REQUIRED", "install"]
+
+#: Worker settings the guarantees need: ``setting -> (value, what breaks without it)``.
+REQUIRED: dict[str, tuple[object, str]] = {
+    # Acknowledge after the task ran, so a worker removed mid-task does not lose it
+    # (task_acks_late; "Should I use retry or acks_late?" in the FAQ) ...
+    "task_acks_late": (True, "a task running on a worker that is scaled down or killed would be lost"),
+    # ... and requeue it when the worker process is killed (task_reject_on_worker_lost).
+    "task_reject_on_worker_lost": (True, "a task whose worker process is killed would be acknowledged and lost"),
+    # Reserve one message per process at most (worker_prefetch_multiplier, "Prefetch Limits") ...
+    "worker_prefetch_multiplier": (1, "workers would hold waiting tasks outside the Redis lists KEDA counts"),
+    # ... and none beyond the free processes (worker_disable_prefetch, Redis, Celery >= 5.6).
+    "worker_disable_prefetch": (True, "workers would hold waiting tasks outside the Redis lists KEDA counts"),
+}
+
+#: The task the chart's helm test sends to every queue (any app with the runtime has it).
+PROBE_TASK = "celery_autoscale.probe"
+
+
+def _explicit(conf, key: str) -> bool:
+    """Did the app set ``key`` itself (rather than inherit Celery's default)?"""
+    conf.get(key)  # loads a pending configuration
+    return any(key in layer for layer in conf.maps[:-1])
+
+
+def _tls(url: str | None, current, ca_file: str | None):
+    """``broker_use_ssl``/``redis_backend_use_ssl`` for a ``rediss://`` URL: verified certificates."""
+    if not url or urlsplit(str(url)).scheme != "rediss" or isinstance(current, dict):
+        return current
+    options: dict = {"ssl_cert_reqs": ssl.CERT_REQUIRED}
+    if ca_file:
+        options["ssl_ca_certs"] = ca_file
+    return options
+
+
+def install(app, *, allow_unsafe: bool | None = None, environ: Mapping[str, str] | None = None):
+    """Make ``app`` safe to autoscale; return it. Calling it again does nothing.
+
+    Sets :data:`REQUIRED`; kombu's Redis ``visibility_timeout`` (default 3600 s, "Using Redis:
+    Visibility timeout") with a sweep for unacknowledged messages of dead workers every tenth
+    of it (``unacked_restore_interval``, 1-10 s, and ``unacked_restore_throttle`` 1, kombu's
+    Redis transport docs); ``task_time_limit`` (default 1800 s) below the visibility timeout;
+    ``broker_connection_retry_on_startup``; the Redis password and verified TLS from the
+    environment; then connects the in-flight record, metrics and heartbeat (worker side) and
+    registers :data:`PROBE_TASK`.
+
+    The environment (:data:`celery_autoscale.ENVIRONMENT`, set by the chart) wins over
+    ``app.conf``, except that its priority steps and separator must equal the app's own
+    ``broker_transport_options``: producers write the lists those name.
+
+    Args:
+        app: a ``celery.Celery`` app whose broker is Redis.
+        allow_unsafe: accept app settings that break a guarantee (default: the app's
+            ``autoscale_allow_unsafe``, else False).
+        environ: the environment to read (default ``os.environ``).
+
+    Raises:
+        ConfigError: a malformed environment value, a non-Redis broker, a visibility timeout
+            not above the task time limit, or an app setting that breaks a guarantee.
+    """
+    if getattr(app, "_autoscale_installed", False):
+        return app
+    conf = app.conf
+    env = environ_overrides(environ)
+    allow = conf.get("autoscale_allow_unsafe", False) if allow_unsafe is None else allow_unsafe
+
+    updates: dict[str, object] = {}
+    for key, (value, why) in REQUIRED.items():
+        if _explicit(conf, key) and conf.get(key) != value:
+            if not allow:
+                raise ConfigError(f"{key}={conf.get(key)!r} is refused: {why} "
+                                  f"(set autoscale_allow_unsafe=True to accept it)")
+            continue
+        updates[key] = value
+
+    transport = dict(conf.broker_transport_options or {})
+    for name, variable in (("priority_steps", "CELERY_PRIORITY_STEPS"), ("sep", "CELERY_PRIORITY_SEPARATOR")):
+        wanted = env.get(f"transport.{name}")
+        if wanted is None:
+            continue
+        current = transport.get(name)
+        if current is not None and (list(current) if name == "priority_steps" else current) != wanted:
+            raise ConfigError(f"{variable} ({wanted!r}) differs from the app's broker_transport_options"
+                              f"[{name!r}] ({transport[name]!r}): producers and KEDA would name other lists")
+        transport[name] = wanted
+    if "transport.visibility_timeout" in env:
+        transport["visibility_timeout"] = env["transport.visibility_timeout"]
+    visibility = int(transport.setdefault("visibility_timeout", 3600))
+    transport.setdefault("unacked_restore_interval", max(1, min(10, visibility // 10)))
+    transport.setdefault("unacked_restore_throttle", 1)
+    updates["broker_transport_options"] = transport
+
+    limit = env.get("task_time_limit") or conf.get("task_time_limit") or DEFAULT_TASK_TIME_LIMIT
+    if limit >= visibility and not allow:
+        raise ConfigError(f"the task time limit ({limit:g} s) must stay below the visibility timeout "
+                          f"({visibility} s), or a running task is delivered a second time")
+    updates["task_time_limit"] = limit
+    if "worker_soft_shutdown_timeout" in env:
+        updates["worker_soft_shutdown_timeout"] = env["worker_soft_shutdown_timeout"]
+        updates["worker_enable_soft_shutdown_on_idle"] = env["worker_soft_shutdown_timeout"] > 0
+    if not _explicit(conf, "broker_connection_retry_on_startup"):
+        updates["broker_connection_retry_on_startup"] = True
+    for key in ("autoscale_max_retries", "autoscale_retry_backoff_max", "autoscale_metrics_port",
+                "autoscale_heartbeat_file", "autoscale_heartbeat_interval"):
+        if key in env:
+            updates[key] = env[key]
+    if "password" in env:  # kombu and the Redis result backend prefer a password in the URL
+        updates["broker_password"] = updates["redis_password"] = env["password"]
+    ca_file = env.get("tls_ca_file")
+    updates["broker_use_ssl"] = _tls(conf.broker_url, conf.broker_use_ssl, ca_file)
+    updates["redis_backend_use_ssl"] = _tls(conf.result_backend, conf.redis_backend_use_ssl, ca_file)
+    conf.update(updates)
+    app._autoscale_settings = None
+    settings_of(app)  # the broker must be Redis
+
+    runtime = runtime_of(app)
+    uid = f"celery_autoscale.{id(app)}"
+    signals.before_task_publish.connect(runtime.stamp_published_at, weak=False, dispatch_uid=f"{uid}.publish")
+    signals.task_prerun.connect(runtime.task_started, weak=False, dispatch_uid=f"{uid}.prerun")
+    signals.task_postrun.connect(runtime.task_finished, weak=False, dispatch_uid=f"{uid}.postrun")
+    signals.worker_init.connect(runtime.worker_init, weak=False, dispatch_uid=f"{uid}.init")
+    signals.worker_ready.connect(runtime.worker_ready, weak=False, dispatch_uid=f"{uid}.ready")
+    app.steps["consumer"].add(Heartbeat)
+
+    @app.task(name=PROBE_TASK, bind=True, shared=False, ignore_result=True)
+    def probe(self, token: str = "", reply_to: str = "") -> dict:
+        """Any queue: answer at once with ``token``, the queue and the worker (the helm test).
+
+        The answer is pushed onto the Redis list ``reply_to`` (kept 10 minutes), so the round
+        trip needs no result backend.
+        """
+        answer = {"token": token, "queue": queue_of(self.request), "worker": self.request.hostname}
+        if reply_to:
+            client = runtime.client()
+            client.rpush(reply_to, json.dumps(answer))
+            client.expire(reply_to, 600)
+        return answer
+
+    app._autoscale_installed = True
+    return app
