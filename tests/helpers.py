@@ -64,9 +64,21 @@ def eventually(check, timeout: float, what: str, interval: float = 0.2):
     raise AssertionError(f"{what}: still {last!r} after {timeout}s")
 
 
-def producer(stack):
-    """A Celery app (the project's settings) that sends to and reads results from ``stack``."""
-    from tasks import config
-    from tasks.app import create_app
+def producer(stack, **conf):
+    """A plain Celery app with the runtime, sending to and reading results from ``stack``'s Redis.
 
-    return create_app(config.load({"CELERY_BROKER_URL": stack.broker_url, **stack.env}))
+    It knows none of the sample app's routes: tests name the queue of every task they send.
+    """
+    import celery_autoscale
+    from celery import Celery
+
+    app = Celery("producer", broker=stack.broker_url, backend=stack.broker_url)
+    app.conf.update(conf)
+    return celery_autoscale.install(app, environ=stack.env)
+
+
+def settings(stack, **conf):
+    """The runtime's settings of a :func:`producer` for ``stack``."""
+    import celery_autoscale
+
+    return celery_autoscale.settings_of(producer(stack, **conf))

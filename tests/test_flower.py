@@ -50,18 +50,14 @@ def test_flower_shows_the_workers_and_their_tasks(stack, celery_app, chromium, a
 
 
 def test_flower_basic_auth_comes_from_files_through_the_image_config(stack, tmp_path):
-    """What the chart does: Secret files in BASIC_AUTH_DIR, read by tasks/flowerconfig.py via --conf."""
+    """What the chart does: Secret files in BASIC_AUTH_DIR, read by the runtime's flowerconfig.py."""
     import base64
     import urllib.error
     import urllib.request
-    from pathlib import Path
-
-    import tasks
 
     (tmp_path / "username").write_text("ops\n")
     (tmp_path / "password").write_text("correct-horse\n")
-    conf = Path(tasks.__file__).parent / "flowerconfig.py"
-    url = stack.start_flower(free_port(), args=(f"--conf={conf}",), BASIC_AUTH_DIR=str(tmp_path))
+    url = stack.start_flower(free_port(), BASIC_AUTH_DIR=str(tmp_path))
 
     def status(path, auth=None):
         request = urllib.request.Request(f"{url}{path}")

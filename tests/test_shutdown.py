@@ -5,46 +5,47 @@ import os
 import signal
 
 from celery import states
-from helpers import eventually, producer, run_module
+from celery_autoscale import _deadletter as deadletter
+from celery_autoscale import backlog
+from helpers import eventually, producer, run_module, settings
 
 from loadgen.stack import WorkerSpec
-from tasks import backlog, config, deadletter
 
 
 def test_sigterm_lets_running_tasks_finish_before_the_worker_exits(fresh_stack):
     """What Kubernetes does on scale-down: SIGTERM to the main process, then wait."""
     app = producer(fresh_stack)
-    settings = config.load({"CELERY_BROKER_URL": fresh_stack.broker_url})
+    found = settings(fresh_stack)
     name = fresh_stack.start_worker(WorkerSpec("mixed", "prefork", concurrency=3))
     results = [app.send_task("tasks.mixed.pipeline", kwargs={"wait_seconds": 3, "work_units": 1000}, queue="mixed")
                for _ in range(3)]
-    eventually(lambda: backlog.backlog(fresh_stack.client(), "mixed", settings).in_flight == 3, 20, "3 running")
+    eventually(lambda: backlog(fresh_stack.client(), "mixed", found).in_flight == 3, 20, "3 running")
 
     fresh_stack.signal(name, signal.SIGTERM)
 
     assert fresh_stack.wait(name, timeout=30) == 0
     assert [r.get(timeout=5)["queue"] for r in results] == ["mixed"] * 3
-    assert backlog.backlog(fresh_stack.client(), "mixed", settings).total == 0
+    assert backlog(fresh_stack.client(), "mixed", found).total == 0
 
 
 def test_sigkill_mid_task_redelivers_it_after_the_visibility_timeout(fresh_stack):
     """A pod killed without grace: the unacknowledged task comes back and completes."""
     fresh_stack.env.update(CELERY_VISIBILITY_TIMEOUT="6", CELERY_TASK_TIME_LIMIT="5")
     app = producer(fresh_stack)
-    settings = config.load({"CELERY_BROKER_URL": fresh_stack.broker_url, **fresh_stack.env})
+    found = settings(fresh_stack)
     doomed = fresh_stack.start_worker(WorkerSpec("io", "threads", concurrency=2), name="doomed")
     result = app.send_task("tasks.io.transfer", kwargs={"size_bytes": 1024, "wait_seconds": 2}, queue="io")
-    eventually(lambda: backlog.backlog(fresh_stack.client(), "io", settings).in_flight == 1, 20, "task running")
+    eventually(lambda: backlog(fresh_stack.client(), "io", found).in_flight == 1, 20, "task running")
 
     os.killpg(fresh_stack.procs[doomed].pid, signal.SIGKILL)
     fresh_stack.wait(doomed, timeout=10)
     # The dead worker's entry still counts: the queue is not idle while its task is unfinished.
-    assert backlog.backlog(fresh_stack.client(), "io", settings).total == 1
+    assert backlog(fresh_stack.client(), "io", found).total == 1
 
     survivor = fresh_stack.start_worker(WorkerSpec("io", "threads", concurrency=2), name="survivor")
     outcome = result.get(timeout=60)
     assert outcome["worker"].startswith(survivor + "@")
-    eventually(lambda: backlog.backlog(fresh_stack.client(), "io", settings).total == 0, 10, "backlog drained")
+    eventually(lambda: backlog(fresh_stack.client(), "io", found).total == 0, 10, "backlog drained")
 
 
 def test_a_task_that_keeps_failing_ends_in_the_dead_letter_list(fresh_stack):
@@ -54,17 +55,20 @@ def test_a_task_that_keeps_failing_ends_in_the_dead_letter_list(fresh_stack):
     result = app.send_task("tasks.cpu.hash_chain", kwargs={"work_units": 10, "fail_rate": 1.0}, queue="cpu")
     eventually(lambda: result.state == states.FAILURE, 60, "task failed for good")
 
-    [entry] = deadletter.entries(fresh_stack.client())
+    found = settings(fresh_stack)
+    key = deadletter.key(found)
+    [entry], malformed = deadletter.entries(fresh_stack.client(), found)
+    assert malformed == []
     assert entry["task_id"] == result.id and entry["queue"] == "cpu"
     assert entry["retries"] == 2 and entry["kwargs"] == {"work_units": 10, "fail_rate": 1.0}
     assert entry["error"].startswith("TransientError") and "Traceback" in entry["traceback"]
 
-    listed = run_module(fresh_stack, "tasks.deadletter", "list", "--json")
+    listed = run_module(fresh_stack, "celery_autoscale.deadletter", "list", "--json")
     assert listed.returncode == 0 and json.loads(listed.stdout)["task_id"] == result.id
-    assert run_module(fresh_stack, "tasks.deadletter", "count").stdout.strip() == "1"
+    assert run_module(fresh_stack, "celery_autoscale.deadletter", "count").stdout.strip() == "1"
     # requeue publishes the stored payload again; with fail_rate 1.0 it is dead-lettered anew.
-    assert run_module(fresh_stack, "tasks.deadletter", "requeue").stdout.strip() == "requeued 1"
-    eventually(lambda: fresh_stack.client().llen(deadletter.KEY) == 1
-               and deadletter.entries(fresh_stack.client())[0]["task_id"] != result.id, 60, "dead-lettered again")
-    assert run_module(fresh_stack, "tasks.deadletter", "purge").returncode == 0
-    assert fresh_stack.client().llen(deadletter.KEY) == 0
+    assert run_module(fresh_stack, "celery_autoscale.deadletter", "requeue").stdout.strip() == "requeued 1"
+    eventually(lambda: fresh_stack.client().llen(key) == 1
+               and deadletter.entries(fresh_stack.client(), found)[0][0]["task_id"] != result.id, 60, "dead-lettered again")
+    assert run_module(fresh_stack, "celery_autoscale.deadletter", "purge").returncode == 0
+    assert fresh_stack.client().llen(key) == 0

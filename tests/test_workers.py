@@ -1,8 +1,8 @@
 """Real workers on a real Redis: routing, a 300-task burst with nothing lost, and the metrics."""
 
-from helpers import loadgen_json, producer, result_states, scrape, succeeded_by_queue
+from celery_autoscale import backlog
+from helpers import loadgen_json, producer, result_states, scrape, settings, succeeded_by_queue
 
-from tasks import backlog
 from tasks.work import QUEUE_TASKS
 
 
@@ -31,9 +31,8 @@ def test_a_burst_of_300_completes_with_none_lost_and_everyone_agrees(stack):
     after_states = result_states(client)
     assert after_states.get("SUCCESS", 0) - before_states.get("SUCCESS", 0) == 300
     # ... Redis holds no waiting or running task of any queue ...
-    settings = stack_settings(stack)
     for queue in QUEUE_TASKS:
-        assert backlog.backlog(client, queue, settings).total == 0
+        assert backlog(client, queue, settings(stack)).total == 0
     # ... and each worker's /metrics counted exactly its queue's tasks, summed over processes.
     for name, port in stack.metrics_ports.items():
         queue = name.removeprefix("worker-")
@@ -50,16 +49,10 @@ def test_metrics_have_runtime_wait_and_backlog_series(stack):
     assert backlog_queues == {"cpu"}
 
 
-def stack_settings(stack):
-    from tasks import config
-
-    return config.load({"CELERY_BROKER_URL": stack.broker_url})
-
-
 def test_the_helm_test_round_trip_reaches_every_queue(stack):
     from helpers import run_module
 
-    done = run_module(stack, "tasks.roundtrip", "--queues", "cpu,io,mixed", "--timeout", "60")
+    done = run_module(stack, "celery_autoscale.roundtrip", "--queues", "cpu,io,mixed", "--timeout", "60")
     assert done.returncode == 0, done.stderr
     assert done.stdout.count("answered by") == 3
 
@@ -67,7 +60,7 @@ def test_the_helm_test_round_trip_reaches_every_queue(stack):
 def test_the_round_trip_fails_clearly_for_a_queue_nobody_consumes(stack):
     from helpers import run_module
 
-    done = run_module(stack, "tasks.roundtrip", "--queues", "cpu,nobody", "--timeout", "5")
+    done = run_module(stack, "celery_autoscale.roundtrip", "--queues", "cpu,nobody", "--timeout", "5")
     assert done.returncode == 1
     assert "FAILED queue nobody: no answer within 5s" in done.stderr and "queue cpu: answered" in done.stdout
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-__all__ = ["EXIT_BAD_INPUT", "EXIT_BROKER", "EXIT_FAILED", "add_app_option", "error", "positive_int", "app_from"]
+__all__ = ["EXIT_BAD_INPUT", "EXIT_BROKER", "EXIT_FAILED", "Parser", "add_app_option", "app_from", "error",
+           "positive_int"]
 
 #: Exit codes of every command of this project: 1 the job failed (tasks lost or failed, a queue
 #: did not answer), 2 bad input (nothing was done), 3 the broker cannot be reached.
@@ -16,6 +17,13 @@ def error(message: str, code: int) -> int:
     """Print ``error: message`` as one line on stderr; return ``code``."""
     print(f"error: {' '.join(str(message).split())}", file=sys.stderr)
     return code
+
+
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line (``error: ...``, exit 2); ``--help`` is the reference."""
+
+    def error(self, message: str):
+        self.exit(EXIT_BAD_INPUT, f"error: {' '.join(message.split())} (see --help)\n")
 
 
 def positive_int(text: str) -> int:

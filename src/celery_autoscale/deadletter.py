@@ -18,11 +18,11 @@ import json
 import sys
 import time
 
-from ._cli import EXIT_BAD_INPUT, EXIT_BROKER, EXIT_FAILED, add_app_option, app_from, error, positive_int
+from ._cli import Parser, EXIT_BAD_INPUT, EXIT_BROKER, EXIT_FAILED, add_app_option, app_from, error, positive_int
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m celery_autoscale.deadletter",
+    p = Parser(prog="python -m celery_autoscale.deadletter",
                                 description="Inspect the dead-letter list (Redis key celery-autoscale:dead-letter).",
                                 epilog="Exit status: 0 ok, 1 malformed entries skipped, 2 bad input, 3 broker unreachable.")
     add_app_option(p)

@@ -18,11 +18,12 @@ import math
 import os
 import sys
 
+from ._cli import Parser
 from ._health import age
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="python -m celery_autoscale.health",
         description="Exit 0 when the worker's heartbeat file is fresh, 1 otherwise, 2 on bad input.",
     )

@@ -17,11 +17,11 @@ import sys
 import time
 import uuid
 
-from ._cli import EXIT_BAD_INPUT, EXIT_BROKER, EXIT_FAILED, add_app_option, app_from, error
+from ._cli import Parser, EXIT_BAD_INPUT, EXIT_BROKER, EXIT_FAILED, add_app_option, app_from, error
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m celery_autoscale.roundtrip", description=__doc__.split("\n\n")[0],
+    p = Parser(prog="python -m celery_autoscale.roundtrip", description=__doc__.split("\n\n")[0],
                                 epilog="Exit status: 0 ok, 1 a queue did not answer, 2 bad input, 3 broker unreachable.")
     p.add_argument("--queues", required=True, metavar="Q,...", help="comma-separated Celery queue names")
     p.add_argument("--timeout", type=float, default=300.0, metavar="SECONDS", help="seconds to wait in all (default 300)")

@@ -3,7 +3,8 @@
 The app comes from ``CELERY_AUTOSCALE_APP`` (``module:attribute``, e.g.
 ``myproject.celery:app``). Importing this module does nothing; Celery's ``-A`` lookup reads its
 ``app`` attribute, which imports the user's app and calls :func:`celery_autoscale.install` on
-it (PEP 562 module ``__getattr__``). An app that already called ``install`` is not changed twice.
+it (PEP 562 module ``__getattr__``). An app that already called ``install`` is not changed twice. A bad setting or app path stops
+the process with one line on stderr and exit status 2.
 
 Why a wrapper module: Celery resolves ``-A`` to an attribute of a module and offers no hook that
 runs before the worker reads the configuration for an app it did not create; a preload option
@@ -18,7 +19,17 @@ __all__ = ["app"]
 def __getattr__(name: str):
     if name != "app":
         raise AttributeError(name)
-    from ._loader import load_app
+    import sys
 
-    globals()["app"] = loaded = load_app()
+    from ._loader import AppLoadError, load_app
+    from ._settings import ConfigError
+
+    try:
+        loaded = load_app()
+    except (AppLoadError, ConfigError) as exc:
+        # Celery would print a traceback for any error here: a process that cannot start says
+        # why in one line and exits 2, as every command of this project does on bad input.
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    globals()["app"] = loaded
     return loaded

@@ -20,6 +20,8 @@ import os
 import sys
 from pathlib import Path
 
+from celery_autoscale._cli import Parser
+
 from .patterns import PATTERNS, PatternError, build
 
 EXIT_FAILED, EXIT_BAD_INPUT, EXIT_BROKER = 1, 2, 3
@@ -65,7 +67,7 @@ def parse_weights(text: str, what: str, convert=str) -> dict:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="python -m loadgen",
         description="Send a shaped, open-loop load of Celery tasks to any app and summarize it.",
         epilog="Exit status: 0 ok, 1 tasks lost or failed (with --wait) or broker lost mid-run, "

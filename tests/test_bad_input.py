@@ -1,0 +1,173 @@
+"""Bad input to every command: one line on stderr, the documented exit code, no secret, nothing sent.
+
+Exit codes (README, "Exit codes"): 1 the job failed (tasks lost or failed, a queue did not
+answer, malformed dead-letter entries skipped), 2 bad input, 3 the broker cannot be reached.
+"""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from celery_autoscale import backlog
+from helpers import settings
+
+from tasks.work import QUEUE_TASKS
+
+SECRET = "hunter2-secret"
+
+
+@pytest.fixture(scope="module")
+def idle_stack(tmp_path_factory):
+    """A Redis with no worker, so anything sent would stay visible."""
+    from loadgen.stack import LocalStack
+
+    with LocalStack(tmp_path_factory.mktemp("idle")) as s:
+        s.start_redis()
+        yield s
+
+
+def queued(stack) -> int:
+    """Every waiting task of any queue, and anything else a run would leave in Redis."""
+    client = stack.client()
+    lists = sum(client.llen(k) for k in client.scan_iter("*") if client.type(k) == b"list")
+    return lists + sum(backlog(client, q, settings(stack)).in_flight for q in QUEUE_TASKS)
+
+
+def run(stack, *argv: str, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *argv], env=stack.process_env(REDIS_PASSWORD=SECRET, **env),
+                          capture_output=True, text=True, timeout=120, cwd=stack.workdir)
+
+
+LOADGEN = [
+    (["sawtooth", "--rate", "5"], {}, "unknown pattern 'sawtooth'"),
+    (["steady", "--rate", "5", "--queues", "cpu,gpu"], {}, "unknown queue 'gpu'"),
+    (["steady", "--rate", "-3"], {}, "--rate: must be finite and > 0"),
+    (["steady", "--rate", "0"], {}, "--rate: must be finite and > 0"),
+    (["steady", "--rate", "inf"], {}, "--rate: must be finite"),
+    (["steady", "--rate", "nan"], {}, "--rate: must be finite"),
+    (["steady", "--rate", "lots"], {}, "--rate: not a number"),
+    (["ramp", "--rate", "5", "--duration", "0"], {}, "--duration: must be finite and > 0"),
+    (["steady", "--rate", "5", "--duration", "inf"], {}, "--duration: must be finite"),
+    (["oscillate", "--rate", "5", "--period", "nan"], {}, "--period: must be finite"),
+    (["oscillate", "--rate", "5", "--amplitude", "9"], {}, "--amplitude must be between 0 and --rate"),
+    (["burst"], {}, "burst needs --count"),
+    (["burst", "--count", "0"], {}, "--count: must be finite and >= 1"),
+    (["burst", "--count", "5", "--fail-rate", "2"], {}, "--fail-rate: must be finite and >= 0 and <= 1"),
+    (["burst", "--count", "5", "--fail-rate", "nan"], {}, "--fail-rate: must be finite"),
+    (["burst", "--count", "5", "--wait-seconds", "nan"], {}, "--wait-seconds: must be finite"),
+    (["burst", "--count", "5", "--wait-seconds", "inf"], {}, "--wait-seconds: must be finite"),
+    (["burst", "--count", "5", "--work-units", "-1"], {}, "--work-units: must be finite and >= 0"),
+    (["steady", "--rate", "5", "--priorities", "0=1,12=1"], {}, "priorities are 0 to 9"),
+    (["steady", "--rate", "5", "--priorities", "0=inf"], {}, "must be a finite number >= 0"),
+    (["steady", "--rate", "5", "--queues", "cpu=inf"], {}, "must be a finite number >= 0"),
+    (["steady", "--rate", "5", "--queues", "cpu=0"], {}, "at least one entry with a positive weight"),
+    (["replay", "--csv", "MALFORMED"], {}, "expected 'seconds,tasks_per_second'"),
+    (["replay", "--csv", "NOT_UTF8"], {}, "not UTF-8 text"),
+    (["replay", "--csv", "/nonexistent.csv"], {}, "cannot read replay CSV"),
+    (["burst", "--count", "5", "--wait", "--timeout", "nan"], {}, "--timeout: must be finite"),
+    (["burst", "--count", "5", "--wait", "--timeout", "0"], {}, "--timeout: must be finite and > 0"),
+    (["burst", "--count", "5", "--plot", "/nonexistent/x.png"], {}, "--plot: cannot write into /nonexistent"),
+    (["burst", "--count", "5", "--broker", f"http://:{SECRET}@127.0.0.1:6379/0"], {}, "must be a redis:// or rediss:// URL"),
+    (["burst", "--count", "5", "--broker", "redis://127.0.0.1:port/0"], {}, "is malformed"),
+    (["burst", "--count", "5", "--broker", "redis://[::1/0"], {}, "is malformed"),
+    (["burst", "--count", "5", "--app", "nosuch.module:app"], {}, "--app: cannot import the app module 'nosuch.module'"),
+    (["burst", "--count", "5", "--app", "tasks.work:nothing"], {}, "does not name a Celery app"),
+    (["burst", "--count", "5", "--task", "x", "--work-units", "5"], {}, "shapes the sample app's tasks"),
+    (["burst", "--count", "5", "--task", "x", "--args", '{"a": 1}'], {}, "--args: must be a JSON list"),
+    (["burst", "--count", "5", "--task", "x", "--kwargs", "{oops"], {}, "--kwargs: not JSON"),
+    (["burst", "--count", "5", "--mix", '[{"task": 1}]'], {}, "needs a \"task\" and a \"queue\" string"),
+    (["burst", "--count", "5", "--mix", "@/nonexistent.json"], {}, "--mix: cannot read /nonexistent.json"),
+    (["burst", "--count", "5", "--kwargs", "{}"], {}, "--args and --kwargs go with --task"),
+    (["burst", "--count", "5"], {"CELERY_VISIBILITY_TIMEOUT": "abc"}, "CELERY_VISIBILITY_TIMEOUT must be a whole number"),
+    (["burst", "--count", "5"], {"CELERY_VISIBILITY_TIMEOUT": "60", "CELERY_TASK_TIME_LIMIT": "60"},
+     "must stay below the visibility timeout"),
+    (["burst", "--count", "5"], {"CELERY_HEARTBEAT_INTERVAL": "nan"}, "CELERY_HEARTBEAT_INTERVAL must be a number"),
+    (["burst", "--count", "5"], {"CELERY_METRICS_PORT": "70000"}, "CELERY_METRICS_PORT must be a whole number from 0 to 65535"),
+    (["burst", "--count", "5"], {"CELERY_PRIORITY_STEPS": "3,6"}, "CELERY_PRIORITY_STEPS must start at 0"),
+    (["burst", "--count", "5"], {"REDIS_PASSWORD_FILE": "/nonexistent/password"}, "cannot read REDIS_PASSWORD_FILE"),
+]
+
+
+@pytest.mark.parametrize("args, env, message", LOADGEN, ids=[" ".join(a) + (f" {e}" if e else "") for a, e, _ in LOADGEN])
+def test_loadgen_bad_input_exits_2_with_one_line_and_sends_nothing(idle_stack, tmp_path, args, env, message):
+    files = {"MALFORMED": b"seconds,tasks_per_second\n10,5\n10,lots\n", "NOT_UTF8": b"10,5\n\xff\xfe,1\n"}
+    for placeholder, content in files.items():
+        if placeholder in args:
+            (tmp_path / "rates.csv").write_bytes(content)
+            args = [str(tmp_path / "rates.csv") if a == placeholder else a for a in args]
+    done = run(idle_stack, "-m", "loadgen", *args, **env)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.count("\n") == 1 and done.stderr.startswith("error: "), done.stderr
+    assert message in done.stderr, done.stderr
+    assert SECRET not in done.stderr + done.stdout
+    assert queued(idle_stack) == 0
+
+
+OTHER_COMMANDS = [
+    (["-m", "celery_autoscale.deadletter", "list", "--limit", "0"], {}, 2, "--limit: must be at least 1"),
+    (["-m", "celery_autoscale.deadletter", "list", "--limit", "-1"], {}, 2, "--limit: must be at least 1"),
+    (["-m", "celery_autoscale.deadletter", "requeue", "--limit", "x"], {}, 2, "must be a whole number"),
+    (["-m", "celery_autoscale.deadletter", "count"], {"CELERY_VISIBILITY_TIMEOUT": "abc"}, 2, "CELERY_VISIBILITY_TIMEOUT"),
+    (["-m", "celery_autoscale.deadletter", "count"], {"CELERY_BROKER_URL": f"redis://:{SECRET}@127.0.0.1:1/0"}, 3,
+     "talking to redis://:***@127.0.0.1:1/0"),
+    (["-m", "celery_autoscale.deadletter", "nothing"], {}, 2, "invalid choice: 'nothing'"),
+    (["-m", "celery_autoscale.roundtrip", "--queues", " ,", "--timeout", "5"], {}, 2, "give at least one queue"),
+    (["-m", "celery_autoscale.roundtrip", "--queues", "cpu", "--timeout", "nan"], {}, 2, "--timeout must be a positive"),
+    (["-m", "celery_autoscale.roundtrip", "--queues", "cpu", "--app", "nosuch:app"], {}, 2, "cannot import the app module"),
+    (["-m", "celery_autoscale.health", "--max-age", "nan"], {}, 2, "--max-age must be a positive"),
+    (["-m", "celery", "-A", "celery_autoscale.worker", "worker", "-Q", "cpu"], {"CELERY_TASK_TIME_LIMIT": "-5"}, 2,
+     "CELERY_TASK_TIME_LIMIT must be a whole number at least 1"),
+    (["-m", "celery", "-A", "celery_autoscale.worker", "worker", "-Q", "cpu"], {"CELERY_AUTOSCALE_APP": "tasks.work:QUEUES"}, 2,
+     "does not name a Celery app"),
+]
+
+
+@pytest.mark.parametrize("argv, env, code, message", OTHER_COMMANDS, ids=[" ".join(a[1:]) for a, *_ in OTHER_COMMANDS])
+def test_every_other_command_says_what_is_wrong_in_one_line(idle_stack, argv, env, code, message):
+    env.setdefault("CELERY_AUTOSCALE_APP", "tasks.app:app")
+    done = run(idle_stack, *argv, **env)
+    assert done.returncode == code, done.stderr
+    assert done.stderr.count("\n") == 1 and message in done.stderr, done.stderr
+    assert SECRET not in done.stderr + done.stdout
+    assert queued(idle_stack) == 0
+
+
+def test_an_unreachable_broker_exits_3_and_never_shows_the_password(idle_stack):
+    done = run(idle_stack, "-m", "loadgen", "burst", "--count", "5", "--broker", f"redis://:{SECRET}@127.0.0.1:1/0")
+    assert done.returncode == 3
+    assert done.stderr.count("\n") == 1 and "cannot reach the broker" in done.stderr
+    assert "redis://:***@127.0.0.1:1/0" in done.stderr and SECRET not in done.stderr
+
+
+def test_tasks_nobody_consumes_are_reported_lost_and_exit_1(idle_stack):
+    done = run(idle_stack, "-m", "loadgen", "burst", "--count", "4", "--task", "tasks.io.transfer",
+               "--queues", "nobody", "--wait", "--timeout", "2", "--json")
+    assert done.returncode == 1, done.stderr
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    assert summary["submitted"] == 4 and summary["lost"] == 4 and summary["succeeded"] == 0
+    idle_stack.client().delete("nobody")
+
+
+def test_a_malformed_dead_letter_entry_is_reported_by_index_and_blocks_nothing(idle_stack):
+    client = idle_stack.client()
+    key = "celery-autoscale:dead-letter"
+    good = {"task_id": "t1", "task": "tasks.io.transfer", "queue": "parked", "args": [], "kwargs": {},
+            "error": "TransientError: x", "retries": 2, "failed_at": 1.0, "traceback": ""}
+    client.delete(key)
+    client.rpush(key, "not json", json.dumps(good), json.dumps({"task_id": "no other field"}))
+    listed = run(idle_stack, "-m", "celery_autoscale.deadletter", "list", "--json", CELERY_AUTOSCALE_APP="tasks.app:app")
+    assert listed.returncode == 1 and json.loads(listed.stdout)["task_id"] == "t1"
+    assert listed.stderr.strip() == "error: skipped 2 malformed entries at index 0, 2 (0: newest)"
+    requeued = run(idle_stack, "-m", "celery_autoscale.deadletter", "requeue", CELERY_AUTOSCALE_APP="tasks.app:app")
+    assert requeued.returncode == 1 and requeued.stdout.strip() == "requeued 1"
+    assert client.llen("parked") == 1 and client.llen(key) == 2  # the malformed ones stay, for a person to look at
+    client.delete(key, "parked")
+
+
+def test_help_is_the_reference():
+    text = subprocess.run([sys.executable, "-m", "loadgen", "--help"], capture_output=True, text=True).stdout
+    for option in ("--rate", "--duration", "--count", "--queues", "--priorities", "--seed", "--wait", "--app",
+                   "--task", "--args", "--kwargs", "--mix", "--timeout", "--json", "--plot", "--csv", "tasks/s",
+                   "seconds", "Exit status"):
+        assert option in text
