@@ -1,5 +1,7 @@
-# The one image of celery-autoscale: workers (`celery -A tasks worker`), Flower
-# (`celery -A tasks flower`) and the helm test (`python -m tasks.roundtrip`).
+# The image of the sample app: the celery_autoscale runtime and the `tasks` app. Workers
+# (`celery -A celery_autoscale.worker worker` with CELERY_AUTOSCALE_APP=tasks.app:app), Flower
+# (`python -m celery_autoscale.flower`) and the helm test (`python -m celery_autoscale.roundtrip`).
+# Your own image needs only `pip install "celery-autoscale[flower]"` beside your app.
 
 # ---- build: wheels of the package and its dependencies -------------------------------------
 FROM python:3.11.11-slim-bookworm AS build
@@ -14,14 +16,14 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 COPY --from=build /wheels /wheels
-RUN pip install --no-cache-dir --no-index --find-links=/wheels "celery-autoscale[flower]==0.1.0" \
+RUN pip install --no-cache-dir --no-index --find-links=/wheels "celery-autoscale[flower]==0.2.0" \
     && rm -rf /wheels \
     && groupadd --gid 10001 celery \
     && useradd --uid 10001 --gid 10001 --no-create-home --home-dir /tmp --shell /usr/sbin/nologin celery
-COPY src/tasks/flowerconfig.py /app/flowerconfig.py
 USER 10001:10001
 WORKDIR /app
 EXPOSE 9808 5555
 # Exec form, no shell: SIGTERM reaches the Celery main process (warm shutdown).
+ENV CELERY_AUTOSCALE_APP=tasks.app:app
 ENTRYPOINT []
-CMD ["celery", "-A", "tasks", "worker", "--loglevel=INFO"]
+CMD ["celery", "-A", "celery_autoscale.worker", "worker", "--loglevel=INFO"]

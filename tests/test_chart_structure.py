@@ -5,9 +5,9 @@ import json
 import re
 
 import pytest
+from celery import Celery
+from celery_autoscale import backlog_keys, install, settings_of
 from chart import VALUES_FILES, by_kind, load_values, queue_of, render_chart
-
-from tasks import backlog
 
 PROD = load_values(next(p for p in VALUES_FILES if p.name == "prod.yaml"))
 
@@ -35,16 +35,26 @@ def test_one_deployment_and_one_scaledobject_per_queue_each_aimed_at_its_consume
     for so in scaled.values():
         target = workers[so["spec"]["scaleTargetRef"]["name"]]
         assert so["spec"]["scaleTargetRef"]["kind"] == "Deployment"
-        watched = {t["metadata"]["listName"].split(":")[0] for t in redis_triggers(so) if t["name"] != "in_flight"}
-        assert watched == {consumed_queue(target)}
+        lists = [t["metadata"]["listName"] for t in redis_triggers(so) if t["name"] != "in_flight"]
+        assert lists[0] == consumed_queue(target) and all(name.startswith(lists[0]) for name in lists)
 
 
-def test_triggers_watch_exactly_the_keys_the_workers_write_and_the_formula_sums_them():
-    steps = (0, 3, 6, 9)
-    for so in by_kind(render_chart({}), "ScaledObject").values():
+def runtime_settings(transport: dict | None = None):
+    """The runtime's settings for an app with these transport options (kombu's defaults when None)."""
+    app = Celery("plain", broker="redis://redis:6379/0")
+    app.conf.broker_transport_options = transport or {}
+    return settings_of(install(app, environ={}))
+
+
+@pytest.mark.parametrize("values, transport", [
+    ({}, None),
+    ({"celery": {"priority": {"separator": ":", "steps": [0, 5]}}}, {"sep": ":", "priority_steps": [0, 5]}),
+], ids=["kombu-defaults", "own-separator"])
+def test_triggers_watch_exactly_the_keys_producers_and_workers_write_and_the_formula_sums_them(values, transport):
+    for so in by_kind(render_chart(values), "ScaledObject").values():
         queue = queue_of(so)
         triggers = redis_triggers(so)
-        assert [t["metadata"]["listName"] for t in triggers] == backlog.backlog_keys(queue, steps)
+        assert [t["metadata"]["listName"] for t in triggers] == backlog_keys(queue, runtime_settings(transport))
         modifiers = so["spec"]["advanced"]["scalingModifiers"]
         assert sorted(modifiers["formula"].split(" + ")) == sorted(t["name"] for t in triggers)
         assert modifiers["metricType"] == "AverageValue"
@@ -59,9 +69,9 @@ def test_list_length_is_tasks_per_replica_derived_from_concurrency_unless_set():
 
 
 def test_one_priority_step_means_one_list_per_queue():
-    so = next(iter(by_kind(render_chart({"celery": {"prioritySteps": [0]}}), "ScaledObject").values()))
+    so = next(iter(by_kind(render_chart({"celery": {"priority": {"steps": [0]}}}), "ScaledObject").values()))
     assert [t["name"] for t in redis_triggers(so)] == ["queued_0", "in_flight"]
-    configmap = next(iter(by_kind(render_chart({"celery": {"prioritySteps": [0]}}), "ConfigMap").values()))
+    configmap = next(iter(by_kind(render_chart({"celery": {"priority": {"steps": [0]}}}), "ConfigMap").values()))
     assert configmap["data"]["CELERY_PRIORITY_STEPS"] == "0"
 
 
@@ -110,7 +120,7 @@ def test_warm_shutdown_reaches_celery_within_a_grace_period_longer_than_any_task
             continue
         pod = deployment["spec"]["template"]["spec"]
         container = worker_container(deployment)
-        assert container["command"][:4] == ["celery", "-A", "tasks", "worker"]  # exec form: PID 1 is Celery
+        assert container["command"][:4] == ["celery", "-A", "celery_autoscale.worker", "worker"]  # exec form: PID 1 is Celery
         limit = int(next(e["value"] for e in container["env"] if e["name"] == "CELERY_TASK_TIME_LIMIT"))
         assert pod["terminationGracePeriodSeconds"] > limit
 
@@ -125,7 +135,7 @@ def test_workers_are_locked_down_and_probed_without_broadcasts():
                                             "privileged": False, "capabilities": {"drop": ["ALL"]}}
     assert {"name": "tmp", "emptyDir": {}} in pod["volumes"]
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-        assert container[probe]["exec"]["command"][:3] == ["python", "-m", "tasks.health"]
+        assert container[probe]["exec"]["command"][:3] == ["python", "-m", "celery_autoscale.health"]
     annotations = deployment["spec"]["template"]["metadata"]["annotations"]
     assert re.fullmatch("[0-9a-f]{64}", annotations["checksum/config"])
 
@@ -226,7 +236,7 @@ def test_flower_behind_a_prefix_with_basic_auth_from_its_secret():
     container = flower["spec"]["template"]["spec"]["containers"][0]
     assert "--url_prefix=flower" in container["args"]
     assert container["readinessProbe"]["httpGet"]["path"] == "/flower/healthcheck"
-    assert "--conf=/app/flowerconfig.py" in container["args"]
+    assert container["command"] == ["python", "-m", "celery_autoscale.flower"]
     assert {"name": "BASIC_AUTH_DIR", "value": "/etc/celery-autoscale/flower-auth"} in container["env"]
     volumes = {v["name"]: v for v in flower["spec"]["template"]["spec"]["volumes"]}
     assert volumes["flower-auth"]["secret"]["secretName"] == "celery-flower-basic-auth"
@@ -239,5 +249,57 @@ def test_the_helm_test_is_a_hook_job_running_the_round_trip_once():
     assert job["metadata"]["annotations"]["helm.sh/hook"] == "test"
     assert job["spec"]["backoffLimit"] == 0
     pod = job["spec"]["template"]["spec"]
-    assert pod["containers"][0]["command"] == ["python", "-m", "tasks.roundtrip"]
+    assert pod["containers"][0]["command"] == ["python", "-m", "celery_autoscale.roundtrip"]
     assert pod["restartPolicy"] == "Never"
+
+
+class TestTheUsersOwnApp:
+    """Values for an existing Celery project: its image and app, queue names Celery accepts, its files."""
+
+    VALUES = {
+        "image": {"repository": "registry.example.com/myproject", "tag": "1.4.2"},
+        "celery": {"app": "myproject.celery:app", "workerArgs": ["--max-tasks-per-child=100"],
+                   "extraEnvFrom": [{"configMapRef": {"name": "myproject-settings"}}],
+                   "extraVolumes": [{"name": "conf", "configMap": {"name": "myproject-files"}}],
+                   "extraVolumeMounts": [{"name": "conf", "mountPath": "/etc/myproject"}]},
+        "queues": {"cpu": None, "io": None, "mixed": None,
+                   "default": {"queue": "celery"},
+                   "reports": {"queue": "reports.daily", "extraArgs": ["--prefetch-multiplier=1"]}},
+        "networkPolicy": {"extraRedisFrom": [{"podSelector": {"matchLabels": {"app": "web"}}}]},
+    }
+
+    def test_workers_run_the_users_app_through_the_runtime_wrapper(self):
+        objects = render_chart(self.VALUES)
+        [configmap] = by_kind(objects, "ConfigMap").values()
+        assert configmap["data"]["CELERY_AUTOSCALE_APP"] == "myproject.celery:app"
+        reports = by_kind(objects, "Deployment")["rel-celery-autoscale-worker-reports"]
+        container = worker_container(reports)
+        assert container["image"] == "registry.example.com/myproject:1.4.2"
+        assert container["command"] == ["celery", "-A", "celery_autoscale.worker", "worker"]
+        assert consumed_queue(reports) == "reports.daily"
+        assert container["args"][-2:] == ["--max-tasks-per-child=100", "--prefetch-multiplier=1"]
+        assert {"configMapRef": {"name": "myproject-settings"}} in container["envFrom"]
+        assert {"name": "conf", "mountPath": "/etc/myproject"} in container["volumeMounts"]
+        assert {"name": "conf", "configMap": {"name": "myproject-files"}} in reports["spec"]["template"]["spec"]["volumes"]
+
+    def test_triggers_and_the_helm_test_use_the_celery_queue_names(self):
+        objects = render_chart(self.VALUES)
+        scaled = by_kind(objects, "ScaledObject")
+        assert [t["metadata"]["listName"] for t in redis_triggers(scaled["rel-celery-autoscale-worker-reports"])] == \
+            ["reports.daily", "reports.daily\x06\x163", "reports.daily\x06\x166", "reports.daily\x06\x169",
+             "celery-autoscale:in-flight:reports.daily"]
+        assert redis_triggers(scaled["rel-celery-autoscale-worker-default"])[0]["metadata"]["listName"] == "celery"
+        job = by_kind(objects, "Job")["rel-celery-autoscale-roundtrip"]
+        assert "--queues=celery,reports.daily" in job["spec"]["template"]["spec"]["containers"][0]["args"]
+
+    def test_producers_are_admitted_to_redis(self):
+        policy = by_kind(render_chart(self.VALUES), "NetworkPolicy")["rel-celery-autoscale-redis"]
+        assert {"podSelector": {"matchLabels": {"app": "web"}}} in policy["spec"]["ingress"][0]["from"]
+
+    @pytest.mark.parametrize("queue", ["a,b", "has space", ""])
+    def test_queue_names_the_helm_test_cannot_pass_are_refused(self, queue):
+        import helm_python as helm
+        from chart import render_manifests
+
+        with pytest.raises(helm.HelmError, match="/queues/x/queue"):
+            render_manifests({"queues": {"x": {"queue": queue}}})

@@ -7,6 +7,9 @@ context.
 {{- define "celery-autoscale.celeryEnvFrom" -}}
 - configMapRef:
     name: {{ include "celery-autoscale.fullname" . }}-celery
+{{- with .Values.celery.extraEnvFrom }}
+{{ toYaml . }}
+{{- end }}
 {{- end }}
 
 {{/* Environment items after the ConfigMap: where the password and CA files are, extraEnv. */}}
@@ -37,6 +40,9 @@ context.
   mountPath: /etc/celery-autoscale/redis-ca
   readOnly: true
 {{- end }}
+{{- with .Values.celery.extraVolumeMounts }}
+{{ toYaml . }}
+{{- end }}
 {{- end }}
 
 {{- define "celery-autoscale.celeryVolumes" -}}
@@ -55,6 +61,9 @@ context.
 - name: redis-ca
   secret:
     secretName: {{ .Values.redis.external.tls.caSecret }}
+{{- end }}
+{{- with .Values.celery.extraVolumes }}
+{{ toYaml . }}
 {{- end }}
 {{- end }}
 
