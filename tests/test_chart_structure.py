@@ -290,7 +290,8 @@ class TestTheUsersOwnApp:
              "celery-autoscale:in-flight:reports.daily"]
         assert redis_triggers(scaled["rel-celery-autoscale-worker-default"])[0]["metadata"]["listName"] == "celery"
         job = by_kind(objects, "Job")["rel-celery-autoscale-roundtrip"]
-        assert "--queues=celery,emails,reports.daily" in job  # an entry of {} is a queue with the defaults["spec"]["template"]["spec"]["containers"][0]["args"]
+        # an entry of {} is a queue with the defaults
+        assert "--queues=celery,emails,reports.daily" in job["spec"]["template"]["spec"]["containers"][0]["args"]
 
     def test_producers_are_admitted_to_redis(self):
         policy = by_kind(render_chart(self.VALUES), "NetworkPolicy")["rel-celery-autoscale-redis"]
