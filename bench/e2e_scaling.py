@@ -28,12 +28,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "e2e"))
 
 from harness import environment, wait_for  # noqa: E402
 
-from tasks import backlog, config  # noqa: E402
+from celery_autoscale import backlog  # noqa: E402
 
 
 def main() -> None:
     with environment() as release:
-        settings = config.load({"CELERY_BROKER_URL": release.redis.broker_url})
+        settings = release.settings()
         client = release.redis.client()
         producer = release.producer()
         wait_for(lambda: release.replicas("io") == 0, 120, "io idle")
@@ -48,7 +48,7 @@ def main() -> None:
         burst_to_workers = time.monotonic() - sent
         for r in results:
             r.get(timeout=300)
-        wait_for(lambda: backlog.backlog(client, "io", settings).total == 0, 60, "io backlog empty", interval=0.2)
+        wait_for(lambda: backlog(client, "io", settings).total == 0, 60, "io backlog empty", interval=0.2)
         emptied = time.monotonic()
         wait_for(lambda: release.replicas("io") == 0, 300, "io back to 0", interval=0.5)
         empty_to_min = time.monotonic() - emptied

@@ -14,6 +14,8 @@ import argparse
 import json
 import tempfile
 
+import celery_autoscale
+
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -23,21 +25,21 @@ def main() -> None:
     args = p.parse_args()
 
     from loadgen import patterns
-    from loadgen.run import LoadSpec, collect, send
+    from loadgen.run import LoadSpec, TaskPlan, collect, run_records, send
     from loadgen.stack import LocalStack, WorkerSpec
-    from tasks import config
-    from tasks.app import create_app
 
     with LocalStack(tempfile.mkdtemp(prefix="bench-io-")) as stack:
         stack.start_redis()
         stack.start_worker(WorkerSpec("io", "threads", concurrency=args.concurrency))
-        app = create_app(config.load({"CELERY_BROKER_URL": stack.broker_url}))
+        app = stack.producer()
         count = args.concurrency * args.rounds
-        spec = LoadSpec(patterns.burst(count), {"io": 1.0}, {"size_bytes": 0, "wait_seconds": args.latency})
-        sent, _ = send(app, spec)
-        results = collect(app, [s.task_id for s in sent], timeout=count * args.latency + 60)
-    done = [m["result"] for m in results.values() if m["status"] == "SUCCESS"]
-    span = max(r["finished_at"] for r in done) - min(r["started_at"] for r in done)
+        plan = TaskPlan("tasks.io.transfer", "io", kwargs={"size_bytes": 0, "wait_seconds": args.latency})
+        sent, _ = send(app, LoadSpec(patterns.burst(count), (plan,)))
+        ids = [s.task_id for s in sent]
+        results = collect(app, ids, timeout=count * args.latency + 60)
+        runs = run_records(stack.client(), celery_autoscale.settings_of(app), ids)
+    done = [runs[t] for t, m in results.items() if m["status"] == "SUCCESS" and t in runs]
+    span = max(end for _, end in done) - min(start for start, _ in done)
     throughput = len(done) / span
     ideal = args.concurrency / args.latency
     print(json.dumps({

@@ -48,15 +48,13 @@ def main() -> None:
     args = p.parse_args()
 
     from loadgen import patterns
-    from loadgen.run import LoadSpec, send
+    from loadgen.run import LoadSpec, TaskPlan, send
     from loadgen.stack import LocalStack
-    from tasks import config
-    from tasks.app import create_app
 
     with LocalStack(tempfile.mkdtemp(prefix="bench-send-")) as stack:
         stack.start_redis()
-        app = create_app(config.load({"CELERY_BROKER_URL": stack.broker_url}))
-        queues = {"cpu": 1.0}
+        app = stack.producer()
+        queues = (TaskPlan("tasks.cpu.hash_chain", "cpu", kwargs={"work_units": 1}),)
         bare = bare_loop(app, stack.broker_url, args.count, batched=False)
         stack.client().flushdb()
         bare_batched = bare_loop(app, stack.broker_url, args.count, batched=True)

@@ -13,7 +13,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 CHART = ROOT / "charts" / "celery-autoscale"
 VALUES_FILES = sorted((ROOT / "values").glob("*.yaml"))
-KEDA_CRDS = ROOT.parent / "shared" / "keda-crds"
+#: KEDA's CRDs at the version the e2e runs (tests/e2e/versions.env), kept in the repository.
+KEDA_CRDS = ROOT / "tests" / "schemas" / "keda-v2.20.2"
 #: The Kubernetes version objects are validated against (the e2e control plane's minor).
 KUBE_VERSION = "1.35.0"
 

@@ -65,20 +65,12 @@ def eventually(check, timeout: float, what: str, interval: float = 0.2):
 
 
 def producer(stack, **conf):
-    """A plain Celery app with the runtime, sending to and reading results from ``stack``'s Redis.
-
-    It knows none of the sample app's routes: tests name the queue of every task they send.
-    """
-    import celery_autoscale
-    from celery import Celery
-
-    app = Celery("producer", broker=stack.broker_url, backend=stack.broker_url)
-    app.conf.update(conf)
-    return celery_autoscale.install(app, environ=stack.env)
+    """``stack``'s plain producer app (:meth:`loadgen.stack.LocalStack.producer`)."""
+    return stack.producer(**conf)
 
 
 def settings(stack, **conf):
     """The runtime's settings of a :func:`producer` for ``stack``."""
     import celery_autoscale
 
-    return celery_autoscale.settings_of(producer(stack, **conf))
+    return celery_autoscale.settings_of(stack.producer(**conf))

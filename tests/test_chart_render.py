@@ -15,7 +15,7 @@ MONITORING = {"ServiceMonitor", "PodMonitor"}  # Prometheus Operator kinds: no s
 
 @functools.cache
 def keda_schemas() -> dict[tuple[str, str], dict]:
-    """``{(apiVersion, kind): openAPIV3Schema}`` from KEDA v2.20.2's CRDs in ../shared/keda-crds."""
+    """``{(apiVersion, kind): openAPIV3Schema}`` from KEDA v2.20.2's CRDs kept in tests/schemas/."""
     schemas = {}
     for path in sorted(KEDA_CRDS.glob("*.yaml")):
         crd = yaml.safe_load(path.read_text())
@@ -88,3 +88,24 @@ def test_chart_lock_matches_the_declared_dependencies_and_needs_no_download(tmp_
                                      + "dependencies:\n  - {name: redis, version: 1.0.0, repository: \"oci://registry.invalid/charts\"}\n")
     with pytest.raises(helm.HelmError, match="out of sync"):
         helm.dependency_build(str(copy))
+
+
+def test_the_chart_tests_need_nothing_beside_the_clone(tmp_path):
+    """A user's clone has no ../shared: the schemas the tests need are in the repository."""
+    import shutil
+    import subprocess
+    import sys
+
+    from chart import ROOT
+
+    clone = tmp_path / "lonely" / "clone"
+    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    for name in filter(None, tracked.split("\0")):
+        if (ROOT / name).is_file():
+            (clone / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, clone / name)
+    assert not (clone.parent / "shared").exists()
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_chart_render.py",
+                           "-k", "every_object_validates or broken_scaledobject"], cwd=clone, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-2000:]
+    assert " passed" in done.stdout and "failed" not in done.stdout

@@ -78,7 +78,7 @@ def test_sigkill_mid_task_loses_nothing_and_in_flight_and_metrics_work(plain_sta
     doomed = plain_worker(plain_stack, "reports.daily", "doomed")
     results = [producer.send_task("myproject.daily_report", args=[f"day-{i}"], kwargs={"seconds": 3},
                                   queue="reports.daily", priority=i * 4) for i in range(3)]
-    settings = settings_of(_installed(plain_stack))
+    settings = settings_of(plain_stack.producer())
     client = plain_stack.client()
     eventually(lambda: backlog(client, "reports.daily", settings).in_flight == 2, 20, "two tasks running")
     found = backlog(client, "reports.daily", settings)
@@ -97,13 +97,6 @@ def test_sigkill_mid_task_loses_nothing_and_in_flight_and_metrics_work(plain_sta
     ran = scrape(plain_stack.metrics_ports[survivor])
     assert ran[("celery_autoscale_tasks_total", (("queue", "reports.daily"), ("state", "success"),
                                                  ("task", "myproject.daily_report")))] == 3
-
-
-def _installed(stack):
-    import celery_autoscale
-
-    app = Celery("reader", broker=stack.broker_url)
-    return celery_autoscale.install(app, environ=stack.env)
 
 
 def test_loadgen_drives_the_users_tasks_with_priorities(plain_stack):

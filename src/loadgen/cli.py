@@ -163,6 +163,8 @@ def _plans(args, app):
         return [TaskPlan(args.task, q, *call, weight=w) for q, w in queues.items() if w > 0]
     if args.args or args.kwargs:
         raise InputError("--args and --kwargs go with --task")
+    if app.main != "tasks":
+        raise InputError(f"give --task or --mix: the app {app.main!r} is not the sample app, whose tasks are the default")
     from tasks.work import QUEUE_TASKS  # the sample app's table
 
     queues = queues or {q: 1.0 for q in QUEUE_TASKS}

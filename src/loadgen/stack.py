@@ -117,6 +117,18 @@ class LocalStack:
         self.procs[name] = proc
         return proc
 
+    def producer(self, **conf):
+        """A plain Celery app with the runtime installed, publishing to and reading results from this Redis.
+
+        It knows none of the sample app's routes: callers name the queue of every task.
+        """
+        import celery_autoscale
+        from celery import Celery
+
+        app = Celery("producer", broker=self.broker_url, backend=self.broker_url)
+        app.conf.update(conf)
+        return celery_autoscale.install(app, environ=self.env)
+
     def client(self) -> redis.Redis:
         return redis.Redis(port=self.redis_port, host="127.0.0.1", password=self.redis_password or None)
 

@@ -72,11 +72,14 @@ class Release:
                            "bridge": self.bridge.events[-10:]}, indent=1, default=str)
 
     def producer(self):
-        """A Celery producer (the project's settings) bound to this Redis."""
-        from tasks import config
-        from tasks.app import create_app
+        """A plain Celery producer with the runtime, bound to this Redis (it names every task's queue)."""
+        return self.redis.producer()
 
-        return create_app(config.load({"CELERY_BROKER_URL": self.redis.broker_url}))
+    def settings(self):
+        """The runtime's settings for this Redis (kombu's default priority lists, as the chart's)."""
+        from celery_autoscale import settings_of
+
+        return settings_of(self.redis.producer())
 
 
 @contextmanager

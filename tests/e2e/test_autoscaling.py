@@ -13,14 +13,13 @@ import time
 import pytest
 from harness import CI_VALUES, KUBECONFIG, NAMESPACE, QUEUES, merge, wait_for, worker
 
-from tasks import backlog, config
+from celery_autoscale import backlog
 
 pytestmark = [pytest.mark.e2e, pytest.mark.k8s(provider="external", k8s_kubeconfig=str(KUBECONFIG))]
 
 
 def queue_backlog(release, queue: str) -> int:
-    settings = config.load({"CELERY_BROKER_URL": release.redis.broker_url})
-    return backlog.backlog(release.redis.client(), queue, settings).total
+    return backlog(release.redis.client(), queue, release.settings()).total
 
 
 @pytest.fixture
@@ -76,10 +75,10 @@ def test_running_tasks_keep_a_queue_from_scaling_to_zero(idle, producer):
     results = [producer.send_task("tasks.mixed.pipeline", kwargs={"work_units": 1000, "size_bytes": 0,
                                                                    "wait_seconds": 30}, queue="mixed")
                for _ in range(2)]
-    settings = config.load({"CELERY_BROKER_URL": release.redis.broker_url})
-    wait_for(lambda: backlog.backlog(release.redis.client(), "mixed", settings).in_flight == 2, 60,
+    settings = release.settings()
+    wait_for(lambda: backlog(release.redis.client(), "mixed", settings).in_flight == 2, 60,
              "both tasks running")
-    assert backlog.backlog(release.redis.client(), "mixed", settings).queued == 0
+    assert backlog(release.redis.client(), "mixed", settings).queued == 0
     # Lists empty, two tasks in flight: longer than cooldown + stabilization, still one replica.
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
