@@ -304,3 +304,16 @@ class TestTheUsersOwnApp:
 
         with pytest.raises(helm.HelmError, match="/queues/x/queue"):
             render_manifests({"queues": {"x": {"queue": queue}}})
+
+
+@pytest.mark.parametrize("autoscaling, polling, cooldown", [
+    ({}, 15, 300),
+    ({"minReplicaCount": 1}, 15, None),  # cached metrics still refresh every pollingInterval
+    ({"minReplicaCount": 1, "useCachedMetrics": False}, None, None),
+])
+def test_polling_and_cooldown_are_rendered_only_where_keda_uses_them(autoscaling, polling, cooldown):
+    """KEDA's webhook warns that both are irrelevant above zero replicas (scaledobject_webhook.go)."""
+    so = by_kind(render_chart({"queues": {"io": {"autoscaling": autoscaling}}}), "ScaledObject")["rel-celery-autoscale-worker-io"]
+    assert so["spec"].get("pollingInterval") == polling and so["spec"].get("cooldownPeriod") == cooldown
+    assert all(t.get("useCachedMetrics", False) is autoscaling.get("useCachedMetrics", True)
+               for t in redis_triggers(so))

@@ -3,6 +3,8 @@
 import json
 import os
 import signal
+import subprocess
+import sys
 
 from celery import states
 from celery_autoscale import _deadletter as deadletter
@@ -72,3 +74,18 @@ def test_a_task_that_keeps_failing_ends_in_the_dead_letter_list(fresh_stack):
                and deadletter.entries(fresh_stack.client(), found)[0][0]["task_id"] != result.id, 60, "dead-lettered again")
     assert run_module(fresh_stack, "celery_autoscale.deadletter", "purge").returncode == 0
     assert fresh_stack.client().llen(key) == 0
+
+
+def test_a_broker_outage_mid_run_ends_with_the_summary_so_far(fresh_stack):
+    """Redis killed while loadgen sends: exit 1, the summary of what was seen, what is unknown, no traceback."""
+    run = subprocess.Popen([sys.executable, "-m", "loadgen", "steady", "--rate", "20", "--duration", "10",
+                            "--task", "tasks.io.transfer", "--queues", "parked", "--wait", "--timeout", "30", "--json"],
+                           env=fresh_stack.process_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    eventually(lambda: fresh_stack.client().llen("parked") >= 20, 30, "tasks being sent")
+    os.killpg(fresh_stack.procs["redis"].pid, signal.SIGKILL)
+    out, err = run.communicate(timeout=120)
+    assert run.returncode == 1, err
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert "talking to the broker" in summary["error"], summary["error"]
+    assert summary["submitted"] >= 20 and summary["unknown"] == summary["submitted"] and summary["lost"] is None
+    assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("error: ")

@@ -4,6 +4,7 @@ Definitions (all times in seconds, rates in tasks/s):
 
 - ``submitted``: tasks published. ``succeeded`` / ``failed``: ended in SUCCESS / FAILURE.
 - ``lost``: neither before the ``--timeout`` ran out (counted only with ``--wait``).
+- ``unknown``: after the broker went away mid-run, the tasks whose outcome was not seen.
 - ``send_rate``: submitted ÷ seconds from the first send to the last.
 - ``throughput``: succeeded ÷ seconds from the first send to the last completion.
 - ``queue_wait``: the task's start minus its send, from the runtime's run record in Redis
@@ -54,11 +55,14 @@ def _group(outcome: Outcome, queue: str | None) -> dict:
     ends = {s.task_id: finished_at(m, outcome.runs.get(s.task_id)) for s, m in done}
     waits = [outcome.runs[s.task_id][0] - s.sent_at for s, _ in done if s.task_id in outcome.runs]
     latencies = [ends[s.task_id] - s.sent_at for s, _ in done if ends[s.task_id] is not None]
+    open_ = len(sent) - len(done) - failed  # no outcome seen
     group = {
         "submitted": len(sent),
         "succeeded": len(done),
         "failed": failed,
-        "lost": len(sent) - len(done) - failed if outcome.waited else None,
+        # Lost: not ended when --timeout ran out. After a broker outage nobody can tell: unknown.
+        "lost": open_ if outcome.waited and not outcome.error else None,
+        "unknown": open_ if outcome.error else 0,
         "queue_wait": percentiles(waits),
         "latency": percentiles(latencies),
     }

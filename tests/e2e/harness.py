@@ -27,6 +27,8 @@ RUN_DIR = Path(os.environ.get("E2E_RUN_DIR", "/tmp/celery-autoscale-e2e"))
 KUBECONFIG = RUN_DIR / "cluster" / "kubeconfig"
 NAMESPACE = "celery"
 RELEASE = "ci"
+#: Releases whose worker pods the bridge runs: the sample app's, and a user's own app's.
+BRIDGED_RELEASES = (RELEASE, "plain")
 REDIS_PORT = 16379
 CI_VALUES = yaml.safe_load((ROOT / "values" / "ci.yaml").read_text())
 QUEUES = ("cpu", "io", "mixed")
@@ -108,7 +110,8 @@ def environment(run_dir: Path = RUN_DIR):
             hc.install(chart, RELEASE, CI_VALUES, namespace=NAMESPACE, timeout=120)
             api = client.CoreV1Api(config.new_client_from_config(str(cluster.kubeconfig)))
             bridge = PodBridge(api, NAMESPACE,
-                               f"app.kubernetes.io/instance={RELEASE},app.kubernetes.io/component=worker",
+                               f"app.kubernetes.io/instance in ({','.join(BRIDGED_RELEASES)}),"
+                               "app.kubernetes.io/component=worker",
                                run_dir / "pods")
             bridge.start()
             try:

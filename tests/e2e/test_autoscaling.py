@@ -11,7 +11,7 @@ import json
 import time
 
 import pytest
-from harness import CI_VALUES, KUBECONFIG, NAMESPACE, QUEUES, merge, wait_for, worker
+from harness import CI_VALUES, KUBECONFIG, NAMESPACE, QUEUES, ROOT, merge, wait_for, worker
 
 from celery_autoscale import backlog
 
@@ -192,3 +192,40 @@ def test_helm_upgrade_of_concurrency_rolls_the_workers_and_keda_stays_in_control
     for r in results:
         r.get(timeout=180)
     release.upgrade({})
+
+
+def test_a_users_own_app_scales_from_zero_on_a_prioritized_burst_and_loses_nothing(idle):
+    """tests/plainapp, a Celery project that knows nothing of ours, installed as a user would:
+    its app path, a Celery queue name that is not a Kubernetes name, kombu's default priority
+    lists, and a producer with Celery's defaults (no runtime)."""
+    from celery import Celery
+
+    release = idle
+    values = merge(CI_VALUES, {
+        "celery": {"app": "myproject.celery:app", "resultBackend": "redis://127.0.0.1:16379/0",
+                   # In a cluster the user's image holds this code; the bridged workers run on this host.
+                   "extraEnv": [{"name": "PYTHONPATH", "value": str(ROOT / "tests" / "plainapp")}]},
+        "queues": {"cpu": None, "io": None, "mixed": None, "reports": {"queue": "reports.daily", "concurrency": 2}},
+    })
+    release.helm.install(release.chart, "plain", values, namespace=NAMESPACE, timeout=120)
+    name = "plain-celery-autoscale-worker-reports"
+
+    def replicas() -> int:
+        return release.get("deployment", name)["spec"].get("replicas", 0)
+
+    try:
+        wait_for(lambda: condition(release.get("scaledobject", name), "Ready").get("status") == "True", 90,
+                 "plain reports ScaledObject Ready")
+        assert replicas() == 0
+        producer = Celery("web", broker=release.redis.broker_url, backend=release.redis.broker_url)
+        results = [producer.send_task("myproject.daily_report", args=[f"day-{i}"], kwargs={"seconds": 4},
+                                      queue="reports.daily", priority=i % 10) for i in range(12)]
+        # 12 tasks over four kombu priority lists, listLength 2: 6 replicas, capped at 4.
+        wait_for(lambda: replicas() == 4, 120, "reports from 0 to maxReplicaCount 4",
+                 explain=lambda: json.dumps(release.get("scaledobject", name).get("status", {}), default=str))
+        assert sorted(r.get(timeout=240)["day"] for r in results) == sorted(f"day-{i}" for i in range(12))
+        client = release.redis.client()
+        assert [int(client.get(f"myproject:completed:{r.id}") or 0) for r in results] == [1] * 12  # none lost, none twice
+        wait_for(lambda: replicas() == 0, 120, "reports back to zero")
+    finally:
+        release.helm.uninstall("plain", timeout=60)
