@@ -132,11 +132,23 @@ class LocalStack:
     def client(self) -> redis.Redis:
         return redis.Redis(port=self.redis_port, host="127.0.0.1", password=self.redis_password or None)
 
-    def start_redis(self) -> None:
+    def start_redis(self, persist: bool = False) -> None:
+        """Start Redis on the stack's port; with ``persist``, an append-only file (``appendfsync
+        always``) in the workdir keeps its data across :meth:`restart_redis`, as the chart's Redis does."""
         auth = ["--requirepass", self.redis_password] if self.redis_password else []
+        aof = ["--appendonly", "yes", "--appendfsync", "always"] if persist else ["--appendonly", "no"]
         self._spawn("redis", [redis_server_binary(), "--port", str(self.redis_port), "--bind", "127.0.0.1",
-                              "--save", "", "--appendonly", "no", "--dir", str(self.workdir), *auth])
+                              "--save", "", *aof, "--dir", str(self.workdir), *auth])
         wait_until(lambda: self.client().ping(), 20, "redis server")
+
+    def restart_redis(self, down_seconds: float, sig: int = signal.SIGTERM) -> None:
+        """Stop Redis with ``sig`` (SIGTERM: a clean stop; SIGKILL: a crash), keep it down for
+        ``down_seconds``, then start it again on the same port with the same data folder."""
+        proc = self.procs.pop("redis")
+        proc.send_signal(sig)
+        proc.wait(30)
+        time.sleep(down_seconds)
+        self.start_redis(persist=True)
 
     def start_worker(self, spec: WorkerSpec, name: str | None = None, cwd: Path | None = None, **env: str) -> str:
         """Start a worker for ``spec`` (in ``cwd``, default the workdir); wait for its first heartbeat."""
