@@ -56,3 +56,9 @@ def test_missing_flower_auth_in_prod():
 def test_timing_rules_that_would_lose_or_repeat_tasks():
     assert "must exceed its taskTimeLimit" in rejected({"queues": {"cpu": {"taskTimeLimit": 600, "terminationGracePeriodSeconds": 300}}})
     assert "must be below celery.visibilityTimeout" in rejected({"celery": {"visibilityTimeout": 300}})
+
+
+def test_fallback_to_zero_replicas_is_refused():
+    """Zero fallback replicas would scale a queue whose backlog is unknown to zero: tasks stranded."""
+    message = rejected({"queues": {"io": {"autoscaling": {"fallback": {"replicas": 0}}}}})
+    assert "/queues/io/autoscaling/fallback/replicas" in message and "minimum: got 0, want 1" in message

@@ -1,16 +1,22 @@
-"""Consumer bootstep: touch the heartbeat file while the consumer loop runs.
+"""Consumer bootstep: touch the heartbeat file while the worker can consume.
 
 The step runs on the consumer's own timer (Celery's ``celery/worker/consumer/heart.py`` is the
-model), so the file goes stale when the consumer loop stalls or loses the broker;
-``python -m celery_autoscale.health`` turns its age into a probe result. Each beat also prunes
-the in-flight entries of dead workers from the worker's queues.
+model), so the file goes stale when the consumer loop stalls. A loop that runs but no longer
+takes messages (a consumer that lost its Redis subscription) is caught too: each beat reads
+the worker's queues' backlog, and when tasks have waited in the lists for
+``autoscale_stall_seconds`` while some of the worker's processes sat idle, the beat withholds
+the touch and logs why, so ``python -m celery_autoscale.health`` fails and Kubernetes restarts
+the worker. Redis being unreachable is not the worker's fault and does not withhold it. Each
+beat also prunes the in-flight entries of dead workers from the worker's queues.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 
 from celery import bootsteps
+from celery.worker import state
 
 from . import _backlog
 from ._health import touch
@@ -29,23 +35,40 @@ class Heartbeat(bootsteps.StartStopStep):
     def __init__(self, parent, **kwargs):
         super().__init__(parent, **kwargs)
         self.tref = None
+        self.consumer = None
         self.queues: list[str] = []
         self.runtime = None
+        self.stalled_since: float | None = None  # monotonic time since tasks wait beside idle processes
 
     def start(self, c):
-        self.runtime = runtime_of(c.app)
+        self.consumer, self.runtime = c, runtime_of(c.app)
         self.queues = [q.name for q in c.task_consumer.queues]
         self.beat()
         self.tref = c.timer.call_repeatedly(self.runtime.settings.heartbeat_interval, self.beat)
 
+    def idle_processes(self) -> int:
+        pool = getattr(self.consumer, "pool", None)
+        capacity = getattr(pool, "num_processes", None) or 0
+        return max(0, capacity - len(state.active_requests))
+
     def beat(self):
         settings = self.runtime.settings
-        touch(settings.heartbeat_file)
         try:
-            for queue in self.queues:
-                _backlog.prune_in_flight(self.runtime.client(), queue, settings)
-        except Exception:
-            logger.exception("could not prune in-flight entries")
+            waiting = sum(_backlog.backlog(self.runtime.client(), q, settings).queued for q in self.queues)
+        except Exception as exc:  # Redis unreachable: the consumer reconnects by itself
+            logger.warning("heartbeat: backlog unavailable (%s)", type(exc).__name__)
+            waiting = 0
+        now = time.monotonic()
+        if waiting and self.idle_processes():
+            self.stalled_since = self.stalled_since or now
+        else:
+            self.stalled_since = None
+        if self.stalled_since is not None and now - self.stalled_since >= settings.stall_seconds:
+            logger.error("heartbeat withheld: %d tasks have waited in %s for %.0f s while %d processes "
+                         "are idle; this worker no longer consumes", waiting, ",".join(self.queues),
+                         now - self.stalled_since, self.idle_processes())
+            return
+        touch(settings.heartbeat_file)
 
     def stop(self, c):
         if self.tref is not None:

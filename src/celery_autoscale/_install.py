@@ -124,8 +124,14 @@ def install(app, *, allow_unsafe: bool | None = None, environ: Mapping[str, str]
         updates["worker_enable_soft_shutdown_on_idle"] = env["worker_soft_shutdown_timeout"] > 0
     if not _explicit(conf, "broker_connection_retry_on_startup"):
         updates["broker_connection_retry_on_startup"] = True
+    # A task that ends while the result backend cannot be reached retries storing its result,
+    # with exponential backoff, until the backend is back (result_backend_always_retry,
+    # result_backend_max_retries: inf by default; "Result backend settings") instead of ending
+    # FAILURE; with acks_late its message is acknowledged only after that.
+    if not _explicit(conf, "result_backend_always_retry"):
+        updates["result_backend_always_retry"] = True
     for key in ("autoscale_max_retries", "autoscale_retry_backoff_max", "autoscale_metrics_port",
-                "autoscale_heartbeat_file", "autoscale_heartbeat_interval"):
+                "autoscale_heartbeat_file", "autoscale_heartbeat_interval", "autoscale_stall_seconds"):
         if key in env:
             updates[key] = env[key]
     if "password" in env:  # kombu and the Redis result backend prefer a password in the URL

@@ -10,6 +10,7 @@ Two sources, read in this one module:
     autoscale_max_retries         5           retries of a transient error (DeadLetterTask)
     autoscale_retry_backoff_max   60          cap of the retry backoff, seconds (DeadLetterTask)
     autoscale_run_record_ttl      3600        seconds a task's start/end record is kept (0: none)
+    autoscale_stall_seconds       60          the heartbeat stops while tasks wait this long beside idle processes
     autoscale_allow_unsafe        False       accept settings that break the no-loss guarantees
 
 - environment variables, which the chart sets and which win over ``app.conf`` so that the
@@ -48,6 +49,7 @@ ENVIRONMENT: dict[str, tuple[str, str]] = {
     "CELERY_METRICS_PORT": ("autoscale_metrics_port", "port of the worker's /metrics; 0 turns it off"),
     "CELERY_HEARTBEAT_FILE": ("autoscale_heartbeat_file", "file the worker's consumer loop touches"),
     "CELERY_HEARTBEAT_INTERVAL": ("autoscale_heartbeat_interval", "seconds between heartbeats"),
+    "CELERY_STALL_SECONDS": ("autoscale_stall_seconds", "tasks waiting this long beside idle processes stop the heartbeat"),
     "REDIS_PASSWORD": ("broker_password", "Redis password for URLs that carry none"),
     "REDIS_PASSWORD_FILE": ("broker_password", "a file holding that password (the chart mounts it)"),
     "REDIS_TLS_CA_FILE": ("broker_use_ssl", "CA bundle for rediss:// URLs; certificates are always verified"),
@@ -61,6 +63,7 @@ DEFAULTS: dict[str, object] = {
     "autoscale_max_retries": 5,
     "autoscale_retry_backoff_max": 60,
     "autoscale_run_record_ttl": 3600,
+    "autoscale_stall_seconds": 60.0,
     "autoscale_allow_unsafe": False,
 }
 
@@ -158,6 +161,8 @@ def environ_overrides(env: Mapping[str, str] | None = None) -> dict[str, object]
         out["autoscale_heartbeat_file"] = raw
     if raw := get("CELERY_HEARTBEAT_INTERVAL"):
         out["autoscale_heartbeat_interval"] = _number("CELERY_HEARTBEAT_INTERVAL", raw, float, 0.1, 3600)
+    if raw := get("CELERY_STALL_SECONDS"):
+        out["autoscale_stall_seconds"] = _number("CELERY_STALL_SECONDS", raw, float, 1, 86400)
     password = get("REDIS_PASSWORD") or None
     if path := get("REDIS_PASSWORD_FILE"):
         try:
@@ -186,7 +191,7 @@ class Settings:
         separator: kombu's ``sep``.
         key_prefix: kombu's ``global_keyprefix``, prepended to every key in Redis.
         metrics_port, heartbeat_file, heartbeat_interval, max_retries, retry_backoff_max,
-        run_record_ttl: the ``autoscale_*`` settings above.
+        run_record_ttl, stall_seconds: the ``autoscale_*`` settings above.
     """
 
     broker_url: str
@@ -203,6 +208,7 @@ class Settings:
     max_retries: int
     retry_backoff_max: int
     run_record_ttl: int
+    stall_seconds: float
 
 
 def settings_of(app) -> Settings:
@@ -242,6 +248,7 @@ def settings_of(app) -> Settings:
         max_retries=int(get("autoscale_max_retries")),
         retry_backoff_max=int(get("autoscale_retry_backoff_max")),
         run_record_ttl=int(get("autoscale_run_record_ttl")),
+        stall_seconds=float(get("autoscale_stall_seconds")),
     )
     app._autoscale_settings = settings
     return settings
