@@ -3,6 +3,7 @@
 import os
 import time
 
+import redis
 from celery import Celery
 
 app = Celery("myproject")  # broker and backend: CELERY_BROKER_URL, CELERY_RESULT_BACKEND
@@ -14,8 +15,14 @@ app.conf.task_routes = {
 
 def _completed(task_id: str) -> None:
     """Count completions per task id in the Redis result backend, so a test can tell "run twice"
-    from "redelivered once"."""
-    app.backend.client.incr(f"myproject:completed:{task_id}")
+    from "redelivered once". It waits out a Redis restart (up to a minute), as a careful task would."""
+    for _ in range(120):
+        try:
+            app.backend.client.incr(f"myproject:completed:{task_id}")
+            return
+        except redis.ConnectionError:
+            time.sleep(0.5)
+    raise ConnectionError("Redis did not come back within a minute")
 
 
 @app.task(name="myproject.add", bind=True)
