@@ -10,7 +10,10 @@ plain Celery producer writes.
 A message a worker has taken leaves those lists. The runtime records each running task in a
 per-queue sorted set, :func:`in_flight_key` (member: task id, score: start, Unix seconds), and
 removes it when the run ends. An entry older than the visibility timeout belongs to a worker
-that died; its message is redelivered by then, so :func:`prune_in_flight` removes it.
+that died. :func:`prune_in_flight` removes it once its message has left kombu's hash of
+unacknowledged messages (restored to a list, where it counts again): until then the entry keeps
+the queue's backlog above zero, so a queue whose only worker died is not scaled to zero with a
+task that only a running worker can restore.
 
 KEDA's Redis trigger reads a list with ``LLEN`` and a sorted set with ``ZCARD``, so the chart
 points one trigger at each key of :func:`backlog_keys` and sums them.
@@ -18,6 +21,7 @@ points one trigger at each key of :func:`backlog_keys` and sums them.
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 
@@ -70,18 +74,46 @@ class Backlog:
         return self.queued + self.in_flight
 
 
+def unacked_task_ids(client, settings: Settings) -> set[str]:
+    """Task ids of the messages in kombu's hash of unacknowledged messages (``HSCAN``).
+
+    Each value is kombu's ``[message, exchange, routing_key]``; the task id is the message's
+    ``headers.id`` (Celery's task protocol 2). Unreadable values are skipped.
+    """
+    ids = set()
+    for _, raw in client.hscan_iter(settings.key_prefix + settings.unacked_key, count=1000):
+        try:
+            ids.add(json.loads(raw)[0]["headers"]["id"])
+        except (ValueError, TypeError, KeyError, IndexError):
+            continue
+    return ids
+
+
+def _drop_stale(client, queue: str, settings: Settings, stale: list) -> int:
+    """Remove the ``stale`` entries whose messages are no longer unacknowledged; return how many."""
+    if not stale:
+        return 0
+    waiting = unacked_task_ids(client, settings)
+    gone = [member for member in stale if (member.decode() if isinstance(member, bytes) else member) not in waiting]
+    return int(client.zrem(in_flight_key(queue, settings.key_prefix), *gone)) if gone else 0
+
+
 def prune_in_flight(client, queue: str, settings: Settings, now: float | None = None) -> int:
-    """Remove ``queue``'s in-flight entries older than the visibility timeout; return how many."""
+    """Remove ``queue``'s in-flight entries of dead workers; return how many.
+
+    An entry is stale once older than the visibility timeout; it is removed when its message is
+    no longer in kombu's unacknowledged hash (redelivered or finished), never before.
+    """
     now = time.time() if now is None else now
-    return int(client.zremrangebyscore(in_flight_key(queue, settings.key_prefix), "-inf",
-                                       now - settings.visibility_timeout))
+    stale = client.zrangebyscore(in_flight_key(queue, settings.key_prefix), "-inf", now - settings.visibility_timeout)
+    return _drop_stale(client, queue, settings, stale)
 
 
 def backlog(client, queue: str, settings: Settings) -> Backlog:
     """Measure ``queue``'s backlog with one pipeline of ``LLEN`` and ``ZCARD`` calls.
 
-    Stale in-flight entries (older than the visibility timeout) are pruned first, so the
-    figure equals what KEDA reads from the same keys.
+    Stale in-flight entries are pruned as :func:`prune_in_flight` does (one more round trip,
+    only when there are any), so the figure equals what KEDA reads from the same keys.
 
     Args:
         client: a ``redis.Redis`` for the broker (:func:`connect`).
@@ -94,12 +126,13 @@ def backlog(client, queue: str, settings: Settings) -> Backlog:
     lists = priority_lists(queue, settings.priority_steps, settings.separator, settings.key_prefix)
     key = in_flight_key(queue, settings.key_prefix)
     pipe = client.pipeline(transaction=False)
-    pipe.zremrangebyscore(key, "-inf", time.time() - settings.visibility_timeout)
+    pipe.zrangebyscore(key, "-inf", time.time() - settings.visibility_timeout)
     for name in lists:
         pipe.llen(name)
     pipe.zcard(key)
-    _, *lengths, running = pipe.execute()
-    return Backlog(queue=queue, waiting=dict(zip(lists, lengths)), in_flight=int(running))
+    stale, *lengths, running = pipe.execute()
+    running = int(running) - _drop_stale(client, queue, settings, stale)
+    return Backlog(queue=queue, waiting=dict(zip(lists, lengths)), in_flight=running)
 
 
 def connect(settings: Settings):

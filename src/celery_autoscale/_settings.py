@@ -190,6 +190,7 @@ class Settings:
         priority_steps: kombu's ``priority_steps``.
         separator: kombu's ``sep``.
         key_prefix: kombu's ``global_keyprefix``, prepended to every key in Redis.
+        unacked_key: kombu's ``unacked_key``, the hash of unacknowledged messages.
         metrics_port, heartbeat_file, heartbeat_interval, max_retries, retry_backoff_max,
         run_record_ttl, stall_seconds: the ``autoscale_*`` settings above.
     """
@@ -202,6 +203,7 @@ class Settings:
     priority_steps: tuple[int, ...]
     separator: str
     key_prefix: str
+    unacked_key: str
     metrics_port: int
     heartbeat_file: str
     heartbeat_interval: float
@@ -242,6 +244,7 @@ def settings_of(app) -> Settings:
         priority_steps=tuple(transport.get("priority_steps") or PRIORITY_STEPS),
         separator=transport.get("sep", Channel.sep),
         key_prefix=transport.get("global_keyprefix", ""),
+        unacked_key=transport.get("unacked_key", "unacked"),
         metrics_port=int(get("autoscale_metrics_port")),
         heartbeat_file=str(get("autoscale_heartbeat_file")),
         heartbeat_interval=float(get("autoscale_heartbeat_interval")),
