@@ -24,7 +24,8 @@ def test_backlog_keys_are_exactly_the_lists_a_producer_writes(fresh_stack, conf,
     written = lists_in_redis(fresh_stack.client(), "io")
     # kombu maps a priority down to the highest step <= it (0-2 -> "io", 3-5 -> "io<sep>3", ...).
     assert sorted(written) == sorted(names) and sum(written.values()) == 10
-    assert backlog_keys("io", settings(fresh_stack, **conf)) == [*names, "celery-autoscale:in-flight:io"]
+    assert backlog_keys("io", settings(fresh_stack, **conf)) == [
+        *names, "celery-autoscale:in-flight:io", "celery-autoscale:reserved:io"]
     assert backlog(fresh_stack.client(), "io", settings(fresh_stack, **conf)).queued == 10
 
 
@@ -49,7 +50,7 @@ def test_running_tasks_count_as_in_flight_and_waiting_ones_stay_in_redis(fresh_s
     assert found.queued == 5 and found.total == 7
     gauge = {dict(labels)["part"]: value for (metric, labels), value in scrape(fresh_stack.metrics_ports[name]).items()
              if metric == "celery_autoscale_backlog_tasks"}
-    assert gauge == {"queued": 5.0, "in_flight": 2.0}
+    assert gauge == {"queued": 5.0, "in_flight": 2.0, "reserved": 0.0}
     for r in results:
         r.get(timeout=60)
     assert backlog(client, "io", settings(fresh_stack)).total == 0
@@ -60,3 +61,19 @@ def test_stale_in_flight_entries_of_dead_workers_are_pruned(fresh_stack):
     client = fresh_stack.client()
     client.zadd(in_flight_key("cpu"), {"dead-worker-task": time.time() - 61, "live-task": time.time()})
     assert backlog(client, "cpu", settings(fresh_stack)).in_flight == 1
+
+
+def test_tasks_held_for_a_countdown_count_until_they_run(fresh_stack):
+    """A countdown (or a retry's backoff, which Celery sends as one) takes the message out of the
+    lists into the worker's hands: without the reserved record the backlog would read 0."""
+    app = producer(fresh_stack)
+    fresh_stack.start_worker(WorkerSpec("io", "threads", concurrency=2))
+    results = [app.send_task("tasks.io.transfer", kwargs={"size_bytes": 0, "wait_seconds": 0}, queue="io",
+                             countdown=6) for _ in range(3)]
+    client = fresh_stack.client()
+    held = eventually(lambda: (b := backlog(client, "io", settings(fresh_stack))).reserved == 3 and b, 20,
+                      "three tasks reserved")
+    assert held.queued == 0 and held.in_flight == 0 and held.total == 3
+    for r in results:
+        r.get(timeout=60)
+    eventually(lambda: backlog(client, "io", settings(fresh_stack)).total == 0, 10, "backlog drained")

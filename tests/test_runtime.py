@@ -14,7 +14,7 @@ from celery import Celery, signals
 before_env = dict(os.environ)
 app = Celery("bystander", broker="redis://127.0.0.1:1/0")
 receivers = {name: len(getattr(signals, name).receivers) for name in
-             ("before_task_publish", "task_prerun", "task_postrun", "worker_init", "worker_ready")}
+             ("before_task_publish", "task_received", "task_prerun", "task_postrun", "worker_init", "worker_ready")}
 import celery_autoscale, celery_autoscale.worker, celery_autoscale.health, celery_autoscale.deadletter
 import celery_autoscale.roundtrip, celery_autoscale.flower
 from celery_autoscale import _backlog, _cli, _deadletter, _health, _heartbeat, _install, _loader, _metrics

@@ -15,6 +15,14 @@ unacknowledged messages (restored to a list, where it counts again): until then 
 the queue's backlog above zero, so a queue whose only worker died is not scaled to zero with a
 task that only a running worker can restore.
 
+A task with an ETA (a countdown, or a retry waiting out its backoff) is held by a worker,
+unacknowledged, until it is due: the runtime records it in :func:`reserved_key` from receipt to
+start. An entry whose message kombu no longer holds unacknowledged (restored to a list at a warm
+shutdown, where it counts again) is pruned; a dead worker's entries stay until its messages are
+restored, so they keep a replica for that. Keep ETAs below the visibility timeout (Celery's own
+Redis caveat: a later one is redelivered); a reserved task holds a replica until it runs, since
+the worker holding it must be alive to run it on time.
+
 KEDA's Redis trigger reads a list with ``LLEN`` and a sorted set with ``ZCARD``, so the chart
 points one trigger at each key of :func:`backlog_keys` and sums them.
 """
@@ -28,7 +36,7 @@ from dataclasses import dataclass
 from ._settings import Settings
 
 __all__ = ["Backlog", "backlog", "backlog_keys", "connect", "in_flight_key", "priority_lists",
-           "prune_in_flight", "run_record_key"]
+           "prune_in_flight", "reserved_key", "run_record_key"]
 
 #: Prefix of every Redis key the runtime itself writes (after kombu's ``global_keyprefix``).
 KEY_PREFIX = "celery-autoscale"
@@ -44,6 +52,11 @@ def in_flight_key(queue: str, prefix: str = "") -> str:
     return f"{prefix}{KEY_PREFIX}:in-flight:{queue}"
 
 
+def reserved_key(queue: str, prefix: str = "") -> str:
+    """Name of the sorted set of ``queue``'s tasks held for their ETA (member: task id; score: receipt)."""
+    return f"{prefix}{KEY_PREFIX}:reserved:{queue}"
+
+
 def run_record_key(task_id: str, prefix: str = "") -> str:
     """Name of the string ``"<started>,<finished>"`` (Unix seconds) kept for a finished task."""
     return f"{prefix}{KEY_PREFIX}:run:{task_id}"
@@ -52,7 +65,7 @@ def run_record_key(task_id: str, prefix: str = "") -> str:
 def backlog_keys(queue: str, settings: Settings) -> list[str]:
     """Every Redis key whose size counts towards ``queue``'s backlog, as KEDA must name them."""
     return [*priority_lists(queue, settings.priority_steps, settings.separator, settings.key_prefix),
-            in_flight_key(queue, settings.key_prefix)]
+            in_flight_key(queue, settings.key_prefix), reserved_key(queue, settings.key_prefix)]
 
 
 @dataclass(frozen=True)
@@ -62,6 +75,7 @@ class Backlog:
     queue: str
     waiting: dict[str, int]  # list name -> LLEN
     in_flight: int
+    reserved: int = 0  # held by a worker until their ETA
 
     @property
     def queued(self) -> int:
@@ -70,8 +84,8 @@ class Backlog:
 
     @property
     def total(self) -> int:
-        """Waiting plus running tasks: what an autoscaler must serve."""
-        return self.queued + self.in_flight
+        """Waiting, running and reserved tasks: what an autoscaler must serve."""
+        return self.queued + self.in_flight + self.reserved
 
 
 def unacked_task_ids(client, settings: Settings) -> set[str]:
@@ -89,13 +103,13 @@ def unacked_task_ids(client, settings: Settings) -> set[str]:
     return ids
 
 
-def _drop_stale(client, queue: str, settings: Settings, stale: list) -> int:
-    """Remove the ``stale`` entries whose messages are no longer unacknowledged; return how many."""
+def _drop_stale(client, key: str, settings: Settings, stale: list, held: set[str] | None = None) -> int:
+    """Remove from ``key`` the ``stale`` members whose messages are no longer unacknowledged."""
     if not stale:
         return 0
-    waiting = unacked_task_ids(client, settings)
-    gone = [member for member in stale if (member.decode() if isinstance(member, bytes) else member) not in waiting]
-    return int(client.zrem(in_flight_key(queue, settings.key_prefix), *gone)) if gone else 0
+    held = unacked_task_ids(client, settings) if held is None else held
+    gone = [member for member in stale if (member.decode() if isinstance(member, bytes) else member) not in held]
+    return int(client.zrem(key, *gone)) if gone else 0
 
 
 def prune_in_flight(client, queue: str, settings: Settings, now: float | None = None) -> int:
@@ -105,8 +119,12 @@ def prune_in_flight(client, queue: str, settings: Settings, now: float | None = 
     no longer in kombu's unacknowledged hash (redelivered or finished), never before.
     """
     now = time.time() if now is None else now
-    stale = client.zrangebyscore(in_flight_key(queue, settings.key_prefix), "-inf", now - settings.visibility_timeout)
-    return _drop_stale(client, queue, settings, stale)
+    key = in_flight_key(queue, settings.key_prefix)
+    stale = client.zrangebyscore(key, "-inf", now - settings.visibility_timeout)
+    reserved = client.zrange(reserved_key(queue, settings.key_prefix), 0, -1)
+    held = unacked_task_ids(client, settings) if stale or reserved else set()
+    return (_drop_stale(client, key, settings, stale, held)
+            + _drop_stale(client, reserved_key(queue, settings.key_prefix), settings, reserved, held))
 
 
 def backlog(client, queue: str, settings: Settings) -> Backlog:
@@ -124,15 +142,18 @@ def backlog(client, queue: str, settings: Settings) -> Backlog:
         redis.RedisError: Redis cannot be reached.
     """
     lists = priority_lists(queue, settings.priority_steps, settings.separator, settings.key_prefix)
-    key = in_flight_key(queue, settings.key_prefix)
+    key, held_key = in_flight_key(queue, settings.key_prefix), reserved_key(queue, settings.key_prefix)
     pipe = client.pipeline(transaction=False)
     pipe.zrangebyscore(key, "-inf", time.time() - settings.visibility_timeout)
+    pipe.zrange(held_key, 0, -1)
     for name in lists:
         pipe.llen(name)
-    pipe.zcard(key)
-    stale, *lengths, running = pipe.execute()
-    running = int(running) - _drop_stale(client, queue, settings, stale)
-    return Backlog(queue=queue, waiting=dict(zip(lists, lengths)), in_flight=running)
+    stale, reserved, *lengths = pipe.execute()
+    held = unacked_task_ids(client, settings) if stale or reserved else set()
+    _drop_stale(client, key, settings, stale, held)
+    _drop_stale(client, held_key, settings, reserved, held)
+    running, waiting_eta = client.pipeline(transaction=False).zcard(key).zcard(held_key).execute()
+    return Backlog(queue=queue, waiting=dict(zip(lists, lengths)), in_flight=int(running), reserved=int(waiting_eta))
 
 
 def connect(settings: Settings):

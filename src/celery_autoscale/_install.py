@@ -146,6 +146,7 @@ def install(app, *, allow_unsafe: bool | None = None, environ: Mapping[str, str]
     runtime = runtime_of(app)
     uid = f"celery_autoscale.{id(app)}"
     signals.before_task_publish.connect(runtime.stamp_published_at, weak=False, dispatch_uid=f"{uid}.publish")
+    signals.task_received.connect(runtime.task_received, weak=False, dispatch_uid=f"{uid}.received")
     signals.task_prerun.connect(runtime.task_started, weak=False, dispatch_uid=f"{uid}.prerun")
     signals.task_postrun.connect(runtime.task_finished, weak=False, dispatch_uid=f"{uid}.postrun")
     signals.worker_init.connect(runtime.worker_init, weak=False, dispatch_uid=f"{uid}.init")

@@ -14,7 +14,7 @@ Metrics (``queue`` is the Celery queue name):
 - ``celery_autoscale_queue_wait_seconds{queue}``: histogram of start minus publish time (for
   messages that carry the ``published_at`` header the runtime stamps).
 - ``celery_autoscale_backlog_tasks{queue,part}``: the backlog KEDA sees, ``part`` being
-  ``queued`` (every priority list) or ``in_flight``.
+  ``queued`` (every priority list), ``in_flight`` or ``reserved`` (held for an ETA).
 """
 
 from __future__ import annotations
@@ -93,4 +93,5 @@ class BacklogCollector:
                 continue
             family.add_metric([queue, "queued"], found.queued)
             family.add_metric([queue, "in_flight"], found.in_flight)
+            family.add_metric([queue, "reserved"], found.reserved)
         yield family

@@ -5,7 +5,9 @@ handlers are connected by :func:`celery_autoscale.install` and act only on that 
 and workers:
 
 - ``before_task_publish``: stamp each message with a ``published_at`` header (Unix seconds);
-- ``task_prerun``: record the task in its queue's in-flight sorted set;
+- ``task_received`` (worker main process): a task with an ETA (countdown, retry backoff) is
+  recorded in its queue's reserved sorted set until it starts;
+- ``task_prerun``: record the task in its queue's in-flight sorted set (and out of the reserved one);
 - ``task_postrun`` (sent after success, failure and retry alike): remove it, keep
   ``"<started>,<finished>"`` under :func:`~celery_autoscale._backlog.run_record_key` for
   ``autoscale_run_record_ttl`` seconds (one pipeline), and count the run in Prometheus;
@@ -52,14 +54,27 @@ class Runtime:
         if headers is not None:
             headers.setdefault("published_at", time.time())
 
+    def task_received(self, request=None, **_):
+        if request is None or not self.owns(getattr(request, "task", None)) or request.eta is None:
+            return
+        try:
+            self.client().zadd(_backlog.reserved_key(queue_of(request), self.settings.key_prefix),
+                               {request.id: time.time()})
+        except Exception:
+            logger.exception("could not record task %s as reserved", request.id)
+
     def task_started(self, task_id=None, task=None, **_):
         if not self.owns(task):
             return
         queue = queue_of(task.request)
         now = time.time()
         self.started[task_id] = (now, time.perf_counter(), queue)
+        prefix = self.settings.key_prefix
         try:
-            self.client().zadd(_backlog.in_flight_key(queue, self.settings.key_prefix), {task_id: now})
+            pipe = self.client().pipeline(transaction=False)
+            pipe.zadd(_backlog.in_flight_key(queue, prefix), {task_id: now})
+            pipe.zrem(_backlog.reserved_key(queue, prefix), task_id)
+            pipe.execute()
         except Exception:  # the record must never fail a task
             logger.exception("could not record task %s as in flight", task_id)
         published = getattr(task.request, "published_at", None)
