@@ -64,9 +64,10 @@ def install(app, *, allow_unsafe: bool | None = None, environ: Mapping[str, str]
     Visibility timeout") with a sweep for unacknowledged messages of dead workers every tenth
     of it (``unacked_restore_interval``, 1-10 s, and ``unacked_restore_throttle`` 1, kombu's
     Redis transport docs); ``task_time_limit`` (default 1800 s) below the visibility timeout;
-    ``broker_connection_retry_on_startup``; the Redis password and verified TLS from the
-    environment; then connects the in-flight record, metrics and heartbeat (worker side) and
-    registers :data:`PROBE_TASK`.
+    ``broker_connection_retry_on_startup``; ``result_backend_always_retry`` (a result is stored
+    once an unreachable backend is back); the Redis password and verified TLS from the
+    environment; then connects the in-flight and reserved records, metrics and heartbeat
+    (worker side) and registers :data:`PROBE_TASK`.
 
     The environment (:data:`celery_autoscale.ENVIRONMENT`, set by the chart) wins over
     ``app.conf``, except that its priority steps and separator must equal the app's own
