@@ -164,7 +164,8 @@ def test_a_redis_that_stops_answering_is_reported_and_never_scales_workers_away(
             failing = wait_for(lambda: (so := release.get("scaledobject", name))
                                and (condition(so, "Ready").get("status") == "False"
                                     or condition(so, "Fallback").get("status") == "True") and so,
-                               90, "doomed io reports the failure")
+                               180, "doomed io reports the failure",
+                               explain=lambda: json.dumps(release.get("scaledobject", name).get("status", {}), default=str))
             assert "redis" in json.dumps(failing["status"]).lower() or condition(failing, "Fallback")["status"] == "True"
             deadline = time.monotonic() + 30
             while time.monotonic() < deadline:
