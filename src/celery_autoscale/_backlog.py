@@ -10,7 +10,7 @@ plain Celery producer writes.
 A message a worker has taken leaves those lists. The runtime records each running task in a
 per-queue sorted set, :func:`in_flight_key` (member: task id, score: start, Unix seconds), and
 removes it when the run ends. An entry older than the visibility timeout belongs to a worker
-that died. :func:`prune_in_flight` removes it once its message has left kombu's hash of
+that died. :func:`backlog` prunes it once its message has left kombu's hash of
 unacknowledged messages (restored to a list, where it counts again): until then the entry keeps
 the queue's backlog above zero, so a queue whose only worker died is not scaled to zero with a
 task that only a running worker can restore.
@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from ._settings import Settings
 
 __all__ = ["Backlog", "backlog", "backlog_keys", "connect", "in_flight_key", "priority_lists",
-           "prune_in_flight", "reserved_key", "run_record_key"]
+           "reserved_key", "run_record_key", "unacked_task_ids"]
 
 #: Prefix of every Redis key the runtime itself writes (after kombu's ``global_keyprefix``).
 KEY_PREFIX = "celery-autoscale"
@@ -103,35 +103,26 @@ def unacked_task_ids(client, settings: Settings) -> set[str]:
     return ids
 
 
-def _drop_stale(client, key: str, settings: Settings, stale: list, held: set[str] | None = None) -> int:
-    """Remove from ``key`` the ``stale`` members whose messages are no longer unacknowledged."""
-    if not stale:
-        return 0
-    held = unacked_task_ids(client, settings) if held is None else held
-    gone = [member for member in stale if (member.decode() if isinstance(member, bytes) else member) not in held]
-    return int(client.zrem(key, *gone)) if gone else 0
-
-
-def prune_in_flight(client, queue: str, settings: Settings, now: float | None = None) -> int:
-    """Remove ``queue``'s in-flight entries of dead workers; return how many.
-
-    An entry is stale once older than the visibility timeout; it is removed when its message is
-    no longer in kombu's unacknowledged hash (redelivered or finished), never before.
-    """
-    now = time.time() if now is None else now
-    key = in_flight_key(queue, settings.key_prefix)
-    stale = client.zrangebyscore(key, "-inf", now - settings.visibility_timeout)
-    reserved = client.zrange(reserved_key(queue, settings.key_prefix), 0, -1)
-    held = unacked_task_ids(client, settings) if stale or reserved else set()
-    return (_drop_stale(client, key, settings, stale, held)
-            + _drop_stale(client, reserved_key(queue, settings.key_prefix), settings, reserved, held))
+def _prune(client, queue: str, settings: Settings, stale: list, reserved: list) -> tuple[int, int]:
+    """Remove the dead entries among ``stale`` in-flight and ``reserved`` members of ``queue``:
+    those whose messages kombu no longer holds unacknowledged. Returns how many of each went."""
+    if not stale and not reserved:
+        return 0, 0
+    held = unacked_task_ids(client, settings)
+    removed = []
+    for key, members in ((in_flight_key(queue, settings.key_prefix), stale),
+                         (reserved_key(queue, settings.key_prefix), reserved)):
+        gone = [m for m in members if (m.decode() if isinstance(m, bytes) else m) not in held]
+        removed.append(int(client.zrem(key, *gone)) if gone else 0)
+    return removed[0], removed[1]
 
 
 def backlog(client, queue: str, settings: Settings) -> Backlog:
     """Measure ``queue``'s backlog with one pipeline of ``LLEN`` and ``ZCARD`` calls.
 
-    Stale in-flight entries are pruned as :func:`prune_in_flight` does (one more round trip,
-    only when there are any), so the figure equals what KEDA reads from the same keys.
+    In-flight entries older than the visibility timeout (dead workers') and reserved entries are
+    pruned once kombu no longer holds their messages unacknowledged (one more round trip, only
+    when there are any), so the figure equals what KEDA reads from the same keys.
 
     Args:
         client: a ``redis.Redis`` for the broker (:func:`connect`).
@@ -148,12 +139,12 @@ def backlog(client, queue: str, settings: Settings) -> Backlog:
     pipe.zrange(held_key, 0, -1)
     for name in lists:
         pipe.llen(name)
-    stale, reserved, *lengths = pipe.execute()
-    held = unacked_task_ids(client, settings) if stale or reserved else set()
-    _drop_stale(client, key, settings, stale, held)
-    _drop_stale(client, held_key, settings, reserved, held)
-    running, waiting_eta = client.pipeline(transaction=False).zcard(key).zcard(held_key).execute()
-    return Backlog(queue=queue, waiting=dict(zip(lists, lengths)), in_flight=int(running), reserved=int(waiting_eta))
+    pipe.zcard(key)
+    pipe.zcard(held_key)
+    stale, reserved, *lengths, running, waiting_eta = pipe.execute()
+    dead_running, dead_reserved = _prune(client, queue, settings, stale, reserved)
+    return Backlog(queue=queue, waiting=dict(zip(lists, lengths)), in_flight=int(running) - dead_running,
+                   reserved=int(waiting_eta) - dead_reserved)
 
 
 def connect(settings: Settings):
