@@ -53,3 +53,29 @@ def test_a_redis_restart_mid_task_loses_nothing_and_runs_nothing_twice(tmp_path,
         assert [reader.AsyncResult(r.id).state for r in tasks] == ["SUCCESS"] * 8
         assert stack.procs[worker].poll() is None, "the worker recovered by itself"
         print(f"{pool} after Redis {sig.name}: all 8 done {recovered_in:.1f}s after Redis was back")
+
+
+def test_a_threads_worker_with_idle_threads_survives_a_redis_stop_mid_task(tmp_path):
+    """The shape that made Celery 5.7.0 exit with "Unrecoverable error: AttributeError" (3 of 3
+    before celery_autoscale._consumer): idle threads beside two running tasks, Redis stopped
+    1.5 s into them. The worker stays up, consumes again, and nothing runs twice."""
+    env = {"PYTHONPATH": str(PLAIN), "CELERY_VISIBILITY_TIMEOUT": "12", "CELERY_TASK_TIME_LIMIT": "10"}
+    with LocalStack(tmp_path, env=env) as stack:
+        stack.start_redis(persist=True)
+        worker = stack.start_worker(WorkerSpec(QUEUE, "threads", concurrency=4, app=APP), name="worker")
+        producer = Celery("web", broker=stack.broker_url, backend=stack.broker_url)
+        settings = settings_of(stack.producer())
+        running = [producer.send_task("myproject.daily_report", args=[f"a{i}"], kwargs={"seconds": 4}, queue=QUEUE)
+                   for i in range(2)]
+        eventually(lambda: backlog(stack.client(), QUEUE, settings).in_flight == 2, 30, "two tasks running")
+        time.sleep(1.5)
+        stack.restart_redis(3, signal.SIGTERM)
+        later = [producer.send_task("myproject.daily_report", args=[f"b{i}"], kwargs={"seconds": 0.5}, queue=QUEUE)
+                 for i in range(4)]
+        tasks = running + later
+        eventually(lambda: all(completions(stack, tasks)), 90, "every task completed", interval=0.5)
+        assert stack.procs[worker].poll() is None, "the worker survived the lost connection"
+        time.sleep(14)  # past the visibility timeout: a redelivered second run would show here
+        assert completions(stack, tasks) == [1] * 6
+        assert stack.client().hlen("unacked") == 0
+        assert "Unrecoverable error" not in (tmp_path / "worker.log").read_text()

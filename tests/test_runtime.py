@@ -61,6 +61,7 @@ def test_install_sets_only_what_the_guarantees_need_and_leaves_the_app_alone():
     assert conf.task_time_limit == 1800
     assert conf.task_routes == {"a.*": {"queue": "emails"}} and conf.task_serializer == "pickle"
     assert conf.worker_concurrency == 7
+    assert conf.worker_consumer == "celery_autoscale._consumer:Consumer"  # Celery's, surviving a lost Redis
     assert PROBE_TASK in app.tasks
     settings = settings_of(app)
     assert settings.separator == "\x06\x16" and settings.priority_steps == (0, 3, 6, 9)  # kombu's own
@@ -78,6 +79,8 @@ def install_with(environ=None, **conf):
     ({"task_reject_on_worker_lost": False}, "task_reject_on_worker_lost=False is refused"),
     ({"worker_prefetch_multiplier": 4}, "worker_prefetch_multiplier=4 is refused: workers would hold waiting tasks"),
     ({"task_time_limit": 7200}, "task time limit (7200 s) must stay below the visibility timeout (3600 s)"),
+    ({"worker_consumer": "myproject.consumer:Consumer"},
+     "worker_consumer='myproject.consumer:Consumer' is refused: a worker would exit when its Redis connection"),
     ({"broker_url": "amqp://guest:pw@rabbit//"}, "the broker URL must be a redis:// or rediss:// URL"),
 ])
 def test_settings_that_break_a_guarantee_are_refused_in_one_line(conf, message):

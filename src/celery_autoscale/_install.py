@@ -37,6 +37,10 @@ REQUIRED: dict[str, tuple[object, str]] = {
     "worker_disable_prefetch": (True, "workers would hold waiting tasks outside the Redis lists KEDA counts"),
 }
 
+#: Celery's default consumer class, which install replaces by :class:`~celery_autoscale._consumer.Consumer`.
+DEFAULT_CONSUMER = "celery.worker.consumer:Consumer"
+CONSUMER = "celery_autoscale._consumer:Consumer"
+
 #: The task the chart's helm test sends to every queue (any app with the runtime has it).
 PROBE_TASK = "celery_autoscale.probe"
 
@@ -123,6 +127,13 @@ def install(app, *, allow_unsafe: bool | None = None, environ: Mapping[str, str]
     if "worker_soft_shutdown_timeout" in env:
         updates["worker_soft_shutdown_timeout"] = env["worker_soft_shutdown_timeout"]
         updates["worker_enable_soft_shutdown_on_idle"] = env["worker_soft_shutdown_timeout"] > 0
+    # Celery's consumer, with its recovery from a lost Redis connection made safe (_consumer.py).
+    if conf.get("worker_consumer") in (DEFAULT_CONSUMER, CONSUMER):
+        updates["worker_consumer"] = CONSUMER
+    elif not allow:
+        raise ConfigError(f"worker_consumer={conf.get('worker_consumer')!r} is refused: a worker would exit when "
+                          f"its Redis connection is lost with tasks running (set autoscale_allow_unsafe=True "
+                          f"to accept it, or derive it from {CONSUMER})")
     if not _explicit(conf, "broker_connection_retry_on_startup"):
         updates["broker_connection_retry_on_startup"] = True
     # A task that ends while the result backend cannot be reached retries storing its result,

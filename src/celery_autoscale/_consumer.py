@@ -1,0 +1,47 @@
+"""The worker's consumer: Celery's own, with its recovery from a lost Redis connection made safe.
+
+Celery 5.7.0's ``Consumer.on_connection_error_after_connected`` calls ``connection.collect()``,
+then ``connection.close()``. With Redis down, ``collect()`` cannot close the task channel
+(kombu's ``redis.Channel.close`` raises in ``_brpop_read`` and ``Connection.maybe_close_channel``
+swallows it) but detaches its transport (``transport.client = None``). ``close()`` then closes
+that channel again: ``virtual.Channel.close`` calls ``QoS.restore_unacked_once``, which opens a
+client from the detached transport and raises ``AttributeError: 'NoneType' object has no
+attribute 'hostname'`` (``redis.Channel._connparams``), which Celery treats as unrecoverable:
+the worker exits. Measured with a ``threads`` worker, tasks running, Redis stopped (3 of 3).
+A task that ended after the connection was replaced had the same fate: its ack went through
+the closed channel.
+
+:class:`Consumer` changes two things around Celery's method, for the lost connection only:
+
+- the messages of tasks still running are not pushed back to the lists while they run (that
+  restore either crashes, as above, or hands a running task to a second worker); kombu keeps
+  them in its ``unacked`` hash, so a worker that dies later still has them restored after the
+  visibility timeout (at least once);
+- the closed channel gets its transport back, so when such a task ends its ack (an ``HDEL`` and
+  a ``ZREM`` on kombu's ``unacked`` keys, valid from any connection) reaches Redis through a new
+  client; if Redis is still down the ack fails like any ack (logged, redelivered later).
+
+``install(app)`` selects it through Celery's ``worker_consumer`` setting.
+"""
+
+from __future__ import annotations
+
+from celery.worker.consumer import Consumer as CeleryConsumer
+
+__all__ = ["Consumer"]
+
+
+class Consumer(CeleryConsumer):
+    """Celery's ``Consumer``; a lost Redis connection no longer ends the worker."""
+
+    def on_connection_error_after_connected(self, exc):
+        connection = self.connection
+        channel = getattr(connection, "_default_channel", None)
+        transport = getattr(connection, "_transport", None)
+        qos = getattr(channel, "_qos", None)
+        if qos is not None:
+            qos.restore_at_shutdown = False  # running tasks keep their messages in kombu's unacked hash
+        super().on_connection_error_after_connected(exc)
+        if channel is not None and transport is not None:
+            transport.client = connection  # the settings _connparams reads; the socket is gone
+            channel.connection = transport
