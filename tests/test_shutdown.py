@@ -32,9 +32,10 @@ def test_sigterm_lets_running_tasks_finish_before_the_worker_exits(fresh_stack):
 
 
 def test_sigkill_mid_task_redelivers_it_after_the_visibility_timeout(fresh_stack):
-    """A pod killed without grace, the queue's only worker: the unacknowledged task keeps the
-    backlog above zero past the visibility timeout (only a running worker restores it, so KEDA
-    must keep a replica), then comes back and completes on a worker that starts."""
+    """A pod killed without grace, the queue's only worker, no reconciler: the unacknowledged task
+    keeps the backlog above zero past the visibility timeout (kombu restores it only from a
+    running process), then comes back and completes on a worker that starts.
+    tests/test_reconciler.py shows the restore with no worker at all."""
     fresh_stack.env.update(CELERY_VISIBILITY_TIMEOUT="6", CELERY_TASK_TIME_LIMIT="5")
     app = producer(fresh_stack)
     found = settings(fresh_stack)

@@ -8,12 +8,15 @@ defaults (``sep`` ``"\\x06\\x16"``, steps ``[0, 3, 6, 9]``) the lists of ``email
 plain Celery producer writes.
 
 A message a worker has taken leaves those lists. The runtime records each running task in a
-per-queue sorted set, :func:`in_flight_key` (member: task id, score: start, Unix seconds), and
-removes it when the run ends. An entry older than the visibility timeout belongs to a worker
-that died. :func:`backlog` prunes it once its message has left kombu's hash of
-unacknowledged messages (restored to a list, where it counts again): until then the entry keeps
-the queue's backlog above zero, so a queue whose only worker died is not scaled to zero with a
-task that only a running worker can restore.
+per-queue sorted set, :func:`in_flight_key` (member: task id, score: start, Unix seconds), with
+its worker and deadline (start + its hard time limit) in :func:`owners_key`, and removes both
+when the run ends. An entry older than the task time limit plus :data:`STALE_MARGIN` may
+belong to a worker that died. :func:`backlog` prunes it once its message has left kombu's hash
+of unacknowledged messages (restored to a list, where it counts again): until then the entry
+keeps the queue's backlog above zero, so a queue whose only worker died is not scaled to zero
+with an unfinished task. The reconciler (:mod:`celery_autoscale.reconciler`) restores such a
+message without any worker of the queue, at the task's deadline plus a margin when its worker
+does not answer a ping, else at the visibility timeout (kombu's own restore).
 
 A task with an ETA (a countdown, or a retry waiting out its backoff) is held by a worker,
 unacknowledged, until it is due: the runtime records it in :func:`reserved_key` from receipt to
@@ -35,11 +38,14 @@ from dataclasses import dataclass
 
 from ._settings import Settings
 
-__all__ = ["Backlog", "backlog", "backlog_keys", "connect", "in_flight_key", "priority_lists",
-           "reserved_key", "run_record_key", "unacked_task_ids"]
+__all__ = ["Backlog", "backlog", "backlog_keys", "connect", "in_flight_key", "owners_key", "priority_lists",
+           "reserved_key", "run_record_key", "unacked_tags"]
 
 #: Prefix of every Redis key the runtime itself writes (after kombu's ``global_keyprefix``).
 KEY_PREFIX = "celery-autoscale"
+
+#: Seconds past the task time limit after which an in-flight entry may be a dead worker's.
+STALE_MARGIN = 30
 
 
 def priority_lists(queue: str, steps: tuple[int, ...], separator: str, prefix: str = "") -> list[str]:
@@ -50,6 +56,11 @@ def priority_lists(queue: str, steps: tuple[int, ...], separator: str, prefix: s
 def in_flight_key(queue: str, prefix: str = "") -> str:
     """Name of the sorted set of ``queue``'s running tasks (member: task id; score: start)."""
     return f"{prefix}{KEY_PREFIX}:in-flight:{queue}"
+
+
+def owners_key(queue: str, prefix: str = "") -> str:
+    """Name of the hash of ``queue``'s running tasks: task id -> ``{"worker", "deadline"}`` (JSON)."""
+    return f"{prefix}{KEY_PREFIX}:in-flight-owner:{queue}"
 
 
 def reserved_key(queue: str, prefix: str = "") -> str:
@@ -88,19 +99,19 @@ class Backlog:
         return self.queued + self.in_flight + self.reserved
 
 
-def unacked_task_ids(client, settings: Settings) -> set[str]:
-    """Task ids of the messages in kombu's hash of unacknowledged messages (``HSCAN``).
+def unacked_tags(client, settings: Settings) -> dict[str, str]:
+    """Task id -> kombu delivery tag of the messages in kombu's hash of unacknowledged messages.
 
-    Each value is kombu's ``[message, exchange, routing_key]``; the task id is the message's
-    ``headers.id`` (Celery's task protocol 2). Unreadable values are skipped.
+    Read with ``HSCAN``; each value is kombu's ``[message, exchange, routing_key]`` and the task
+    id is the message's ``headers.id`` (Celery's task protocol 2). Unreadable values are skipped.
     """
-    ids = set()
-    for _, raw in client.hscan_iter(settings.key_prefix + settings.unacked_key, count=1000):
+    tags = {}
+    for tag, raw in client.hscan_iter(settings.key_prefix + settings.unacked_key, count=1000):
         try:
-            ids.add(json.loads(raw)[0]["headers"]["id"])
+            tags[json.loads(raw)[0]["headers"]["id"]] = tag.decode() if isinstance(tag, bytes) else tag
         except (ValueError, TypeError, KeyError, IndexError):
             continue
-    return ids
+    return tags
 
 
 def _prune(client, queue: str, settings: Settings, stale: list, reserved: list) -> tuple[int, int]:
@@ -108,20 +119,29 @@ def _prune(client, queue: str, settings: Settings, stale: list, reserved: list) 
     those whose messages kombu no longer holds unacknowledged. Returns how many of each went."""
     if not stale and not reserved:
         return 0, 0
-    held = unacked_task_ids(client, settings)
-    removed = []
-    for key, members in ((in_flight_key(queue, settings.key_prefix), stale),
-                         (reserved_key(queue, settings.key_prefix), reserved)):
-        gone = [m for m in members if (m.decode() if isinstance(m, bytes) else m) not in held]
-        removed.append(int(client.zrem(key, *gone)) if gone else 0)
-    return removed[0], removed[1]
+    held = unacked_tags(client, settings)
+    prefix = settings.key_prefix
+    dead_running = [m for m in stale if _text(m) not in held]
+    dead_reserved = [m for m in reserved if _text(m) not in held]
+    pipe = client.pipeline(transaction=False)
+    if dead_running:
+        pipe.zrem(in_flight_key(queue, prefix), *dead_running)
+        pipe.hdel(owners_key(queue, prefix), *dead_running)
+    if dead_reserved:
+        pipe.zrem(reserved_key(queue, prefix), *dead_reserved)
+    done = pipe.execute()
+    return (int(done[0]) if dead_running else 0), (int(done[-1]) if dead_reserved else 0)
+
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def backlog(client, queue: str, settings: Settings) -> Backlog:
     """Measure ``queue``'s backlog with one pipeline of ``LLEN`` and ``ZCARD`` calls.
 
-    In-flight entries older than the visibility timeout (dead workers') and reserved entries are
-    pruned once kombu no longer holds their messages unacknowledged (one more round trip, only
+    In-flight entries older than the task time limit plus :data:`STALE_MARGIN` (dead workers')
+    and reserved entries are pruned once kombu no longer holds their messages unacknowledged (one more round trip, only
     when there are any), so the figure equals what KEDA reads from the same keys.
 
     Args:
@@ -135,7 +155,7 @@ def backlog(client, queue: str, settings: Settings) -> Backlog:
     lists = priority_lists(queue, settings.priority_steps, settings.separator, settings.key_prefix)
     key, held_key = in_flight_key(queue, settings.key_prefix), reserved_key(queue, settings.key_prefix)
     pipe = client.pipeline(transaction=False)
-    pipe.zrangebyscore(key, "-inf", time.time() - settings.visibility_timeout)
+    pipe.zrangebyscore(key, "-inf", time.time() - settings.task_time_limit - STALE_MARGIN)
     pipe.zrange(held_key, 0, -1)
     for name in lists:
         pipe.llen(name)

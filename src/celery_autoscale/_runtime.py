@@ -7,7 +7,8 @@ and workers:
 - ``before_task_publish``: stamp each message with a ``published_at`` header (Unix seconds);
 - ``task_received`` (worker main process): a task with an ETA (countdown, retry backoff) is
   recorded in its queue's reserved sorted set until it starts;
-- ``task_prerun``: record the task in its queue's in-flight sorted set (and out of the reserved one);
+- ``task_prerun``: record the task in its queue's in-flight sorted set, its worker and deadline
+  (start + its hard time limit) in the owners hash, and take it out of the reserved set;
 - ``task_postrun`` (sent after success, failure and retry alike): remove it, keep
   ``"<started>,<finished>"`` under :func:`~celery_autoscale._backlog.run_record_key` for
   ``autoscale_run_record_ttl`` seconds (one pipeline), and count the run in Prometheus;
@@ -16,6 +17,7 @@ and workers:
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 
@@ -48,6 +50,12 @@ class Runtime:
     def owns(self, task) -> bool:
         return task is not None and getattr(task, "app", None) is self.app
 
+    def time_limit(self, task) -> float:
+        """The hard time limit of this run of ``task``, seconds: the message's ``timelimit``, the
+        task's ``time_limit``, else the app's ``task_time_limit`` (Celery's own order)."""
+        hard = (getattr(task.request, "timelimit", None) or (None, None))[0]
+        return float(hard or getattr(task, "time_limit", None) or self.settings.task_time_limit)
+
     # -- signal handlers -----------------------------------------------------------------
     def stamp_published_at(self, headers=None, **_):
         """A ``published_at`` header: the worker's queue wait starts here."""
@@ -73,6 +81,8 @@ class Runtime:
         try:
             pipe = self.client().pipeline(transaction=False)
             pipe.zadd(_backlog.in_flight_key(queue, prefix), {task_id: now})
+            pipe.hset(_backlog.owners_key(queue, prefix), task_id,
+                      json.dumps({"worker": task.request.hostname, "deadline": now + self.time_limit(task)}))
             pipe.zrem(_backlog.reserved_key(queue, prefix), task_id)
             pipe.execute()
         except Exception:  # the record must never fail a task
@@ -89,6 +99,7 @@ class Runtime:
         try:
             pipe = self.client().pipeline(transaction=False)
             pipe.zrem(_backlog.in_flight_key(queue, settings.key_prefix), task_id)
+            pipe.hdel(_backlog.owners_key(queue, settings.key_prefix), task_id)
             if started is not None and settings.run_record_ttl:
                 pipe.set(_backlog.run_record_key(task_id, settings.key_prefix), f"{started},{time.time()}",
                          ex=settings.run_record_ttl)

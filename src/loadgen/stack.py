@@ -179,6 +179,16 @@ class LocalStack:
         wait_until(lambda: socket.create_connection(("127.0.0.1", port), 1).close() or True, 60, "flower")
         return f"http://127.0.0.1:{port}"
 
+    def start_reconciler(self, *args: str, app: str = "tasks.app:app", **env: str) -> str:
+        """Start the reconciler as the chart does (``python -m celery_autoscale.reconciler``)."""
+        heartbeat = self.workdir / "reconciler.heartbeat"
+        self._spawn("reconciler", [sys.executable, "-m", "celery_autoscale.reconciler", "--app", app,
+                                   "--heartbeat-file", str(heartbeat), *args], self.process_env(**env))
+        wait_until(lambda: heartbeat.exists() or self._died("reconciler"), 60, "reconciler")
+        if self._died("reconciler"):
+            raise RuntimeError(f"the reconciler exited; see {self.workdir / 'reconciler.log'}")
+        return "reconciler"
+
     def _died(self, name: str) -> bool:
         return self.procs[name].poll() is not None
 

@@ -1,0 +1,109 @@
+"""One round of the reconciler: give the messages of dead workers back to their queues.
+
+kombu restores a message left unacknowledged by a dead worker only from a running worker
+(``QoS.restore_visible``, after the visibility timeout), so a queue at zero replicas would keep
+its dead worker's tasks until something else started a worker of it. The reconciler is that
+something, one small always-on process for all queues. Each round:
+
+1. kombu's own restore (``restore_visible``, under kombu's ``unacked_mutex`` like the workers'
+   sweeps): every message unacknowledged for longer than the visibility timeout goes back to
+   its list, whichever queue it belongs to;
+2. for each queue with in-flight entries: an entry past its deadline (start + the run's hard
+   time limit) plus ``margin`` whose worker does not answer Celery's ``ping`` is a dead worker's;
+   its message, if kombu still holds it unacknowledged, goes back to the head of its list
+   (kombu's ``restore_by_tag``, as a warm shutdown does) and the entry is removed. A worker
+   that answers keeps its task: a pool without hard time limits (``threads``) may run past it;
+3. :func:`~celery_autoscale.backlog` prunes the entries whose messages are gone.
+
+So a task of a dead worker is back in a list, where KEDA counts it, about ``margin`` seconds
+after its time limit instead of a visibility timeout later; at no moment does the queue's
+backlog read zero while it is unfinished.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+
+from . import _backlog
+from ._settings import settings_of
+
+__all__ = ["Round", "reconcile"]
+
+logger = logging.getLogger("celery_autoscale.reconciler")
+
+
+@dataclass
+class Round:
+    """What one round did."""
+
+    queues: list[str] = field(default_factory=list)
+    restored: list[str] = field(default_factory=list)  # task ids given back to their queue
+    kept: list[str] = field(default_factory=list)  # overdue tasks whose worker answered a ping
+    backlog: dict[str, int] = field(default_factory=dict)  # queue -> total after the round
+
+
+def queues_with_entries(client, prefix: str) -> list[str]:
+    """Queues that have an in-flight or owner record (``SCAN``; no configuration needed)."""
+    found = set()
+    for pattern in (_backlog.in_flight_key("*", prefix), _backlog.owners_key("*", prefix)):
+        head = pattern[:-1]
+        for key in client.scan_iter(match=pattern, count=500):
+            found.add((key.decode() if isinstance(key, bytes) else key)[len(head):])
+    return sorted(found)
+
+
+def _overdue(client, queue: str, prefix: str, now: float, margin: float) -> dict[str, str]:
+    """Task id -> worker of ``queue``'s entries past their deadline plus ``margin``."""
+    out = {}
+    for task_id, raw in client.hgetall(_backlog.owners_key(queue, prefix)).items():
+        try:
+            owner = json.loads(raw)
+            if float(owner["deadline"]) + margin < now:
+                out[task_id.decode() if isinstance(task_id, bytes) else task_id] = str(owner["worker"])
+        except (ValueError, TypeError, KeyError):
+            continue
+    return out
+
+
+def reconcile(app, connection, margin: float = 30.0, ping_timeout: float = 1.0, now: float | None = None) -> Round:
+    """Run one round against ``app``'s broker (see the module docstring).
+
+    Args:
+        app: a Celery app with the runtime installed (its transport options name the keys).
+        connection: a ``kombu.Connection`` to the broker (``app.connection_for_write()``).
+        margin: seconds past a task's deadline before its worker is asked if it is alive.
+        ping_timeout: seconds to wait for ping replies (Celery's ``app.control.ping``).
+
+    Raises:
+        redis.RedisError, kombu.exceptions.OperationalError: the broker cannot be reached.
+    """
+    settings = settings_of(app)
+    client = _backlog.connect(settings)
+    prefix = settings.key_prefix
+    qos = connection.default_channel.qos
+    qos.restore_visible(num=1000, interval=1)
+    result = Round(queues=queues_with_entries(client, prefix))
+    now = time.time() if now is None else now
+    overdue = {q: _overdue(client, q, prefix, now, margin) for q in result.queues}
+    if any(overdue.values()):
+        alive = {name for reply in app.control.ping(timeout=ping_timeout) for name in reply}
+        tags = _backlog.unacked_tags(client, settings)
+        for queue, owners in overdue.items():
+            for task_id, worker in owners.items():
+                if worker in alive:
+                    result.kept.append(task_id)
+                    continue
+                if task_id in tags:
+                    qos.restore_by_tag(tags[task_id], leftmost=True)
+                    result.restored.append(task_id)
+                    logger.warning("restored task %s of queue %s: its worker %s is gone", task_id, queue, worker)
+                pipe = client.pipeline()
+                pipe.zrem(_backlog.in_flight_key(queue, prefix), task_id)
+                pipe.hdel(_backlog.owners_key(queue, prefix), task_id)
+                pipe.execute()
+    for queue in result.queues:
+        result.backlog[queue] = _backlog.backlog(client, queue, settings).total
+    return result

@@ -1,0 +1,101 @@
+"""The reconciler gives a dead worker's tasks back to their queue with no worker of it running.
+
+A plain Celery app (tests/plainapp), real workers killed with SIGKILL, a real reconciler process.
+The backlog is read as KEDA reads it: the raw sizes of the keys the chart's triggers name.
+"""
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+from celery import Celery
+from celery_autoscale import backlog, backlog_keys, settings_of
+from helpers import eventually, run_module
+
+from loadgen.stack import LocalStack, WorkerSpec
+
+PLAIN = Path(__file__).resolve().parent / "plainapp"
+APP = "myproject.celery:app"
+QUEUE = "reports.daily"
+
+
+def keda_reads(client, settings) -> int:
+    """What KEDA's redis triggers sum: LLEN of each list, ZCARD of each sorted set."""
+    return sum(client.llen(k) if client.type(k) == b"list" else client.zcard(k)
+               for k in backlog_keys(QUEUE, settings))
+
+
+def stack_with(tmp_path, **env):
+    return LocalStack(tmp_path, env={"PYTHONPATH": str(PLAIN), **env})
+
+
+def kill(stack, name):
+    os.killpg(stack.procs[name].pid, signal.SIGKILL)
+    stack.wait(name, timeout=10)
+
+
+def test_a_dead_workers_task_returns_to_its_list_after_its_time_limit_and_the_backlog_never_reads_zero(tmp_path):
+    with stack_with(tmp_path, CELERY_VISIBILITY_TIMEOUT="600", CELERY_TASK_TIME_LIMIT="4") as stack:
+        stack.start_redis()
+        settings = settings_of(stack.producer())
+        client = stack.client()
+        doomed = stack.start_worker(WorkerSpec(QUEUE, "prefork", concurrency=1, app=APP), name="doomed")
+        producer = Celery("web", broker=stack.broker_url, backend=stack.broker_url)
+        result = producer.send_task("myproject.daily_report", args=["d"], kwargs={"seconds": 3}, queue=QUEUE)
+        eventually(lambda: backlog(client, QUEUE, settings).in_flight == 1, 30, "task running")
+        kill(stack, doomed)
+        killed = time.monotonic()
+        stack.start_reconciler("--interval", "0.5", "--margin", "1", app=APP)
+        samples = []
+        while not client.llen(QUEUE) and time.monotonic() - killed < 60:
+            samples.append(keda_reads(client, settings))
+            time.sleep(0.2)
+        restored_after = time.monotonic() - killed
+        assert client.llen(QUEUE) == 1, "restored to its list with no worker running"
+        assert min(samples) >= 1, "the backlog KEDA reads never dropped to zero"
+        assert client.hlen("unacked") == 0  # nothing left for a second restore
+        eventually(lambda: keda_reads(client, settings) == 1, 10, "the stale in-flight entry pruned")
+        print(f"restored {restored_after:.1f}s after the SIGKILL (time limit 4 s, margin 1 s; "
+              f"visibility timeout 600 s)")
+        stack.start_worker(WorkerSpec(QUEUE, "prefork", concurrency=1, app=APP), name="survivor")
+        assert result.get(timeout=60)["day"] == "d"
+        assert int(client.get(f"myproject:completed:{result.id}")) == 1
+
+
+def test_a_live_worker_keeps_a_task_that_runs_past_its_time_limit(tmp_path):
+    """A threads pool enforces no hard time limit: its worker answers the ping, so its task stays."""
+    with stack_with(tmp_path, CELERY_VISIBILITY_TIMEOUT="600", CELERY_TASK_TIME_LIMIT="2") as stack:
+        stack.start_redis()
+        settings = settings_of(stack.producer())
+        client = stack.client()
+        stack.start_worker(WorkerSpec(QUEUE, "threads", concurrency=2, app=APP), name="alive")
+        producer = Celery("web", broker=stack.broker_url, backend=stack.broker_url)
+        result = producer.send_task("myproject.daily_report", args=["d"], kwargs={"seconds": 8}, queue=QUEUE)
+        eventually(lambda: backlog(client, QUEUE, settings).in_flight == 1, 30, "task running")
+        time.sleep(4)  # past its deadline (2 s) plus the margin (1 s)
+        done = run_module(stack, "celery_autoscale.reconciler", "--app", APP, "--margin", "1", "--once")
+        assert done.returncode == 0, done.stderr
+        report = json.loads(done.stdout)
+        assert (report["kept"], report["restored"]) == ([result.id], [])
+        assert result.get(timeout=30)["day"] == "d"
+        assert int(client.get(f"myproject:completed:{result.id}")) == 1
+
+
+def test_a_dead_workers_countdown_task_is_restored_at_the_visibility_timeout(tmp_path):
+    """kombu's own restore, run by the reconciler: a task held for its ETA by a worker that died."""
+    with stack_with(tmp_path, CELERY_VISIBILITY_TIMEOUT="3", CELERY_TASK_TIME_LIMIT="2") as stack:
+        stack.start_redis()
+        settings = settings_of(stack.producer())
+        client = stack.client()
+        doomed = stack.start_worker(WorkerSpec(QUEUE, "prefork", concurrency=1, app=APP), name="doomed")
+        producer = Celery("web", broker=stack.broker_url, backend=stack.broker_url)
+        producer.send_task("myproject.daily_report", args=["d"], countdown=600, queue=QUEUE)
+        eventually(lambda: backlog(client, QUEUE, settings).reserved == 1, 30, "task reserved for its ETA")
+        kill(stack, doomed)
+        time.sleep(4)  # past the visibility timeout
+        done = run_module(stack, "celery_autoscale.reconciler", "--app", APP, "--once")
+        assert done.returncode == 0, done.stderr
+        assert client.llen(QUEUE) == 1 and client.hlen("unacked") == 0
+        assert backlog(client, QUEUE, settings).total == 1  # the list; the dead reserved entry pruned
