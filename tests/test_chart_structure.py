@@ -224,7 +224,7 @@ def test_network_policies_admit_only_the_release_and_keda_to_redis():
     policies = by_kind(render_chart({}), "NetworkPolicy")
     sources = policies["rel-celery-autoscale-redis"]["spec"]["ingress"][0]["from"]
     components = [s.get("podSelector", {}).get("matchLabels", {}).get("app.kubernetes.io/component") for s in sources]
-    assert components == ["worker", "flower", "helm-test", None]
+    assert components == ["worker", "flower", "helm-test", "reconciler", None]
     assert sources[-1] == {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "keda"}}}
     app = policies["rel-celery-autoscale-app"]["spec"]
     assert app["ingress"] == [{"ports": [{"port": "metrics", "protocol": "TCP"}, {"port": "http", "protocol": "TCP"}]}]
@@ -243,6 +243,22 @@ def test_flower_behind_a_prefix_with_basic_auth_from_its_secret():
     assert volumes["flower-auth"]["secret"]["secretName"] == "celery-flower-basic-auth"
     [ingress] = by_kind(objects, "Ingress").values()
     assert ingress["spec"]["rules"][0]["http"]["paths"][0]["path"] == "/flower"
+
+
+def test_one_reconciler_runs_for_all_queues_with_the_apps_settings_and_password_file():
+    reconciler = by_kind(render_chart({"reconciler": {"interval": 5, "margin": 60}}), "Deployment")[
+        "rel-celery-autoscale-reconciler"]
+    assert reconciler["spec"]["replicas"] == 1
+    pod = reconciler["spec"]["template"]["spec"]
+    [container] = pod["containers"]
+    assert container["command"] == ["python", "-m", "celery_autoscale.reconciler"]
+    assert container["args"] == ["--interval=5", "--margin=60"]
+    assert container["envFrom"][0]["configMapRef"]["name"] == "rel-celery-autoscale-celery"
+    assert {"name": "REDIS_PASSWORD_FILE", "value": "/etc/celery-autoscale/redis-auth/password"} in container["env"]
+    assert container["livenessProbe"]["exec"]["command"][-1] == "--max-age=90"
+    assert pod["automountServiceAccountToken"] is False
+    assert "rel-celery-autoscale-reconciler" not in by_kind(render_chart({"reconciler": {"enabled": False}}),
+                                                           "Deployment")
 
 
 def test_the_helm_test_is_a_hook_job_running_the_round_trip_once():

@@ -111,7 +111,7 @@ def environment(run_dir: Path = RUN_DIR):
             api = client.CoreV1Api(config.new_client_from_config(str(cluster.kubeconfig)))
             bridge = PodBridge(api, NAMESPACE,
                                f"app.kubernetes.io/instance in ({','.join(BRIDGED_RELEASES)}),"
-                               "app.kubernetes.io/component=worker",
+                               "app.kubernetes.io/component in (worker,reconciler)",
                                run_dir / "pods")
             bridge.start()
             try:

@@ -195,6 +195,35 @@ def test_helm_upgrade_of_concurrency_rolls_the_workers_and_keda_stays_in_control
     release.upgrade({})
 
 
+def test_a_queue_whose_only_pod_dies_mid_task_is_scaled_up_again_and_the_task_completes(idle, producer):
+    """A node lost under a busy pod: its process SIGKILLed, the pod deleted. The task's in-flight
+    entry keeps the queue at a replica; the reconciler (bridged like the workers) gives its message
+    back once the task's own time limit (3 s) plus the margin (1 s) are past and its worker does
+    not answer a ping, long before the visibility timeout; the new pod runs it."""
+    import os
+    import signal
+
+    release = idle
+    result = producer.send_task("tasks.io.transfer", kwargs={"size_bytes": 0, "wait_seconds": 8}, queue="io",
+                                time_limit=3)  # the threads pool does not enforce it; the record does
+    settings = release.settings()
+    wait_for(lambda: backlog(release.redis.client(), "io", settings).in_flight == 1, 120, "the task running")
+    [(pod, pid)] = [(p, pid) for p, pid in release.bridge.processes().items() if p.startswith(worker("io"))]
+    os.killpg(pid, signal.SIGKILL)
+    release.cluster.kubectl("delete", "pod", pod, "-n", NAMESPACE, "--grace-period=0", "--force", "--wait=false")
+    killed = time.monotonic()
+    seen = set()
+    while not result.ready() and time.monotonic() - killed < 180:
+        seen.add(release.replicas("io"))
+        time.sleep(0.5)
+    outcome = result.get(timeout=1)
+    assert outcome["worker"].split("@")[-1] != pod, "run again on a new pod"
+    assert 0 not in seen, "never scaled to zero while the task was unfinished"
+    print(f"task done {time.monotonic() - killed:.1f}s after its pod died (replicas seen {sorted(seen)})")
+    wait_for(lambda: queue_backlog(release, "io") == 0 and release.replicas("io") == 0, 120, "io idle again",
+             explain=lambda: release.explain("io"))
+
+
 def test_a_users_own_app_scales_from_zero_on_a_prioritized_burst_and_loses_nothing(idle):
     """tests/plainapp, a Celery project that knows nothing of ours, installed as a user would:
     its app path, a Celery queue name that is not a Kubernetes name, kombu's default priority
