@@ -2,7 +2,7 @@
 
 import helm_python as helm
 import pytest
-from chart import render_manifests
+from chart import by_kind, render_chart, render_manifests
 
 CRON = {"timezone": "Europe/Berlin", "start": "0 8 * * 1-5", "end": "0 18 * * 1-5", "desiredReplicas": 2}
 
@@ -62,3 +62,11 @@ def test_fallback_to_zero_replicas_is_refused():
     """Zero fallback replicas would scale a queue whose backlog is unknown to zero: tasks stranded."""
     message = rejected({"queues": {"io": {"autoscaling": {"fallback": {"replicas": 0}}}}})
     assert "/queues/io/autoscaling/fallback/replicas" in message and "minimum: got 0, want 1" in message
+
+
+def test_fallback_keeps_the_current_replicas_when_higher_and_refuses_unknown_behaviors():
+    """currentReplicasIfHigher: the cron floor or a scale-up reached before Redis failed is kept."""
+    scaled = by_kind(render_chart({}), "ScaledObject")["rel-celery-autoscale-worker-io"]
+    assert scaled["spec"]["fallback"] == {"failureThreshold": 3, "replicas": 1, "behavior": "currentReplicasIfHigher"}
+    message = rejected({"workerDefaults": {"autoscaling": {"fallback": {"behavior": "max"}}}})
+    assert "/workerDefaults/autoscaling/fallback/behavior" in message
