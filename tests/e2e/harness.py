@@ -96,7 +96,7 @@ def environment(run_dir: Path = RUN_DIR):
     # A SIGTERM (a CI timeout, a Ctrl-C'd make) must still run the teardown below.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     with LocalStack(run_dir / "redis", redis_port=REDIS_PORT, redis_password=secrets.token_hex(16)) as redis:
-        redis.start_redis()
+        redis.start_redis(persist=True)  # an append-only file, as the chart's Redis keeps on its volume
         cluster = E2ECluster(run_dir / "cluster")
         # pytest-kubernetes runs the kubectl it finds on PATH: the one built with the control plane.
         os.environ["PATH"] = f"{cluster.bins['kubectl'].parent}{os.pathsep}{os.environ['PATH']}"

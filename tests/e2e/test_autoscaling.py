@@ -224,6 +224,33 @@ def test_a_queue_whose_only_pod_dies_mid_task_is_scaled_up_again_and_the_task_co
              explain=lambda: release.explain("io"))
 
 
+def test_a_redis_crash_during_a_burst_loses_nothing_and_keda_and_the_workers_recover(idle, producer):
+    """Redis SIGKILLed (its append-only file kept, as on the chart's volume) while io scales up
+    under 12 tasks, back 5 s later: every task succeeds, nothing is left unacknowledged, the
+    ScaledObject is Ready again and the queue scales back to zero."""
+    import signal
+
+    from celery import Celery
+
+    release = idle
+    results = [producer.send_task("tasks.io.transfer", kwargs={"size_bytes": 0, "wait_seconds": 6}, queue="io")
+               for _ in range(12)]
+    wait_for(lambda: release.replicas("io") >= 2, 90, "io scaling up")
+    release.redis.restart_redis(5, signal.SIGKILL)
+    back = time.monotonic()
+    # A fresh client: the producer's result connection died with Redis.
+    reader = Celery("reader", broker=release.redis.broker_url, backend=release.redis.broker_url)
+    wait_for(lambda: [reader.AsyncResult(r.id).state for r in results] == ["SUCCESS"] * 12, 300,
+             "all 12 tasks succeeded", explain=lambda: release.explain("io"))
+    print(f"all 12 done {time.monotonic() - back:.1f}s after Redis was back")
+    wait_for(lambda: condition(release.get("scaledobject", worker("io")), "Ready").get("status") == "True", 120,
+             "io ScaledObject Ready again")
+    wait_for(lambda: queue_backlog(release, "io") == 0 and release.replicas("io") == 0, 180, "io idle again",
+             explain=lambda: release.explain("io"))
+    assert release.redis.client().hlen("unacked") == 0
+    assert not [e for e in release.bridge.events if e[2].startswith("crashed")], "no worker crashed"
+
+
 def test_a_users_own_app_scales_from_zero_on_a_prioritized_burst_and_loses_nothing(idle):
     """tests/plainapp, a Celery project that knows nothing of ours, installed as a user would:
     its app path, a Celery queue name that is not a Kubernetes name, kombu's default priority
