@@ -68,7 +68,7 @@ LOADGEN = [
     (["burst", "--count", "5", "--wait", "--timeout", "nan"], {}, "--timeout: must be finite"),
     (["burst", "--count", "5", "--wait", "--timeout", "0"], {}, "--timeout: must be finite and > 0"),
     (["burst", "--count", "5", "--plot", "/nonexistent/x.png"], {}, "--plot: cannot write into /nonexistent"),
-    (["burst", "--count", "5", "--broker", f"http://:{SECRET}@127.0.0.1:6379/0"], {}, "must be a redis:// or rediss:// URL"),
+    (["burst", "--count", "5", "--broker", f"http://:{SECRET}@127.0.0.1:6379/0"], {}, "must be a redis://, rediss:// or sentinel:// URL"),
     (["burst", "--count", "5", "--broker", "redis://127.0.0.1:port/0"], {}, "is malformed"),
     (["burst", "--count", "5", "--broker", "redis://[::1/0"], {}, "is malformed"),
     (["burst", "--count", "5", "--app", "nosuch.module:app"], {}, "--app: cannot import the app module 'nosuch.module'"),

@@ -81,7 +81,9 @@ def install_with(environ=None, **conf):
     ({"task_time_limit": 7200}, "task time limit (7200 s) must stay below the visibility timeout (3600 s)"),
     ({"worker_consumer": "myproject.consumer:Consumer"},
      "worker_consumer='myproject.consumer:Consumer' is refused: a worker would exit when its Redis connection"),
-    ({"broker_url": "amqp://guest:pw@rabbit//"}, "the broker URL must be a redis:// or rediss:// URL"),
+    ({"broker_url": "sentinel://s1:26379;sentinel://s2:26379"}, "a sentinel:// broker URL needs the master name"),
+    ({"broker_url": "sentinel://s1:26379;redis://s2:6379"}, "must be a redis://, rediss:// or sentinel:// URL, got redis://s2"),
+    ({"broker_url": "amqp://guest:pw@rabbit//"}, "the broker URL must be a redis://, rediss:// or sentinel:// URL"),
 ])
 def test_settings_that_break_a_guarantee_are_refused_in_one_line(conf, message):
     with pytest.raises(ConfigError) as err:
@@ -99,6 +101,14 @@ def test_the_charts_priority_lists_must_match_the_apps_own():
         install_with({"CELERY_PRIORITY_SEPARATOR": "\x06\x16"}, broker_transport_options={"sep": ":"})
     app = install_with({"CELERY_PRIORITY_SEPARATOR": ":", "CELERY_PRIORITY_STEPS": "0,5"})
     assert settings_of(app).separator == ":" and settings_of(app).priority_steps == (0, 5)
+
+
+def test_a_sentinel_master_name_reaches_the_broker_and_a_sentinel_result_backend():
+    app = install_with({"CELERY_SENTINEL_MASTER": "mymaster"}, broker_url="sentinel://s1:26379;sentinel://s2:26380/0",
+                       result_backend="sentinel://s1:26379;sentinel://s2:26380/1")
+    assert app.conf.broker_transport_options["master_name"] == "mymaster"
+    assert app.conf.result_backend_transport_options == {"master_name": "mymaster"}
+    assert settings_of(app).master_name == "mymaster"
 
 
 def test_the_mounted_password_reaches_broker_and_result_backend_but_no_url(tmp_path):

@@ -168,7 +168,23 @@ def backlog(client, queue: str, settings: Settings) -> Backlog:
 
 
 def connect(settings: Settings):
-    """A ``redis.Redis`` client for the broker of ``settings`` (password and TLS included)."""
+    """A ``redis.Redis`` client for the broker of ``settings`` (password and TLS included).
+
+    For ``sentinel://`` URLs, a client of the current master of ``settings.master_name``
+    (redis-py's ``Sentinel.master_for``, as kombu's ``SentinelChannel``): after a failover its
+    next command reaches the new master. The sentinels are asked without a password, as kombu
+    does unless ``sentinel_kwargs`` says otherwise.
+    """
     import redis
 
+    if settings.broker_url.startswith("sentinel://"):
+        from urllib.parse import urlsplit
+
+        from redis.sentinel import Sentinel
+
+        urls = [urlsplit(u) for u in settings.broker_url.split(";")]
+        db = int((urls[0].path or "/0").strip("/") or 0)
+        password = settings.password or urls[0].password
+        sentinel = Sentinel([(u.hostname, u.port or 26379) for u in urls])
+        return sentinel.master_for(settings.master_name, db=db, password=password)
     return redis.Redis.from_url(settings.broker_url, password=settings.password, **(settings.ssl or {}))

@@ -114,6 +114,11 @@ def install(app, *, allow_unsafe: bool | None = None, environ: Mapping[str, str]
         transport[name] = wanted
     if "transport.visibility_timeout" in env:
         transport["visibility_timeout"] = env["transport.visibility_timeout"]
+    if "transport.master_name" in env:  # Redis Sentinel: broker and a sentinel:// result backend alike
+        transport["master_name"] = env["transport.master_name"]
+        if str(conf.result_backend or "").startswith("sentinel://"):
+            updates["result_backend_transport_options"] = {
+                **(conf.result_backend_transport_options or {}), "master_name": env["transport.master_name"]}
     visibility = int(transport.setdefault("visibility_timeout", 3600))
     transport.setdefault("unacked_restore_interval", max(1, min(10, visibility // 10)))
     transport.setdefault("unacked_restore_throttle", 1)

@@ -50,6 +50,7 @@ ENVIRONMENT: dict[str, tuple[str, str]] = {
     "CELERY_HEARTBEAT_FILE": ("autoscale_heartbeat_file", "file the worker's consumer loop touches"),
     "CELERY_HEARTBEAT_INTERVAL": ("autoscale_heartbeat_interval", "seconds between heartbeats"),
     "CELERY_STALL_SECONDS": ("autoscale_stall_seconds", "tasks waiting this long beside idle processes stop the heartbeat"),
+    "CELERY_SENTINEL_MASTER": ("transport.master_name", "the Redis Sentinel master name, for sentinel:// URLs"),
     "REDIS_PASSWORD": ("broker_password", "Redis password for URLs that carry none"),
     "REDIS_PASSWORD_FILE": ("broker_password", "a file holding that password (the chart mounts it)"),
     "REDIS_TLS_CA_FILE": ("broker_use_ssl", "CA bundle for rediss:// URLs; certificates are always verified"),
@@ -89,21 +90,27 @@ def redact(url: str) -> str:
 
 
 def check_redis_url(url: str, what: str = "the broker URL") -> str:
-    """``url`` if it is a well-formed ``redis://`` or ``rediss://`` URL.
+    """``url`` if it is a well-formed ``redis://``, ``rediss://`` or ``sentinel://`` URL.
+
+    Sentinel URLs name one sentinel each, joined by ``;`` as Celery and kombu take them
+    (``sentinel://s1:26379;sentinel://s2:26379``); every part is checked.
 
     Raises:
         ConfigError: another scheme, a port that is not a number from 1 to 65535, or a broken
             IPv6 address; the message names ``what`` and never the password.
     """
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError as exc:
-        raise ConfigError(f"{what} {redact(url)} is malformed: {exc}") from None
-    if parts.scheme not in ("redis", "rediss"):
-        raise ConfigError(f"{what} must be a redis:// or rediss:// URL, got {redact(url)}")
-    if port == 0:
-        raise ConfigError(f"{what} {redact(url)} has port 0")
+    parts_of = url.split(";") if url.startswith("sentinel://") else [url]
+    for part in parts_of:
+        try:
+            parts = urlsplit(part)
+            port = parts.port
+        except ValueError as exc:
+            raise ConfigError(f"{what} {redact(part)} is malformed: {exc}") from None
+        allowed = ("sentinel",) if len(parts_of) > 1 or parts.scheme == "sentinel" else ("redis", "rediss")
+        if parts.scheme not in allowed:
+            raise ConfigError(f"{what} must be a redis://, rediss:// or sentinel:// URL, got {redact(part)}")
+        if port == 0:
+            raise ConfigError(f"{what} {redact(part)} has port 0")
     return url
 
 
@@ -172,6 +179,8 @@ def environ_overrides(env: Mapping[str, str] | None = None) -> dict[str, object]
             raise ConfigError(f"cannot read REDIS_PASSWORD_FILE {path}: {exc.strerror}") from None
     if password:
         out["password"] = password
+    if raw := get("CELERY_SENTINEL_MASTER"):
+        out["transport.master_name"] = raw
     if raw := get("REDIS_TLS_CA_FILE"):
         out["tls_ca_file"] = raw
     return out
@@ -182,7 +191,9 @@ class Settings:
     """What the runtime needs of one app, resolved once by :func:`settings_of`.
 
     Attributes:
-        broker_url: the app's broker URL (``redis://``, ``rediss://``); may lack the password.
+        broker_url: the app's broker URL (``redis://``, ``rediss://``, or ``sentinel://`` URLs
+            joined by ``;``); may lack the password.
+        master_name: the Sentinel master name (kombu's ``master_name`` transport option), or None.
         password: the Redis password given apart from the URL (``broker_password``), or None.
         ssl: redis-py TLS keyword arguments (``broker_use_ssl``), or None.
         visibility_timeout: seconds (kombu's Redis ``visibility_timeout``).
@@ -196,6 +207,7 @@ class Settings:
     """
 
     broker_url: str
+    master_name: str | None
     password: str | None
     ssl: dict | None
     visibility_timeout: int
@@ -231,12 +243,16 @@ def settings_of(app) -> Settings:
     url = conf.broker_write_url or conf.broker_url or "redis://localhost:6379/0"
     if isinstance(url, (list, tuple)):
         url = url[0]
-    url = check_redis_url(url.split(";", 1)[0])
+    url = check_redis_url(url if url.startswith("sentinel://") else url.split(";", 1)[0])
     transport = dict(conf.broker_transport_options or {})
+    if url.startswith("sentinel://") and not transport.get("master_name"):
+        raise ConfigError("a sentinel:// broker URL needs the master name: broker_transport_options"
+                          "['master_name'] or CELERY_SENTINEL_MASTER")
     ssl = conf.broker_use_ssl if isinstance(conf.broker_use_ssl, dict) else None
     get = lambda key: conf.get(key, DEFAULTS[key])  # noqa: E731
     settings = Settings(
         broker_url=url,
+        master_name=transport.get("master_name"),
         password=conf.broker_password or None,
         ssl=dict(ssl) if ssl else None,
         visibility_timeout=int(transport.get("visibility_timeout", 3600)),

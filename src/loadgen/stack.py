@@ -213,8 +213,8 @@ class LocalStack:
             proc.wait()
 
     def stop_all(self) -> None:
-        """Stop every process, Redis last."""
-        for name in [n for n in self.procs if n != "redis"]:
+        """Stop every process, the latest started first and Redis last (workers before their broker)."""
+        for name in [n for n in reversed(self.procs) if n != "redis"]:
             self.stop(name)
         self.stop("redis")
 
