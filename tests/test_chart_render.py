@@ -9,7 +9,10 @@ import pytest
 import yaml
 from chart import CHART, KEDA_CRDS, KUBE_VERSION, VALUES_FILES, load_values, notes, render_chart
 
-CASES = [pytest.param({}, id="defaults")] + [pytest.param(load_values(p), id=p.name) for p in VALUES_FILES]
+SENTINEL = {"redis": {"enabled": False, "external": {"sentinel": {
+    "enabled": True, "addresses": ["sentinel-0.sentinel:26379", "sentinel-1.sentinel:26379"], "masterName": "mymaster"}}}}
+CASES = ([pytest.param({}, id="defaults")] + [pytest.param(load_values(p), id=p.name) for p in VALUES_FILES]
+         + [pytest.param(SENTINEL, id="external-sentinel")])
 MONITORING = {"ServiceMonitor", "PodMonitor"}  # Prometheus Operator kinds: no schema offline
 
 

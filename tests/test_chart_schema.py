@@ -70,3 +70,11 @@ def test_fallback_keeps_the_current_replicas_when_higher_and_refuses_unknown_beh
     assert scaled["spec"]["fallback"] == {"failureThreshold": 3, "replicas": 1, "behavior": "currentReplicasIfHigher"}
     message = rejected({"workerDefaults": {"autoscaling": {"fallback": {"behavior": "max"}}}})
     assert "/workerDefaults/autoscaling/fallback/behavior" in message
+
+
+def test_sentinel_needs_an_address_and_no_tls():
+    message = rejected({"redis": {"enabled": False, "external": {"sentinel": {"enabled": True}}}})
+    assert "/redis/external/sentinel/addresses" in message and "minItems" in message
+    with pytest.raises(Exception, match="TLS to Sentinel is not supported"):
+        render_chart({"redis": {"enabled": False, "external": {"tls": {"enabled": True},
+                                                               "sentinel": {"enabled": True, "addresses": ["s:26379"]}}}})

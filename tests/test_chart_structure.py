@@ -334,3 +334,17 @@ def test_polling_and_cooldown_are_rendered_only_where_keda_uses_them(autoscaling
     assert so["spec"].get("pollingInterval") == polling and so["spec"].get("cooldownPeriod") == cooldown
     assert all(t.get("useCachedMetrics", False) is autoscaling.get("useCachedMetrics", True)
                for t in redis_triggers(so))
+
+
+def test_an_external_redis_behind_sentinel_reaches_celery_and_keda_by_the_same_master():
+    sentinel = {"enabled": True, "addresses": ["s0.sentinel:26379", "s1.sentinel:26379"], "masterName": "cache"}
+    objects = render_chart({"redis": {"enabled": False, "external": {"sentinel": sentinel}}})
+    data = by_kind(objects, "ConfigMap")["rel-celery-autoscale-celery"]["data"]
+    assert data["CELERY_BROKER_URL"] == "sentinel://s0.sentinel:26379/0;sentinel://s1.sentinel:26379/0"
+    assert data["CELERY_SENTINEL_MASTER"] == "cache"
+    triggers = by_kind(objects, "ScaledObject")["rel-celery-autoscale-worker-io"]["spec"]["triggers"]
+    redis_triggers = [t for t in triggers if t["type"] != "cron"]
+    assert {t["type"] for t in redis_triggers} == {"redis-sentinel"}
+    assert all(t["metadata"]["addresses"] == "s0.sentinel:26379,s1.sentinel:26379"
+               and t["metadata"]["sentinelMaster"] == "cache" and "address" not in t["metadata"] for t in redis_triggers)
+    assert "rel-celery-autoscale-redis" not in by_kind(objects, "StatefulSet")

@@ -62,6 +62,14 @@ app.kubernetes.io/component: {{ .component }}
 {{- if .Values.redis.enabled }}{{ .Values.redis.port }}{{ else }}{{ .Values.redis.external.port }}{{ end }}
 {{- end }}
 
+{{/* "true" when the workers and KEDA reach an external Redis through Sentinel. */}}
+{{- define "celery-autoscale.redisSentinel" -}}
+{{- if and (not .Values.redis.enabled) .Values.redis.external.sentinel.enabled }}
+{{- if .Values.redis.external.tls.enabled }}{{ fail "redis.external.sentinel and redis.external.tls cannot be combined: TLS to Sentinel is not supported" }}{{ end }}
+{{- true }}
+{{- end }}
+{{- end }}
+
 {{- define "celery-autoscale.redisTLS" -}}
 {{- if and (not .Values.redis.enabled) .Values.redis.external.tls.enabled }}true{{ end }}
 {{- end }}
