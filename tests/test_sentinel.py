@@ -6,77 +6,21 @@ started by the chart's wrapper with ``sentinel://`` URLs and ``CELERY_SENTINEL_M
 chart's ``redis.external.sentinel`` values configure them; a plain producer.
 """
 
-import shutil
 import signal
 import time
 from pathlib import Path
 
 import pytest
-import redis
 from celery import Celery
 from celery_autoscale import backlog, connect, install, settings_of
 from helpers import eventually
+from sentinel import MASTER, PASSWORD, SentinelSet
 
-from loadgen.stack import LocalStack, WorkerSpec, free_port, redis_server_binary, wait_until
+from loadgen.stack import LocalStack, WorkerSpec
 
 PLAIN = Path(__file__).resolve().parent / "plainapp"
 APP = "myproject.celery:app"
 QUEUE = "reports.daily"
-PASSWORD = "s3ntinel-test-pw"
-MASTER = "mymaster"
-
-
-def sentinel_binary() -> list[str]:
-    found = shutil.which("redis-sentinel")
-    return [found] if found else [redis_server_binary(), "--sentinel"]  # the same program either way
-
-
-class SentinelSet:
-    """A primary, a replica and one sentinel (quorum 1) on 127.0.0.1, with their files in ``workdir``."""
-
-    def __init__(self, stack: LocalStack):
-        self.stack = stack
-        self.ports = {"primary": stack.redis_port, "replica": free_port()}
-        self.sentinel_port = free_port()
-
-    def start(self):
-        for name, port in self.ports.items():
-            folder = self.stack.workdir / name
-            folder.mkdir()
-            follow = ["--replicaof", "127.0.0.1", str(self.ports["primary"])] if name == "replica" else []
-            self.stack._spawn(name, [redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                                     "--appendonly", "yes", "--appendfsync", "always", "--dir", str(folder),
-                                     "--requirepass", PASSWORD, "--masterauth", PASSWORD, *follow])
-            wait_until(lambda: self.client(name).ping(), 20, f"redis {name}")
-        conf = self.stack.workdir / "sentinel.conf"
-        conf.write_text(f"port {self.sentinel_port}\nbind 127.0.0.1\ndir {self.stack.workdir}\n"
-                        f"sentinel monitor {MASTER} 127.0.0.1 {self.ports['primary']} 1\n"
-                        f"sentinel auth-pass {MASTER} {PASSWORD}\n"
-                        f"sentinel down-after-milliseconds {MASTER} 1000\n"
-                        f"sentinel failover-timeout {MASTER} 5000\n")
-        self.stack._spawn("sentinel", [*sentinel_binary(), str(conf)])
-        wait_until(lambda: self.master() == self.ports["primary"] and self.replicas_known(), 30, "sentinel ready")
-        return self
-
-    def client(self, name: str) -> redis.Redis:
-        return redis.Redis(port=self.ports[name], host="127.0.0.1", password=PASSWORD)
-
-    def sentinel(self) -> redis.Redis:
-        return redis.Redis(port=self.sentinel_port, host="127.0.0.1")
-
-    def master(self) -> int:
-        return int(self.sentinel().sentinel_get_master_addr_by_name(MASTER)[1])
-
-    def replicas_known(self) -> bool:
-        return bool(self.sentinel().sentinel_slaves(MASTER))
-
-    def in_sync(self) -> bool:
-        primary = self.client("primary").info("replication")
-        return primary.get("slave0", {}).get("offset") == primary["master_repl_offset"]
-
-    @property
-    def url(self) -> str:
-        return f"sentinel://127.0.0.1:{self.sentinel_port}/0"
 
 
 @pytest.mark.parametrize("pool", ["prefork", "threads"])

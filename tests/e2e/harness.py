@@ -28,7 +28,7 @@ KUBECONFIG = RUN_DIR / "cluster" / "kubeconfig"
 NAMESPACE = "celery"
 RELEASE = "ci"
 #: Releases whose worker pods the bridge runs: the sample app's, and a user's own app's.
-BRIDGED_RELEASES = (RELEASE, "plain")
+BRIDGED_RELEASES = (RELEASE, "plain", "sentinel")
 REDIS_PORT = 16379
 CI_VALUES = yaml.safe_load((ROOT / "values" / "ci.yaml").read_text())
 QUEUES = ("cpu", "io", "mixed")

@@ -251,6 +251,51 @@ def test_a_redis_crash_during_a_burst_loses_nothing_and_keda_and_the_workers_rec
     assert not [e for e in release.bridge.events if e[2].startswith("crashed")], "no worker crashed"
 
 
+def test_a_release_behind_redis_sentinel_scales_on_the_masters_lists_from_zero_and_back(idle):
+    """redis.external.sentinel: KEDA's redis-sentinel triggers and the workers both find the master
+    through a real redis-sentinel (primary and replica on the host) and read the same keys."""
+    from celery import Celery
+    from sentinel import MASTER, PASSWORD, SentinelSet
+
+    from celery_autoscale import run_record_key
+    from loadgen.stack import LocalStack
+
+    release = idle
+    with LocalStack(release.redis.workdir.parent / "sentinel-set") as stack:
+        cluster = SentinelSet(stack).start()
+        release.cluster.kubectl("create", "secret", "generic", "sentinel-redis", "-n", NAMESPACE,
+                                f"--from-literal=password={PASSWORD}")
+        values = merge(CI_VALUES, {
+            "redis": {"auth": {"existingSecret": "sentinel-redis"},
+                      "external": {"sentinel": {"enabled": True, "masterName": MASTER,
+                                                "addresses": [f"127.0.0.1:{cluster.sentinel_port}"]}}},
+            "queues": {"cpu": None, "mixed": None}})
+        release.helm.install(release.chart, "sentinel", values, namespace=NAMESPACE, timeout=120)
+        name = "sentinel-celery-autoscale-worker-io"
+
+        def replicas() -> int:
+            return release.get("deployment", name)["spec"].get("replicas", 0)
+
+        try:
+            wait_for(lambda: condition(release.get("scaledobject", name), "Ready").get("status") == "True", 90,
+                     "sentinel io ScaledObject Ready")
+            wait_for(lambda: replicas() == 0, 90, "sentinel io idle at zero")
+            producer = Celery("web", broker=cluster.url)
+            producer.conf.update(broker_transport_options={"master_name": MASTER}, broker_password=PASSWORD)
+            sent = [producer.send_task("tasks.io.transfer", kwargs={"size_bytes": 0, "wait_seconds": 4}, queue="io",
+                                       priority=i % 10) for i in range(12)]
+            # 12 tasks over kombu's priority lists, listLength 4 (io concurrency): 3 replicas.
+            wait_for(lambda: replicas() >= 3, 120, "sentinel io scaled up to 3",
+                     explain=lambda: json.dumps(release.get("scaledobject", name).get("status", {}), default=str))
+            master = cluster.client("primary")
+            wait_for(lambda: all(master.exists(run_record_key(r.id)) for r in sent), 180, "all 12 tasks ran",
+                     explain=lambda: f"{sum(master.exists(run_record_key(r.id)) for r in sent)} of 12 ran")
+            wait_for(lambda: replicas() == 0, 120, "sentinel io back to zero")
+        finally:
+            release.helm.uninstall("sentinel", timeout=60)
+            release.cluster.kubectl("delete", "secret", "sentinel-redis", "-n", NAMESPACE)
+
+
 def test_a_users_own_app_scales_from_zero_on_a_prioritized_burst_and_loses_nothing(idle):
     """tests/plainapp, a Celery project that knows nothing of ours, installed as a user would:
     its app path, a Celery queue name that is not a Kubernetes name, kombu's default priority
