@@ -116,6 +116,8 @@ OTHER_COMMANDS = [
     (["-m", "celery_autoscale.roundtrip", "--queues", "cpu", "--timeout", "nan"], {}, 2, "--timeout must be a positive"),
     (["-m", "celery_autoscale.roundtrip", "--queues", "cpu", "--app", "nosuch:app"], {}, 2, "cannot import the app module"),
     (["-m", "celery_autoscale.health", "--max-age", "nan"], {}, 2, "--max-age must be a positive"),
+    (["-m", "celery_autoscale.reconciler", "--once"], {"CELERY_ETA_HORIZON": "-1"}, 2,
+     "CELERY_ETA_HORIZON must be a whole number from 0 to 86400"),
     (["-m", "celery_autoscale.reconciler", "--interval", "0"], {}, 2, "--interval: must be a positive number of seconds"),
     (["-m", "celery_autoscale.reconciler", "--margin", "inf"], {}, 2, "--margin: must be a positive number of seconds"),
     (["-m", "celery_autoscale.reconciler", "--app", "nosuch:app", "--once"], {}, 2, "cannot import the app module"),

@@ -257,8 +257,11 @@ def test_one_reconciler_runs_for_all_queues_with_the_apps_settings_and_password_
     assert {"name": "REDIS_PASSWORD_FILE", "value": "/etc/celery-autoscale/redis-auth/password"} in container["env"]
     assert container["livenessProbe"]["exec"]["command"][-1] == "--max-age=90"
     assert pod["automountServiceAccountToken"] is False
-    assert "rel-celery-autoscale-reconciler" not in by_kind(render_chart({"reconciler": {"enabled": False}}),
-                                                           "Deployment")
+    data = by_kind(render_chart({}), "ConfigMap")["rel-celery-autoscale-celery"]["data"]
+    assert data["CELERY_ETA_HORIZON"] == "300"  # far-future ETA tasks parked: the reconciler brings them back
+    off = render_chart({"reconciler": {"enabled": False}})
+    assert "rel-celery-autoscale-reconciler" not in by_kind(off, "Deployment")
+    assert "CELERY_ETA_HORIZON" not in by_kind(off, "ConfigMap")["rel-celery-autoscale-celery"]["data"]
 
 
 def test_the_helm_test_is_a_hook_job_running_the_round_trip_once():

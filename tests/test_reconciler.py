@@ -99,3 +99,37 @@ def test_a_dead_workers_countdown_task_is_restored_at_the_visibility_timeout(tmp
         assert done.returncode == 0, done.stderr
         assert client.llen(QUEUE) == 1 and client.hlen("unacked") == 0
         assert backlog(client, QUEUE, settings).total == 1  # the list; the dead reserved entry pruned
+
+
+def test_a_far_future_eta_task_holds_no_replica_and_runs_on_time_once(tmp_path):
+    """ETA horizon 6 s: a task due in 14 s is parked in Redis (no worker holds it, the backlog
+    reads 0), the reconciler puts it back on its list 3 s before its ETA, and a worker started
+    only then runs it at its ETA, once. A countdown within the horizon is held as before."""
+    with stack_with(tmp_path, CELERY_ETA_HORIZON="6") as stack:
+        stack.start_redis()
+        settings = settings_of(stack.producer())
+        client = stack.client()
+        early = stack.start_worker(WorkerSpec(QUEUE, "prefork", concurrency=1, app=APP), name="early")
+        producer = Celery("web", broker=stack.broker_url, backend=stack.broker_url)
+        near = producer.send_task("myproject.daily_report", args=["near"], countdown=3, queue=QUEUE)
+        eventually(lambda: backlog(client, QUEUE, settings).reserved == 1, 30, "the near task held for its ETA")
+        sent = time.time()
+        far = producer.send_task("myproject.daily_report", args=["far"], countdown=14, queue=QUEUE)
+        eventually(lambda: client.zcard("celery-autoscale:parked-eta") == 1, 30, "the far task parked")
+        assert client.hlen("unacked") <= 1  # the near one only
+        assert near.get(timeout=30)["day"] == "near"
+        eventually(lambda: backlog(client, QUEUE, settings).total == 0, 10, "nothing held: the queue may scale to 0")
+        stack.stop(early)
+        stack.start_reconciler("--interval", "0.5", app=APP)
+        eventually(lambda: client.llen(QUEUE) == 1, 30, "the far task back on its list before its ETA")
+        back = time.time() - sent
+        assert 14 - 6 / 2 - 1.5 <= back < 14, f"put back {back:.1f}s after sending"
+        stack.start_worker(WorkerSpec(QUEUE, "prefork", concurrency=1, app=APP), name="late")
+        assert far.get(timeout=60)["day"] == "far"
+        record = f"celery-autoscale:run:{far.id}"  # written at task_postrun, just after the result
+        eventually(lambda: client.exists(record), 10, "the far task's run record")
+        started, _ = map(float, client.get(record).decode().split(","))
+        assert started >= sent + 14 - 0.5, "not before its ETA"
+        assert int(client.get(f"myproject:completed:{far.id}")) == 1
+        assert client.zcard("celery-autoscale:parked-eta") == 0 and client.hlen("celery-autoscale:parked") == 0
+        print(f"far task back on its list {back:.1f}s after sending (ETA 14 s), started {started - sent:.1f}s")

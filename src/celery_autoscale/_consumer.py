@@ -21,18 +21,38 @@ the closed channel.
   a ``ZREM`` on kombu's ``unacked`` keys, valid from any connection) reaches Redis through a new
   client; if Redis is still down the ack fails like any ack (logged, redelivered later).
 
+It also parks far-future ETA tasks in Redis when the app has an ``autoscale_eta_horizon``
+(:mod:`celery_autoscale._parking`), before Celery sees them.
+
 ``install(app)`` selects it through Celery's ``worker_consumer`` setting.
 """
 
 from __future__ import annotations
 
 from celery.worker.consumer import Consumer as CeleryConsumer
+from vine import promise
+
+from ._parking import park
+from ._settings import settings_of
 
 __all__ = ["Consumer"]
 
 
 class Consumer(CeleryConsumer):
     """Celery's ``Consumer``; a lost Redis connection no longer ends the worker."""
+
+    def create_task_handler(self, promise=promise):
+        handler = super().create_task_handler(promise)
+        settings = settings_of(self.app)
+        if not settings.eta_horizon:
+            return handler
+
+        def on_task_received(message):
+            if park(message, settings.eta_horizon, settings.key_prefix):
+                return None
+            return handler(message)
+
+        return on_task_received
 
     def on_connection_error_after_connected(self, exc):
         connection = self.connection

@@ -148,7 +148,8 @@ def install(app, *, allow_unsafe: bool | None = None, environ: Mapping[str, str]
     if not _explicit(conf, "result_backend_always_retry"):
         updates["result_backend_always_retry"] = True
     for key in ("autoscale_max_retries", "autoscale_retry_backoff_max", "autoscale_metrics_port",
-                "autoscale_heartbeat_file", "autoscale_heartbeat_interval", "autoscale_stall_seconds"):
+                "autoscale_heartbeat_file", "autoscale_heartbeat_interval", "autoscale_stall_seconds",
+                "autoscale_eta_horizon"):
         if key in env:
             updates[key] = env[key]
     if "password" in env:  # kombu and the Redis result backend prefer a password in the URL

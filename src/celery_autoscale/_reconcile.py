@@ -13,7 +13,9 @@ something, one small always-on process for all queues. Each round:
    its message, if kombu still holds it unacknowledged, goes back to the head of its list
    (kombu's ``restore_by_tag``, as a warm shutdown does) and the entry is removed. A worker
    that answers keeps its task: a pool without hard time limits (``threads``) may run past it;
-3. :func:`~celery_autoscale.backlog` prunes the entries whose messages are gone.
+3. :func:`~celery_autoscale.backlog` prunes the entries whose messages are gone;
+4. with an ETA horizon, parked far-future tasks due within half of it go back to their lists
+   (:mod:`celery_autoscale._parking`).
 
 So a task of a dead worker is back in a list, where KEDA counts it, about ``margin`` seconds
 after its time limit instead of a visibility timeout later; at no moment does the queue's
@@ -28,6 +30,7 @@ import time
 from dataclasses import dataclass, field
 
 from . import _backlog
+from ._parking import PARKED_ETA_KEY, unpark_due
 from ._settings import settings_of
 
 __all__ = ["Round", "reconcile"]
@@ -43,6 +46,8 @@ class Round:
     restored: list[str] = field(default_factory=list)  # task ids given back to their queue
     kept: list[str] = field(default_factory=list)  # overdue tasks whose worker answered a ping
     backlog: dict[str, int] = field(default_factory=dict)  # queue -> total after the round
+    unparked: list[str] = field(default_factory=list)  # parked ETA tasks put back on their lists
+    parked: int = 0  # ETA tasks still parked after the round
 
 
 def queues_with_entries(client, prefix: str) -> list[str]:
@@ -106,4 +111,7 @@ def reconcile(app, connection, margin: float = 30.0, ping_timeout: float = 1.0, 
                 pipe.execute()
     for queue in result.queues:
         result.backlog[queue] = _backlog.backlog(client, queue, settings).total
+    if settings.eta_horizon:
+        result.unparked = unpark_due(client, connection.default_channel, settings.eta_horizon, prefix, now)
+        result.parked = int(client.zcard(prefix + PARKED_ETA_KEY))
     return result

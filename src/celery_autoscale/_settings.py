@@ -11,6 +11,7 @@ Two sources, read in this one module:
     autoscale_retry_backoff_max   60          cap of the retry backoff, seconds (DeadLetterTask)
     autoscale_run_record_ttl      3600        seconds a task's start/end record is kept (0: none)
     autoscale_stall_seconds       60          the heartbeat stops while tasks wait this long beside idle processes
+    autoscale_eta_horizon         0           park tasks whose ETA is further than this many seconds (0: never)
     autoscale_allow_unsafe        False       accept settings that break the no-loss guarantees
 
 - environment variables, which the chart sets and which win over ``app.conf`` so that the
@@ -50,6 +51,7 @@ ENVIRONMENT: dict[str, tuple[str, str]] = {
     "CELERY_HEARTBEAT_FILE": ("autoscale_heartbeat_file", "file the worker's consumer loop touches"),
     "CELERY_HEARTBEAT_INTERVAL": ("autoscale_heartbeat_interval", "seconds between heartbeats"),
     "CELERY_STALL_SECONDS": ("autoscale_stall_seconds", "tasks waiting this long beside idle processes stop the heartbeat"),
+    "CELERY_ETA_HORIZON": ("autoscale_eta_horizon", "tasks due further than this many seconds are parked in Redis until the reconciler brings them back (0: never)"),
     "CELERY_SENTINEL_MASTER": ("transport.master_name", "the Redis Sentinel master name, for sentinel:// URLs"),
     "REDIS_PASSWORD": ("broker_password", "Redis password for URLs that carry none"),
     "REDIS_PASSWORD_FILE": ("broker_password", "a file holding that password (the chart mounts it)"),
@@ -65,6 +67,7 @@ DEFAULTS: dict[str, object] = {
     "autoscale_retry_backoff_max": 60,
     "autoscale_run_record_ttl": 3600,
     "autoscale_stall_seconds": 60.0,
+    "autoscale_eta_horizon": 0,
     "autoscale_allow_unsafe": False,
 }
 
@@ -170,6 +173,8 @@ def environ_overrides(env: Mapping[str, str] | None = None) -> dict[str, object]
         out["autoscale_heartbeat_interval"] = _number("CELERY_HEARTBEAT_INTERVAL", raw, float, 0.1, 3600)
     if raw := get("CELERY_STALL_SECONDS"):
         out["autoscale_stall_seconds"] = _number("CELERY_STALL_SECONDS", raw, float, 1, 86400)
+    if raw := get("CELERY_ETA_HORIZON"):
+        out["autoscale_eta_horizon"] = _number("CELERY_ETA_HORIZON", raw, int, 0, 86400)
     password = get("REDIS_PASSWORD") or None
     if path := get("REDIS_PASSWORD_FILE"):
         try:
@@ -203,7 +208,7 @@ class Settings:
         key_prefix: kombu's ``global_keyprefix``, prepended to every key in Redis.
         unacked_key: kombu's ``unacked_key``, the hash of unacknowledged messages.
         metrics_port, heartbeat_file, heartbeat_interval, max_retries, retry_backoff_max,
-        run_record_ttl, stall_seconds: the ``autoscale_*`` settings above.
+        run_record_ttl, stall_seconds, eta_horizon: the ``autoscale_*`` settings above.
     """
 
     broker_url: str
@@ -223,6 +228,7 @@ class Settings:
     retry_backoff_max: int
     run_record_ttl: int
     stall_seconds: float
+    eta_horizon: int = 0
 
 
 def settings_of(app) -> Settings:
@@ -268,6 +274,7 @@ def settings_of(app) -> Settings:
         retry_backoff_max=int(get("autoscale_retry_backoff_max")),
         run_record_ttl=int(get("autoscale_run_record_ttl")),
         stall_seconds=float(get("autoscale_stall_seconds")),
+        eta_horizon=int(get("autoscale_eta_horizon")),
     )
     app._autoscale_settings = settings
     return settings

@@ -1,0 +1,108 @@
+"""Far-future ETA tasks wait in Redis, not in a worker, so they hold no replica.
+
+Celery's Redis transport has no delayed delivery: a worker takes a task with an ETA (a
+countdown) off its list at once and holds it, unacknowledged, until it is due. The backlog
+must count it (the worker has to stay to run it), so a task due in six hours would keep a
+replica for six hours, and a scale-down in between hands it back to the list (kombu restores
+a warm shutdown's unacknowledged messages) only for the next worker to hold it again.
+
+With a horizon ``H`` (``autoscale_eta_horizon``, ``CELERY_ETA_HORIZON``; 0 turns parking off):
+
+- the worker's consumer (:mod:`celery_autoscale._consumer`) parks a message whose ETA is more
+  than ``H`` seconds away instead of handing it to Celery: one Redis transaction writes kombu's
+  own ``[payload, exchange, routing_key]`` to :data:`PARKED_KEY` (by task id) and the ETA to
+  :data:`PARKED_ETA_KEY`, then the message is acknowledged. A crash between the two leaves it
+  unacknowledged: kombu restores it and it is parked again under the same id (at least once);
+- the reconciler (:func:`unpark_due`) puts each parked message whose ETA is within ``H / 2``
+  back on its list with kombu's ``_do_restore_message`` (the list of its priority), in one
+  transaction with its removal from the parking keys. The backlog counts it from then on, KEDA
+  starts a worker, which holds it (its ETA is now within the horizon) and runs it on time.
+
+Parking needs the reconciler: the chart sets the horizon only when ``reconciler.enabled``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from datetime import datetime, timezone
+
+from ._backlog import KEY_PREFIX
+
+__all__ = ["PARKED_ETA_KEY", "PARKED_KEY", "eta_of", "park", "unpark_due"]
+
+logger = logging.getLogger(__name__)
+
+#: Hash: task id -> kombu's ``[payload, exchange, routing_key]`` (JSON) of a parked message.
+PARKED_KEY = f"{KEY_PREFIX}:parked"
+#: Sorted set: task id -> ETA (Unix seconds) of a parked message.
+PARKED_ETA_KEY = f"{KEY_PREFIX}:parked-eta"
+
+
+def eta_of(headers: dict | None) -> float | None:
+    """The ETA of a Celery (protocol 2) message, Unix seconds, or None (none, or unreadable)."""
+    raw = (headers or {}).get("eta")
+    if not raw:
+        return None
+    try:
+        when = datetime.fromisoformat(str(raw))
+    except ValueError:
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return when.timestamp()
+
+
+def park(message, horizon: float, prefix: str = "", now: float | None = None) -> bool:
+    """Park ``message`` (a kombu Redis message) if its ETA is more than ``horizon`` s away.
+
+    Returns True when parked and acknowledged (Celery must not see it), False otherwise.
+
+    Raises:
+        redis.RedisError: Redis cannot be reached (the message stays unacknowledged).
+    """
+    eta = eta_of(message.headers)
+    now = time.time() if now is None else now
+    raw = getattr(message, "_raw", None)
+    task_id = (message.headers or {}).get("id")
+    if not horizon or eta is None or eta - now <= horizon or raw is None or not task_id:
+        return False
+    info = message.delivery_info or {}
+    entry = json.dumps([raw, info.get("exchange", ""), info.get("routing_key", "")])
+    with message.channel.conn_or_acquire() as client:
+        pipe = client.pipeline()  # MULTI/EXEC
+        pipe.hset(prefix + PARKED_KEY, task_id, entry)
+        pipe.zadd(prefix + PARKED_ETA_KEY, {task_id: eta})
+        pipe.execute()
+    message.ack()
+    logger.info("parked task %s until %.0f s before its ETA (%.0f s away)", task_id, horizon / 2, eta - now)
+    return True
+
+
+def unpark_due(client, channel, horizon: float, prefix: str = "", now: float | None = None) -> list[str]:
+    """Put every parked message due within ``horizon / 2`` s back on its list; return their ids.
+
+    Args:
+        client: a ``redis.Redis`` for the broker.
+        channel: a kombu Redis channel of the app (``connection.default_channel``): its
+            ``_do_restore_message`` picks the list (queue, priority) as kombu's restore does.
+    """
+    now = time.time() if now is None else now
+    due = client.zrangebyscore(prefix + PARKED_ETA_KEY, "-inf", now + horizon / 2)
+    moved = []
+    for member in due:
+        task_id = member.decode() if isinstance(member, bytes) else member
+
+        def restore(pipe, task_id=task_id):
+            entry = pipe.hget(prefix + PARKED_KEY, task_id)
+            pipe.multi()
+            pipe.zrem(prefix + PARKED_ETA_KEY, task_id)
+            pipe.hdel(prefix + PARKED_KEY, task_id)
+            if entry:
+                payload, exchange, routing_key = json.loads(entry)
+                channel._do_restore_message(payload, exchange, routing_key, pipe)
+
+        client.transaction(restore, prefix + PARKED_KEY)
+        moved.append(task_id)
+    return moved
