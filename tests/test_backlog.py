@@ -77,3 +77,27 @@ def test_tasks_held_for_a_countdown_count_until_they_run(fresh_stack):
     for r in results:
         r.get(timeout=60)
     eventually(lambda: backlog(client, "io", settings(fresh_stack)).total == 0, 10, "backlog drained")
+
+
+def test_tasks_waiting_out_their_retry_backoff_keep_the_backlog_above_zero(fresh_stack):
+    """Four tasks that always fail transiently: between their runs they wait out a backoff (up to
+    3 s, jittered) in the worker's hands. Sampled every 0.1 s until all four are dead-lettered,
+    the backlog never reads zero, and the waits show as reserved."""
+    from celery_autoscale import _deadletter as deadletter
+
+    fresh_stack.env.update(CELERY_MAX_RETRIES="3", CELERY_RETRY_BACKOFF_MAX="3")
+    app = producer(fresh_stack)
+    fresh_stack.start_worker(WorkerSpec("cpu", "prefork", concurrency=2))
+    found = settings(fresh_stack)
+    client = fresh_stack.client()
+    for _ in range(4):
+        app.send_task("tasks.cpu.hash_chain", kwargs={"work_units": 10, "fail_rate": 1.0}, queue="cpu")
+    samples = []
+    deadline = time.monotonic() + 90
+    while client.llen(deadletter.key(found)) < 4 and time.monotonic() < deadline:
+        samples.append(backlog(client, "cpu", found))
+        time.sleep(0.1)
+    assert client.llen(deadletter.key(found)) == 4, "all four failed for good"
+    assert min(b.total for b in samples) >= 1
+    assert max(b.reserved for b in samples) >= 1, "backoffs counted as reserved"
+    eventually(lambda: backlog(client, "cpu", found).total == 0, 10, "backlog drained")
