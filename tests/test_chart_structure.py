@@ -252,11 +252,23 @@ def test_one_reconciler_runs_for_all_queues_with_the_apps_settings_and_password_
     pod = reconciler["spec"]["template"]["spec"]
     [container] = pod["containers"]
     assert container["command"] == ["python", "-m", "celery_autoscale.reconciler"]
-    assert container["args"] == ["--interval=5", "--margin=60"]
+    assert container["args"] == ["--interval=5", "--margin=60",
+                                 "--deletion-cost-selector=app.kubernetes.io/instance=rel,app.kubernetes.io/component=worker",
+                                 "--deletion-cost-min-interval=5"]
     assert container["envFrom"][0]["configMapRef"]["name"] == "rel-celery-autoscale-celery"
     assert {"name": "REDIS_PASSWORD_FILE", "value": "/etc/celery-autoscale/redis-auth/password"} in container["env"]
     assert container["livenessProbe"]["exec"]["command"][-1] == "--max-age=90"
-    assert pod["automountServiceAccountToken"] is False
+    # Its own service account, the only one with a token: a Role to get, list and patch pods.
+    assert pod["serviceAccountName"] == "rel-celery-autoscale-reconciler" and pod["automountServiceAccountToken"] is True
+    objects = render_chart({})
+    [rule] = by_kind(objects, "Role")["rel-celery-autoscale-reconciler"]["rules"]
+    assert rule == {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "patch"]}
+    binding = by_kind(objects, "RoleBinding")["rel-celery-autoscale-reconciler"]
+    assert binding["subjects"][0]["name"] == "rel-celery-autoscale-reconciler"
+    workers = [d for n, d in by_kind(objects, "Deployment").items() if "-worker-" in n]
+    assert all(d["spec"]["template"]["spec"]["automountServiceAccountToken"] is False for d in workers)
+    no_cost = by_kind(render_chart({"reconciler": {"deletionCost": {"enabled": False}}}), "Deployment")
+    assert no_cost["rel-celery-autoscale-reconciler"]["spec"]["template"]["spec"]["automountServiceAccountToken"] is False
     data = by_kind(render_chart({}), "ConfigMap")["rel-celery-autoscale-celery"]["data"]
     assert data["CELERY_ETA_HORIZON"] == "300"  # far-future ETA tasks parked: the reconciler brings them back
     off = render_chart({"reconciler": {"enabled": False}})

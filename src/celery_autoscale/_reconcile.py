@@ -48,6 +48,7 @@ class Round:
     backlog: dict[str, int] = field(default_factory=dict)  # queue -> total after the round
     unparked: list[str] = field(default_factory=list)  # parked ETA tasks put back on their lists
     parked: int = 0  # ETA tasks still parked after the round
+    deletion_costs: dict[str, int] = field(default_factory=dict)  # pod -> cost patched this round
 
 
 def queues_with_entries(client, prefix: str) -> list[str]:

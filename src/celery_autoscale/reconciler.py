@@ -2,12 +2,17 @@
 
     python -m celery_autoscale.reconciler [--app MODULE:ATTR] [--interval 10] [--margin 30]
                                           [--heartbeat-file /tmp/celery-heartbeat] [--once]
+                                          [--deletion-cost-selector SELECTOR [--namespace NS]]
 
 Each round (every ``--interval`` seconds) restores, without any worker of the queue running:
 messages unacknowledged for longer than the visibility timeout (kombu's ``restore_visible``),
 and sooner, the message of a task past its hard time limit plus ``--margin`` seconds whose
 worker does not answer Celery's ``ping`` (see :mod:`celery_autoscale._reconcile`). It touches
-the heartbeat file after each round, for ``python -m celery_autoscale.health``. Errors talking
+the heartbeat file after each round, for ``python -m celery_autoscale.health``. With
+``--deletion-cost-selector`` it also keeps each matching worker pod's
+``controller.kubernetes.io/pod-deletion-cost`` equal to the tasks it runs, so a scale-down
+removes idle workers first (:mod:`celery_autoscale._deletion_cost`; needs the ``kubernetes``
+extra and RBAC to get, list and patch pods). Errors talking
 to Redis are logged and retried next round. Exit status (``--once``): 0 done, 2 bad input,
 3 the broker cannot be reached.
 """
@@ -49,13 +54,35 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--heartbeat-file", default=None, metavar="PATH",
                    help="touched after each round (default: CELERY_HEARTBEAT_FILE, /tmp/celery-heartbeat)")
     p.add_argument("--once", action="store_true", help="run one round, print it as JSON, and exit")
+    p.add_argument("--deletion-cost-selector", metavar="SELECTOR", default=None,
+                   help="label selector of the worker pods whose pod-deletion-cost follows their running tasks "
+                        "(default: off)")
+    p.add_argument("--namespace", default=None,
+                   help="namespace of those pods (default: POD_NAMESPACE, else the service account's)")
+    p.add_argument("--deletion-cost-min-interval", type=seconds, default=5.0, metavar="SECONDS",
+                   help="seconds between two patches of one pod (default 5)")
     return p
+
+
+def _deletion_cost(args):
+    """The :class:`~celery_autoscale._deletion_cost.DeletionCost` of the options, or None."""
+    if not args.deletion_cost_selector:
+        return None
+    from ._deletion_cost import DeletionCost, kubernetes_api
+
+    namespace = args.namespace or os.environ.get("POD_NAMESPACE")
+    if not namespace:
+        path = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+        namespace = open(path).read().strip() if os.path.exists(path) else "default"
+    return DeletionCost(kubernetes_api(), namespace, args.deletion_cost_selector, args.deletion_cost_min_interval)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     import json
 
+    from ._backlog import connect
+    from ._deletion_cost import busy_by_pod
     from ._health import touch
     from ._loader import AppLoadError
     from ._reconcile import reconcile
@@ -69,10 +96,21 @@ def main(argv: list[str] | None = None) -> int:
         return error(exc, EXIT_BAD_INPUT)
     heartbeat = args.heartbeat_file or os.environ.get("CELERY_HEARTBEAT_FILE") or "/tmp/celery-heartbeat"
     log = logging.getLogger("celery_autoscale.reconciler")
+    try:
+        costs = _deletion_cost(args)
+    except Exception as exc:  # no kubernetes package, no credentials
+        return error(f"cannot reach the Kubernetes API for --deletion-cost-selector: {type(exc).__name__}: {exc}",
+                     EXIT_BAD_INPUT)
+    client = connect(settings)
     while True:
         try:
             with app.connection_for_write() as connection:
                 done = reconcile(app, connection, margin=args.margin, ping_timeout=args.ping_timeout)
+            if costs is not None:
+                try:
+                    done.deletion_costs = costs.update(busy_by_pod(client, done.queues, settings.key_prefix))
+                except Exception as exc:  # the API is down: scaling goes on without costs
+                    log.warning("could not update pod deletion costs: %s", type(exc).__name__)
         except Exception as exc:  # redis and kombu errors: say which broker, never its password
             message = f"{type(exc).__name__} talking to {redact(settings.broker_url)}"
             if args.once:

@@ -13,7 +13,12 @@ Where a host differs from a pod, the bridge translates and says so here:
   (except ``PYTHONPATH``, which names code on this host: a user's image would hold that code);
 - ``%h`` in the args becomes the pod name (a pod's hostname is its name; here all share one host);
 - ``CELERY_METRICS_PORT`` becomes a free port (pods have a network namespace each; here they share one);
-- ``celery`` and ``python`` run with this interpreter, where the package is installed.
+- ``celery`` and ``python`` run with this interpreter, where the package is installed;
+- a pod that mounts its service account token (``automountServiceAccountToken: true``) gets a
+  token of that service account from the TokenRequest API in a kubeconfig named by
+  ``KUBECONFIG`` (a process here cannot read ``/var/run/secrets``), so it acts with exactly that
+  account's RBAC, not the test's;
+- ``fieldRef`` env values give the pod's ``metadata.namespace`` and ``metadata.name``.
 """
 
 from __future__ import annotations
@@ -105,7 +110,7 @@ class PodBridge:
         home = self.workdir / name
         mounts = self._materialize_volumes(pod, home)
         container = pod.spec.containers[0]
-        env = self._container_env(container)
+        env = self._container_env(container, pod)
         for key, value in env.items():
             if key == "PYTHONPATH":
                 continue
@@ -113,6 +118,8 @@ class PodBridge:
                 if value == mount_path or value.startswith(mount_path.rstrip("/") + "/"):
                     env[key] = str(local) + value[len(mount_path.rstrip("/")):]
                     break
+        if pod.spec.automount_service_account_token:  # after the mount paths: a host path of its own
+            env["KUBECONFIG"] = str(self._service_account_kubeconfig(pod, home))
         if "CELERY_METRICS_PORT" in env and env["CELERY_METRICS_PORT"] != "0":
             env["CELERY_METRICS_PORT"] = str(free_port())
         argv = [a.replace("%h", name) for a in [*(container.command or []), *(container.args or [])]]
@@ -154,7 +161,29 @@ class PodBridge:
             (folder / path).write_bytes(data[key])
             (folder / path).chmod(0o400)
 
-    def _container_env(self, container: client.V1Container) -> dict[str, str]:
+    def _service_account_kubeconfig(self, pod: client.V1Pod, home: Path) -> Path:
+        """A kubeconfig with a fresh token of the pod's service account (TokenRequest, 1 h)."""
+        import yaml
+
+        account = pod.spec.service_account_name or "default"
+        request = client.AuthenticationV1TokenRequest(spec=client.V1TokenRequestSpec(audiences=[],
+                                                                                       expiration_seconds=3600))
+        token = self.api.create_namespaced_service_account_token(account, self.namespace, request).status.token
+        conf = self.api.api_client.configuration
+        cluster = {"server": conf.host}
+        if conf.ssl_ca_cert:
+            cluster["certificate-authority"] = conf.ssl_ca_cert
+        path = home / "kubeconfig"
+        path.write_text(yaml.safe_dump({
+            "apiVersion": "v1", "kind": "Config", "current-context": "pod",
+            "clusters": [{"name": "cluster", "cluster": cluster}],
+            "users": [{"name": account, "user": {"token": token}}],
+            "contexts": [{"name": "pod", "context": {"cluster": "cluster", "user": account,
+                                                     "namespace": self.namespace}}]}))
+        path.chmod(0o600)
+        return path
+
+    def _container_env(self, container: client.V1Container, pod: client.V1Pod) -> dict[str, str]:
         env: dict[str, str] = {}
         for source in container.env_from or []:
             if source.config_map_ref is not None:
@@ -166,6 +195,12 @@ class PodBridge:
                 ref = item.value_from.secret_key_ref
                 secret = self.api.read_namespaced_secret(ref.name, self.namespace)
                 env[item.name] = base64.b64decode(secret.data[ref.key]).decode()
+            elif item.value_from and item.value_from.field_ref:
+                path = item.value_from.field_ref.field_path
+                fields = {"metadata.namespace": pod.metadata.namespace, "metadata.name": pod.metadata.name}
+                if path not in fields:
+                    raise ValueError(f"the bridge cannot give fieldRef {path} to pod {pod.metadata.name}")
+                env[item.name] = fields[path]
             elif item.value_from and item.value_from.config_map_key_ref:
                 ref = item.value_from.config_map_key_ref
                 env[item.name] = self.api.read_namespaced_config_map(ref.name, self.namespace).data[ref.key]
