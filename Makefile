@@ -43,6 +43,7 @@ bench: $(VENV)/.installed-test  ## the benchmarks, one JSON line each
 
 bench-e2e: $(VENV)/.installed-e2e e2e-build  ## scaling figures on the real control plane, one JSON line
 	$(PY) bench/e2e_scaling.py
+	$(PY) bench/deletion_cost.py
 
 system-deps:  ## install missing Debian packages when run as root, else say what is missing
 	@missing=""; for p in $(SYSTEM_PACKAGES); do command -v $$p >/dev/null || missing="$$missing $$p"; done; \

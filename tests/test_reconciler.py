@@ -6,6 +6,7 @@ The backlog is read as KEDA reads it: the raw sizes of the keys the chart's trig
 
 import json
 import os
+from contextlib import contextmanager
 import signal
 import time
 from pathlib import Path
@@ -27,8 +28,15 @@ def keda_reads(client, settings) -> int:
                for k in backlog_keys(QUEUE, settings))
 
 
-def stack_with(tmp_path, **env):
-    return LocalStack(tmp_path, env={"PYTHONPATH": str(PLAIN), **env})
+@contextmanager
+def plain_stack(tmp_path, pool: str = "prefork", **env):
+    """A Redis, one worker ("first", concurrency 1) of the plain app and a plain producer:
+    yields ``(stack, settings, client, producer)``."""
+    with LocalStack(tmp_path, env={"PYTHONPATH": str(PLAIN), **env}) as stack:
+        stack.start_redis()
+        stack.start_worker(WorkerSpec(QUEUE, pool, concurrency=1, app=APP), name="first")
+        yield (stack, settings_of(stack.producer()), stack.client(),
+               Celery("web", broker=stack.broker_url, backend=stack.broker_url))
 
 
 def kill(stack, name):
@@ -37,12 +45,9 @@ def kill(stack, name):
 
 
 def test_a_dead_workers_task_returns_to_its_list_after_its_time_limit_and_the_backlog_never_reads_zero(tmp_path):
-    with stack_with(tmp_path, CELERY_VISIBILITY_TIMEOUT="600", CELERY_TASK_TIME_LIMIT="4") as stack:
-        stack.start_redis()
-        settings = settings_of(stack.producer())
-        client = stack.client()
-        doomed = stack.start_worker(WorkerSpec(QUEUE, "prefork", concurrency=1, app=APP), name="doomed")
-        producer = Celery("web", broker=stack.broker_url, backend=stack.broker_url)
+    with plain_stack(tmp_path, CELERY_VISIBILITY_TIMEOUT="600",
+                     CELERY_TASK_TIME_LIMIT="4") as (stack, settings, client, producer):
+        doomed = "first"
         result = producer.send_task("myproject.daily_report", args=["d"], kwargs={"seconds": 3}, queue=QUEUE)
         eventually(lambda: backlog(client, QUEUE, settings).in_flight == 1, 30, "task running")
         kill(stack, doomed)
@@ -66,12 +71,8 @@ def test_a_dead_workers_task_returns_to_its_list_after_its_time_limit_and_the_ba
 
 def test_a_live_worker_keeps_a_task_that_runs_past_its_time_limit(tmp_path):
     """A threads pool enforces no hard time limit: its worker answers the ping, so its task stays."""
-    with stack_with(tmp_path, CELERY_VISIBILITY_TIMEOUT="600", CELERY_TASK_TIME_LIMIT="2") as stack:
-        stack.start_redis()
-        settings = settings_of(stack.producer())
-        client = stack.client()
-        stack.start_worker(WorkerSpec(QUEUE, "threads", concurrency=2, app=APP), name="alive")
-        producer = Celery("web", broker=stack.broker_url, backend=stack.broker_url)
+    with plain_stack(tmp_path, "threads", CELERY_VISIBILITY_TIMEOUT="600",
+                     CELERY_TASK_TIME_LIMIT="2") as (stack, settings, client, producer):
         result = producer.send_task("myproject.daily_report", args=["d"], kwargs={"seconds": 8}, queue=QUEUE)
         eventually(lambda: backlog(client, QUEUE, settings).in_flight == 1, 30, "task running")
         time.sleep(4)  # past its deadline (2 s) plus the margin (1 s)
@@ -85,12 +86,9 @@ def test_a_live_worker_keeps_a_task_that_runs_past_its_time_limit(tmp_path):
 
 def test_a_dead_workers_countdown_task_is_restored_at_the_visibility_timeout(tmp_path):
     """kombu's own restore, run by the reconciler: a task held for its ETA by a worker that died."""
-    with stack_with(tmp_path, CELERY_VISIBILITY_TIMEOUT="3", CELERY_TASK_TIME_LIMIT="2") as stack:
-        stack.start_redis()
-        settings = settings_of(stack.producer())
-        client = stack.client()
-        doomed = stack.start_worker(WorkerSpec(QUEUE, "prefork", concurrency=1, app=APP), name="doomed")
-        producer = Celery("web", broker=stack.broker_url, backend=stack.broker_url)
+    with plain_stack(tmp_path, CELERY_VISIBILITY_TIMEOUT="3",
+                     CELERY_TASK_TIME_LIMIT="2") as (stack, settings, client, producer):
+        doomed = "first"
         producer.send_task("myproject.daily_report", args=["d"], countdown=600, queue=QUEUE)
         eventually(lambda: backlog(client, QUEUE, settings).reserved == 1, 30, "task reserved for its ETA")
         kill(stack, doomed)
@@ -105,12 +103,8 @@ def test_a_far_future_eta_task_holds_no_replica_and_runs_on_time_once(tmp_path):
     """ETA horizon 6 s: a task due in 14 s is parked in Redis (no worker holds it, the backlog
     reads 0), the reconciler puts it back on its list 3 s before its ETA, and a worker started
     only then runs it at its ETA, once. A countdown within the horizon is held as before."""
-    with stack_with(tmp_path, CELERY_ETA_HORIZON="6") as stack:
-        stack.start_redis()
-        settings = settings_of(stack.producer())
-        client = stack.client()
-        early = stack.start_worker(WorkerSpec(QUEUE, "prefork", concurrency=1, app=APP), name="early")
-        producer = Celery("web", broker=stack.broker_url, backend=stack.broker_url)
+    with plain_stack(tmp_path, CELERY_ETA_HORIZON="6") as (stack, settings, client, producer):
+        early = "first"
         near = producer.send_task("myproject.daily_report", args=["near"], countdown=3, queue=QUEUE)
         eventually(lambda: backlog(client, QUEUE, settings).reserved == 1, 30, "the near task held for its ETA")
         sent = time.time()

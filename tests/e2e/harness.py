@@ -134,3 +134,62 @@ def wait_for(check, timeout: float, what: str, interval: float = 1.0, explain=No
         time.sleep(interval)
     detail = f"\n{explain()}" if explain else ""
     raise AssertionError(f"{what}: still {last!r} after {timeout:.0f}s{detail}")
+
+
+def pod_seconds(events: list[tuple[float, str, str]], prefix: str, since: float, until: float) -> tuple[float, float]:
+    """Seconds the bridged processes of pods named ``prefix*`` ran within [since, until], and of
+    those, seconds spent terminating (SIGTERM to exit): what the pods cost, draining included."""
+    started, stopping, total, terminating = {}, {}, 0.0, 0.0
+    for when, pod, what in sorted(events):
+        if not pod.startswith(prefix):
+            continue
+        if what == "started":
+            started[pod] = when
+        elif what == "sigterm":
+            stopping[pod] = when
+        elif what.startswith("exited") or what.startswith("crashed"):
+            begin = max(started.pop(pod, since), since)
+            total += max(0.0, min(when, until) - begin)
+            if pod in stopping:
+                terminating += max(0.0, min(when, until) - max(stopping.pop(pod), since))
+    for pod, begin in started.items():  # still running
+        total += max(0.0, until - max(begin, since))
+        if pod in stopping:
+            terminating += max(0.0, until - max(stopping[pod], since))
+    return total, terminating
+
+
+def scale_down_with_busy_and_idle_pods(release, producer) -> dict:
+    """io at concurrency 1 (upgrade first): two tasks of 24 s start on two pods, then (12 s later,
+    so those pods are twice as old) two of 50 s on two newer pods. When the first two end, the HPA
+    scales 4 -> 2. Returns ``busy_removed`` (removed pods that were running a 50 s task),
+    ``removed`` (pod names), and ``pod_seconds`` / ``terminating_seconds`` of the io pods over
+    the round (from the first task to io idle at 0)."""
+    from celery_autoscale import backlog
+
+    settings = release.settings()
+    client = release.redis.client()
+    began = time.time()
+    first = [producer.send_task("tasks.io.transfer", kwargs={"size_bytes": 0, "wait_seconds": 24}, queue="io")
+             for _ in range(2)]
+    wait_for(lambda: backlog(client, "io", settings).in_flight == 2, 90, "two first tasks running")
+    time.sleep(12)
+    mark = len(release.bridge.events)
+    long = [producer.send_task("tasks.io.transfer", kwargs={"size_bytes": 0, "wait_seconds": 50}, queue="io")
+            for _ in range(2)]
+    wait_for(lambda: backlog(client, "io", settings).in_flight == 4, 90, "four tasks running on four pods")
+    owners = {k.decode(): json.loads(v)["worker"].split("@")[-1]
+              for k, v in client.hgetall("celery-autoscale:in-flight-owner:io").items()}
+    long_pods = {owners[r.id] for r in long}
+    for r in first:
+        r.get(timeout=120)
+    wait_for(lambda: release.replicas("io") == 2, 90, "io scaled down to the 2 running tasks")
+    time.sleep(3)  # the ReplicaSet's deletions reach the bridge
+    removed = sorted({e[1] for e in release.bridge.events[mark:] if e[2] == "sigterm" and e[1].startswith(worker("io"))})
+    for r in long:
+        r.get(timeout=180)
+    wait_for(lambda: backlog(client, "io", settings).total == 0 and release.replicas("io") == 0, 180, "io idle again")
+    time.sleep(2)
+    total, terminating = pod_seconds(list(release.bridge.events), worker("io"), began, time.time())
+    return {"busy_removed": sum(pod in long_pods for pod in removed), "removed": removed,
+            "pod_seconds": round(total, 1), "terminating_seconds": round(terminating, 1)}

@@ -1,0 +1,43 @@
+"""Which pods a scale-down removes, with and without the reconciler's pod deletion cost; one JSON line.
+
+    python bench/deletion_cost.py      # needs tests/e2e/build.sh to have built the binaries
+
+Brings up the `make e2e` environment (values/ci.yaml) and runs the same round twice on `io` at
+concurrency 1 (tests/e2e/harness.py, ``scale_down_with_busy_and_idle_pods``): two tasks of 24 s on
+two pods, two of 50 s on two newer pods, then the HPA scales 4 -> 2 when the first two end. For
+each of ``deletion_cost`` and ``no_deletion_cost``:
+
+- ``busy_removed``: removed pods that were running a task (their warm shutdown keeps it, but the
+  pod stays terminating for the rest of it);
+- ``pod_seconds``: seconds the io pods' processes ran over the round, terminating ones included
+  (what the pods cost); ``terminating_seconds``: the part of it spent after SIGTERM.
+
+Figures for the README, never asserted.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "e2e"))
+
+from harness import environment, scale_down_with_busy_and_idle_pods, wait_for  # noqa: E402
+
+
+def main() -> None:
+    with environment() as release:
+        producer = release.producer()
+        figures = {}
+        for mode, enabled in (("deletion_cost", True), ("no_deletion_cost", False)):
+            release.upgrade({"queues": {"io": {"concurrency": 1}}, "reconciler": {"deletionCost": {"enabled": enabled}}})
+            wait_for(lambda: release.replicas("io") == 0, 120, "io idle")
+            figures[mode] = scale_down_with_busy_and_idle_pods(release, producer)
+        print(json.dumps({"bench": "deletion_cost", **figures, "machine": platform.machine(),
+                          "python": platform.python_version()}))
+
+
+if __name__ == "__main__":
+    main()
