@@ -341,17 +341,23 @@ def test_a_users_own_app_scales_from_zero_on_a_prioritized_burst_and_loses_nothi
 
 def test_a_scale_down_removes_idle_workers_first_with_pod_deletion_cost(idle, producer):
     """The reconciler keeps controller.kubernetes.io/pod-deletion-cost = running tasks per worker
-    pod, with its own service account (a bridged token: the Role is really applied). Same load,
-    same run, with the feature off: the ReplicaSet removes the newer pods, the busy ones."""
+    pod, with its own service account (a bridged token: the Role is really applied). Two rounds
+    with it; one where it lost its RoleBinding (its patches are refused: scaling goes on without
+    costs); one with the feature off in values, where the ReplicaSet removes the newer, busy pods."""
     release = idle
+    rounds = {}
     try:
         release.upgrade({"queues": {"io": {"concurrency": 1}}})
-        on = scale_down_with_busy_and_idle_pods(release, producer)
+        rounds["on"] = [scale_down_with_busy_and_idle_pods(release, producer) for _ in range(2)]
+        release.cluster.kubectl("delete", "rolebinding", "ci-celery-autoscale-reconciler", "-n", NAMESPACE)
+        rounds["denied"] = scale_down_with_busy_and_idle_pods(release, producer)
         release.upgrade({"queues": {"io": {"concurrency": 1}}, "reconciler": {"deletionCost": {"enabled": False}}})
-        off = scale_down_with_busy_and_idle_pods(release, producer)
+        rounds["off"] = scale_down_with_busy_and_idle_pods(release, producer)
     finally:
         release.upgrade({})
-    print(f"busy pods removed on scale-down: {on['busy_removed']} with deletion cost ({on['removed']}), "
-          f"{off['busy_removed']} without ({off['removed']})")
-    assert len(on["removed"]) == 2 and on["busy_removed"] == 0
-    assert off["busy_removed"] >= 1
+    print("busy pods removed on scale-down: " + json.dumps(rounds))
+    assert all(r["busy_removed"] == 0 and len(r["removed"]) == 2 for r in rounds["on"])
+    assert len(rounds["denied"]["removed"]) == 2, "refused patches never block a scale-down"
+    logs = "".join(p.read_text() for p in (release.bridge.workdir).glob("ci-celery-autoscale-reconciler-*/container.log"))
+    assert "could not update pod deletion costs" in logs or "could not set the deletion cost" in logs
+    assert rounds["off"]["busy_removed"] >= 1
