@@ -108,7 +108,7 @@ def unacked_tags(client, settings: Settings) -> dict[str, str]:
     tags = {}
     for tag, raw in client.hscan_iter(settings.key_prefix + settings.unacked_key, count=1000):
         try:
-            tags[json.loads(raw)[0]["headers"]["id"]] = tag.decode() if isinstance(tag, bytes) else tag
+            tags[json.loads(raw)[0]["headers"]["id"]] = as_text(tag)
         except (ValueError, TypeError, KeyError, IndexError):
             continue
     return tags
@@ -121,8 +121,8 @@ def _prune(client, queue: str, settings: Settings, stale: list, reserved: list) 
         return 0, 0
     held = unacked_tags(client, settings)
     prefix = settings.key_prefix
-    dead_running = [m for m in stale if _text(m) not in held]
-    dead_reserved = [m for m in reserved if _text(m) not in held]
+    dead_running = [m for m in stale if as_text(m) not in held]
+    dead_reserved = [m for m in reserved if as_text(m) not in held]
     pipe = client.pipeline(transaction=False)
     if dead_running:
         pipe.zrem(in_flight_key(queue, prefix), *dead_running)
@@ -133,7 +133,8 @@ def _prune(client, queue: str, settings: Settings, stale: list, reserved: list) 
     return (int(done[0]) if dead_running else 0), (int(done[-1]) if dead_reserved else 0)
 
 
-def _text(value) -> str:
+def as_text(value) -> str:
+    """A Redis reply (bytes, as redis-py returns them by default) as text."""
     return value.decode() if isinstance(value, bytes) else value
 
 

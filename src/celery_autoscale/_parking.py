@@ -28,7 +28,7 @@ import logging
 import time
 from datetime import datetime, timezone
 
-from ._backlog import KEY_PREFIX
+from ._backlog import KEY_PREFIX, as_text
 
 __all__ = ["PARKED_ETA_KEY", "PARKED_KEY", "eta_of", "park", "unpark_due"]
 
@@ -92,7 +92,7 @@ def unpark_due(client, channel, horizon: float, prefix: str = "", now: float | N
     due = client.zrangebyscore(prefix + PARKED_ETA_KEY, "-inf", now + horizon / 2)
     moved = []
     for member in due:
-        task_id = member.decode() if isinstance(member, bytes) else member
+        task_id = as_text(member)
 
         def restore(pipe, task_id=task_id):
             entry = pipe.hget(prefix + PARKED_KEY, task_id)

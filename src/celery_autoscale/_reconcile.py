@@ -57,7 +57,7 @@ def queues_with_entries(client, prefix: str) -> list[str]:
     for pattern in (_backlog.in_flight_key("*", prefix), _backlog.owners_key("*", prefix)):
         head = pattern[:-1]
         for key in client.scan_iter(match=pattern, count=500):
-            found.add((key.decode() if isinstance(key, bytes) else key)[len(head):])
+            found.add(_backlog.as_text(key)[len(head):])
     return sorted(found)
 
 
@@ -68,18 +68,21 @@ def _overdue(client, queue: str, prefix: str, now: float, margin: float) -> dict
         try:
             owner = json.loads(raw)
             if float(owner["deadline"]) + margin < now:
-                out[task_id.decode() if isinstance(task_id, bytes) else task_id] = str(owner["worker"])
+                out[_backlog.as_text(task_id)] = str(owner["worker"])
         except (ValueError, TypeError, KeyError):
             continue
     return out
 
 
-def reconcile(app, connection, margin: float = 30.0, ping_timeout: float = 1.0, now: float | None = None) -> Round:
+def reconcile(app, connection, client, margin: float = 30.0, ping_timeout: float = 1.0,
+              now: float | None = None) -> Round:
     """Run one round against ``app``'s broker (see the module docstring).
 
     Args:
         app: a Celery app with the runtime installed (its transport options name the keys).
         connection: a ``kombu.Connection`` to the broker (``app.connection_for_write()``).
+        client: a ``redis.Redis`` for the same broker (:func:`~celery_autoscale.connect`), kept
+            across rounds by the caller.
         margin: seconds past a task's deadline before its worker is asked if it is alive.
         ping_timeout: seconds to wait for ping replies (Celery's ``app.control.ping``).
 
@@ -87,7 +90,6 @@ def reconcile(app, connection, margin: float = 30.0, ping_timeout: float = 1.0, 
         redis.RedisError, kombu.exceptions.OperationalError: the broker cannot be reached.
     """
     settings = settings_of(app)
-    client = _backlog.connect(settings)
     prefix = settings.key_prefix
     qos = connection.default_channel.qos
     qos.restore_visible(num=1000, interval=1)

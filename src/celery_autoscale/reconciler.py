@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     while True:
         try:
             with app.connection_for_write() as connection:
-                done = reconcile(app, connection, margin=args.margin, ping_timeout=args.ping_timeout)
+                done = reconcile(app, connection, client, margin=args.margin, ping_timeout=args.ping_timeout)
             if costs is not None:
                 try:
                     done.deletion_costs = costs.update(busy_by_pod(client, done.queues, settings.key_prefix))

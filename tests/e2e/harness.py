@@ -64,7 +64,11 @@ class Release:
     def replicas(self, queue: str) -> int:
         """What the Deployment asks for (``spec.replicas``, set by KEDA and the HPA)."""
         self.cluster.keda_alive()
-        return self.get("deployment", worker(queue))["spec"].get("replicas", 0)
+        return self.deployment_replicas(worker(queue))
+
+    def deployment_replicas(self, name: str) -> int:
+        """``spec.replicas`` of the Deployment ``name`` (of any release)."""
+        return self.get("deployment", name)["spec"].get("replicas", 0)
 
     def explain(self, queue: str) -> str:
         """The ScaledObject's and the HPA's view of ``queue``, for a failure message."""

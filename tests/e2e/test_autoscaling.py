@@ -277,24 +277,21 @@ def test_a_release_behind_redis_sentinel_scales_on_the_masters_lists_from_zero_a
         release.helm.install(release.chart, "sentinel", values, namespace=NAMESPACE, timeout=120)
         name = "sentinel-celery-autoscale-worker-io"
 
-        def replicas() -> int:
-            return release.get("deployment", name)["spec"].get("replicas", 0)
-
         try:
             wait_for(lambda: condition(release.get("scaledobject", name), "Ready").get("status") == "True", 90,
                      "sentinel io ScaledObject Ready")
-            wait_for(lambda: replicas() == 0, 90, "sentinel io idle at zero")
+            wait_for(lambda: release.deployment_replicas(name) == 0, 90, "sentinel io idle at zero")
             producer = Celery("web", broker=cluster.url)
             producer.conf.update(broker_transport_options={"master_name": MASTER}, broker_password=PASSWORD)
             sent = [producer.send_task("tasks.io.transfer", kwargs={"size_bytes": 0, "wait_seconds": 4}, queue="io",
                                        priority=i % 10) for i in range(12)]
             # 12 tasks over kombu's priority lists, listLength 4 (io concurrency): 3 replicas.
-            wait_for(lambda: replicas() >= 3, 120, "sentinel io scaled up to 3",
+            wait_for(lambda: release.deployment_replicas(name) >= 3, 120, "sentinel io scaled up to 3",
                      explain=lambda: json.dumps(release.get("scaledobject", name).get("status", {}), default=str))
             master = cluster.client("primary")
             wait_for(lambda: all(master.exists(run_record_key(r.id)) for r in sent), 180, "all 12 tasks ran",
                      explain=lambda: f"{sum(master.exists(run_record_key(r.id)) for r in sent)} of 12 ran")
-            wait_for(lambda: replicas() == 0, 120, "sentinel io back to zero")
+            wait_for(lambda: release.deployment_replicas(name) == 0, 120, "sentinel io back to zero")
         finally:
             release.helm.uninstall("sentinel", timeout=60)
             release.cluster.kubectl("delete", "secret", "sentinel-redis", "-n", NAMESPACE)
@@ -316,25 +313,22 @@ def test_a_users_own_app_scales_from_zero_on_a_prioritized_burst_and_loses_nothi
     release.helm.install(release.chart, "plain", values, namespace=NAMESPACE, timeout=120)
     name = "plain-celery-autoscale-worker-reports"
 
-    def replicas() -> int:
-        return release.get("deployment", name)["spec"].get("replicas", 0)
-
     try:
         wait_for(lambda: condition(release.get("scaledobject", name), "Ready").get("status") == "True", 90,
                  "plain reports ScaledObject Ready")
         # The Deployment omits spec.replicas (Kubernetes' default is 1); KEDA scales it to zero on a
         # later poll than the one that marks the ScaledObject Ready.
-        wait_for(lambda: replicas() == 0, 90, "reports idle at zero before the burst")
+        wait_for(lambda: release.deployment_replicas(name) == 0, 90, "reports idle at zero before the burst")
         producer = Celery("web", broker=release.redis.broker_url, backend=release.redis.broker_url)
         results = [producer.send_task("myproject.daily_report", args=[f"day-{i}"], kwargs={"seconds": 4},
                                       queue="reports.daily", priority=i % 10) for i in range(12)]
         # 12 tasks over four kombu priority lists, listLength 2: 6 replicas, capped at 4.
-        wait_for(lambda: replicas() == 4, 120, "reports from 0 to maxReplicaCount 4",
+        wait_for(lambda: release.deployment_replicas(name) == 4, 120, "reports from 0 to maxReplicaCount 4",
                  explain=lambda: json.dumps(release.get("scaledobject", name).get("status", {}), default=str))
         assert sorted(r.get(timeout=240)["day"] for r in results) == sorted(f"day-{i}" for i in range(12))
         client = release.redis.client()
         assert [int(client.get(f"myproject:completed:{r.id}") or 0) for r in results] == [1] * 12  # none lost, none twice
-        wait_for(lambda: replicas() == 0, 120, "reports back to zero")
+        wait_for(lambda: release.deployment_replicas(name) == 0, 120, "reports back to zero")
     finally:
         release.helm.uninstall("plain", timeout=60)
 
