@@ -15,6 +15,20 @@ Metrics (``queue`` is the Celery queue name):
   messages that carry the ``published_at`` header the runtime stamps).
 - ``celery_autoscale_backlog_tasks{queue,part}``: the backlog KEDA sees, ``part`` being
   ``queued`` (every priority list), ``in_flight`` or ``reserved`` (held for an ETA).
+- ``celery_autoscale_worker_heartbeat_timestamp_seconds{queue}``: Unix time of the worker's
+  last heartbeat (the file's modification time), one sample per queue it consumes; it stops
+  moving when the consumer stalls, while this thread still answers scrapes.
+
+The reconciler (``python -m celery_autoscale.reconciler --metrics-port``) serves the queue-wide
+series, which exist while a queue has no worker: the backlog of every queue it is given, and
+
+- ``celery_autoscale_parked_tasks``: far-future ETA tasks parked by the runtime.
+- ``celery_autoscale_dead_letter_tasks``: entries in the dead-letter list.
+- ``celery_autoscale_canary_last_run_timestamp_seconds{queue}``,
+  ``celery_autoscale_canary_last_success_timestamp_seconds{queue}``,
+  ``celery_autoscale_canary_success{queue}`` (1 or 0, the last run) and
+  ``celery_autoscale_canary_round_trip_seconds{queue}`` (the last success's): what
+  ``python -m celery_autoscale.roundtrip --record`` (the chart's canary) wrote to Redis.
 """
 
 from __future__ import annotations
@@ -26,7 +40,7 @@ import tempfile
 
 from . import _backlog
 
-__all__ = ["BUCKETS", "Metrics"]
+__all__ = ["BUCKETS", "BacklogCollector", "BrokerCollector", "HeartbeatCollector", "Metrics", "serve"]
 
 logger = logging.getLogger(__name__)
 
@@ -63,14 +77,48 @@ class Metrics:
 
     def serve(self, settings, queues: list[str], client) -> None:
         """Serve ``/metrics`` on ``settings.metrics_port`` (all interfaces) in a daemon thread."""
-        from prometheus_client import CollectorRegistry, start_http_server
         from prometheus_client.multiprocess import MultiProcessCollector
 
-        registry = CollectorRegistry()
+        registry = serve(settings.metrics_port, BacklogCollector(settings, queues, client),
+                         HeartbeatCollector(settings.heartbeat_file, queues))
         MultiProcessCollector(registry)
-        registry.register(BacklogCollector(settings, queues, client))
-        start_http_server(settings.metrics_port, registry=registry)
         logger.info("metrics on port %d for queues %s", settings.metrics_port, ",".join(queues))
+
+
+def serve(port: int, *collectors):
+    """Serve ``collectors`` on ``/metrics`` at ``port`` (all interfaces) in a daemon thread.
+
+    Returns the registry, to which more collectors may be added. Raises ``OSError`` when the
+    port is taken.
+    """
+    from prometheus_client import CollectorRegistry, start_http_server
+
+    registry = CollectorRegistry()
+    for collector in collectors:
+        registry.register(collector)
+    start_http_server(port, registry=registry)
+    return registry
+
+
+class HeartbeatCollector:
+    """The heartbeat file's modification time, per queue, read at scrape time."""
+
+    def __init__(self, path: str, queues: list[str]):
+        self.path, self.queues = path, queues
+
+    def collect(self):
+        from prometheus_client.core import GaugeMetricFamily
+
+        family = GaugeMetricFamily("celery_autoscale_worker_heartbeat_timestamp_seconds",
+                                   "Unix time of the worker's last heartbeat.", labels=["queue"])
+        try:
+            beat = os.stat(self.path).st_mtime
+        except OSError:  # no beat yet: no sample, rather than a misleading 0
+            beat = None
+        if beat is not None:
+            for queue in self.queues:
+                family.add_metric([queue], beat)
+        yield family
 
 
 class BacklogCollector:
@@ -95,3 +143,46 @@ class BacklogCollector:
             family.add_metric([queue, "in_flight"], found.in_flight)
             family.add_metric([queue, "reserved"], found.reserved)
         yield family
+
+
+class BrokerCollector:
+    """Queue-wide state kept in Redis: parked ETA tasks, dead letters, the canary's results."""
+
+    def __init__(self, settings, client):
+        self.settings, self.client = settings, client
+
+    def collect(self):
+        from prometheus_client.core import GaugeMetricFamily
+
+        from ._canary import results
+        from ._deadletter import key as dead_letter_key
+        from ._parking import PARKED_ETA_KEY
+
+        prefix = self.settings.key_prefix
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            pipe.zcard(prefix + PARKED_ETA_KEY)
+            pipe.llen(dead_letter_key(self.settings))
+            parked, dead = pipe.execute()
+            canary = results(self.client, prefix)
+        except Exception as exc:  # a scrape must not fail because Redis blinked
+            logger.warning("broker state unavailable: %s", type(exc).__name__)
+            return
+        yield GaugeMetricFamily("celery_autoscale_parked_tasks", "Far-future ETA tasks parked by the runtime.",
+                                value=parked)
+        yield GaugeMetricFamily("celery_autoscale_dead_letter_tasks", "Entries in the dead-letter list.", value=dead)
+        families = {
+            "last_run": GaugeMetricFamily("celery_autoscale_canary_last_run_timestamp_seconds",
+                                          "Unix time the canary last sent to the queue.", labels=["queue"]),
+            "last_success": GaugeMetricFamily("celery_autoscale_canary_last_success_timestamp_seconds",
+                                              "Unix time the queue last answered the canary.", labels=["queue"]),
+            "success": GaugeMetricFamily("celery_autoscale_canary_success",
+                                         "1 if the queue answered the canary's last run, else 0.", labels=["queue"]),
+            "round_trip": GaugeMetricFamily("celery_autoscale_canary_round_trip_seconds",
+                                            "Seconds from send to answer of the last success.", labels=["queue"]),
+        }
+        for queue, result in sorted(canary.items()):
+            for name, family in families.items():
+                if result.get(name) is not None:
+                    family.add_metric([queue], float(result[name]))
+        yield from families.values()

@@ -3,6 +3,7 @@
     python -m celery_autoscale.reconciler [--app MODULE:ATTR] [--interval 10] [--margin 30]
                                           [--heartbeat-file /tmp/celery-heartbeat] [--once]
                                           [--deletion-cost-selector SELECTOR [--namespace NS]]
+                                          [--metrics-port 9808 --queues Q,...]
 
 Each round (every ``--interval`` seconds) restores, without any worker of the queue running:
 messages unacknowledged for longer than the visibility timeout (kombu's ``restore_visible``),
@@ -12,7 +13,10 @@ the heartbeat file after each round, for ``python -m celery_autoscale.health``. 
 ``--deletion-cost-selector`` it also keeps each matching worker pod's
 ``controller.kubernetes.io/pod-deletion-cost`` equal to the tasks it runs, so a scale-down
 removes idle workers first (:mod:`celery_autoscale._deletion_cost`; needs the ``kubernetes``
-extra and RBAC to get, list and patch pods). Errors talking
+extra and RBAC to get, list and patch pods). With ``--metrics-port`` it serves Prometheus
+``/metrics`` that exist while a queue has no worker: the backlog of each of ``--queues``, the
+parked and dead-letter counts and the canary's results (:mod:`celery_autoscale._metrics`),
+read from Redis at scrape time. Errors talking
 to Redis are logged and retried next round. Exit status (``--once``): 0 done, 2 bad input,
 3 the broker cannot be reached.
 """
@@ -61,7 +65,22 @@ def parser() -> argparse.ArgumentParser:
                    help="namespace of those pods (default: POD_NAMESPACE, else the service account's)")
     p.add_argument("--deletion-cost-min-interval", type=seconds, default=5.0, metavar="SECONDS",
                    help="seconds between two patches of one pod (default 5)")
+    p.add_argument("--metrics-port", type=port, default=0, metavar="PORT",
+                   help="serve Prometheus /metrics on this port, all interfaces (default 0: off)")
+    p.add_argument("--queues", default="", metavar="Q,...",
+                   help="comma-separated Celery queue names whose backlog the metrics report (default: none)")
     return p
+
+
+def port(text: str) -> int:
+    """argparse type: a TCP port, 0 to 65535."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a port number, got {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port from 0 to 65535, got {value}")
+    return value
 
 
 def _deletion_cost(args):
@@ -102,6 +121,14 @@ def main(argv: list[str] | None = None) -> int:
         return error(f"cannot reach the Kubernetes API for --deletion-cost-selector: {type(exc).__name__}: {exc}",
                      EXIT_BAD_INPUT)
     client = connect(settings)
+    if args.metrics_port:
+        from ._metrics import BacklogCollector, BrokerCollector, serve
+
+        queues = [q.strip() for q in args.queues.split(",") if q.strip()]
+        try:
+            serve(args.metrics_port, BacklogCollector(settings, queues, client), BrokerCollector(settings, client))
+        except OSError as exc:
+            return error(f"--metrics-port {args.metrics_port}: {exc.strerror or exc}", EXIT_BAD_INPUT)
     while True:
         try:
             with app.connection_for_write() as connection:

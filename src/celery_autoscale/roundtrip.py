@@ -1,10 +1,12 @@
-"""Round trip: send the probe task to every queue and wait for each answer (the chart's ``helm test``).
+"""Round trip: send the probe task to every queue and wait for each answer (the chart's ``helm test`` and canary).
 
-    python -m celery_autoscale.roundtrip --queues cpu,io,mixed --timeout 300
+    python -m celery_autoscale.roundtrip --queues cpu,io,mixed --timeout 300 [--record]
 
 Sends :data:`celery_autoscale.PROBE_TASK` with an explicit queue, so it works for any app that
 uses the runtime, and waits up to ``--timeout`` seconds in all (a queue scaled to zero needs
-time for KEDA to start a worker). Exit status: 0 every queue answered, 1 with one line per
+time for KEDA to start a worker). It prints each queue's round trip in seconds. With
+``--record`` (the canary) each queue's result is also written to Redis, where the reconciler's
+metrics read it (:mod:`celery_autoscale._canary`). Exit status: 0 every queue answered, 1 with one line per
 queue that did not, 2 bad input, 3 the broker cannot be reached.
 """
 
@@ -25,6 +27,8 @@ def main(argv: list[str] | None = None) -> int:
                                 epilog="Exit status: 0 ok, 1 a queue did not answer, 2 bad input, 3 broker unreachable.")
     p.add_argument("--queues", required=True, metavar="Q,...", help="comma-separated Celery queue names")
     p.add_argument("--timeout", type=float, default=300.0, metavar="SECONDS", help="seconds to wait in all (default 300)")
+    p.add_argument("--record", action="store_true",
+                   help="write each queue's result to Redis for the reconciler's canary metrics")
     add_app_option(p)
     args = p.parse_args(argv)
     queues = [q.strip() for q in args.queues.split(",") if q.strip()]
@@ -47,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     settings = settings_of(app)
     token = uuid.uuid4().hex
     reply_to = f"{settings.key_prefix}{KEY_PREFIX}:probe:{token}"
+    started, begun = time.time(), time.monotonic()
+    took: dict[str, float] = {}
     try:
         for queue in queues:
             app.send_task(PROBE_TASK, kwargs={"token": token, "reply_to": reply_to}, queue=queue)
@@ -63,8 +69,14 @@ def main(argv: list[str] | None = None) -> int:
             answer = json.loads(popped[1])
             if answer.get("token") == token and answer.get("queue") in waiting:
                 waiting.discard(answer["queue"])
-                print(f"queue {answer['queue']}: answered by {answer['worker']}")
+                took[answer["queue"]] = round(time.monotonic() - begun, 3)
+                print(f"queue {answer['queue']}: answered by {answer['worker']} in {took[answer['queue']]:g}s")
         client.delete(reply_to)
+        if args.record:
+            from ._canary import record
+
+            for queue in queues:
+                record(client, queue, started, took.get(queue), settings.key_prefix)
     except Exception as exc:
         return error(f"{type(exc).__name__} waiting for answers from {redact(settings.broker_url)}", EXIT_BROKER)
     failed += [f"queue {q}: no answer within {args.timeout:g}s" for q in queues if q in waiting]
