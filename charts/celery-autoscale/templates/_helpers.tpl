@@ -81,3 +81,10 @@ app.kubernetes.io/component: {{ .component }}
 {{- define "celery-autoscale.flowerSecretName" -}}
 {{- default (printf "%s-flower" (include "celery-autoscale.fullname" .)) .Values.flower.auth.existingSecret }}
 {{- end }}
+
+{{/* The Celery queue names of every queue entry, comma-separated (for --queues). */}}
+{{- define "celery-autoscale.celeryQueues" -}}
+{{- $queues := list }}
+{{- range $queue, $cfg := .Values.queues }}{{ if kindIs "map" $cfg }}{{ $queues = append $queues (get $cfg "queue" | default $queue) }}{{ end }}{{ end }}
+{{- join "," $queues }}
+{{- end }}
