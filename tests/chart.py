@@ -15,6 +15,8 @@ CHART = ROOT / "charts" / "celery-autoscale"
 VALUES_FILES = sorted((ROOT / "values").glob("*.yaml"))
 #: KEDA's CRDs at the version the e2e runs (tests/e2e/versions.env), kept in the repository.
 KEDA_CRDS = ROOT / "tests" / "schemas" / "keda-v2.20.2"
+#: The Prometheus Operator's CRDs (PodMonitor, ServiceMonitor, PrometheusRule), kept in the repository.
+MONITORING_CRDS = ROOT / "tests" / "schemas" / "prometheus-operator-v0.88.0"
 #: The Kubernetes version objects are validated against (the e2e control plane's minor).
 KUBE_VERSION = "1.35.0"
 

@@ -7,33 +7,32 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
-from chart import CHART, KEDA_CRDS, KUBE_VERSION, VALUES_FILES, load_values, notes, render_chart
+from chart import CHART, KEDA_CRDS, KUBE_VERSION, MONITORING_CRDS, VALUES_FILES, load_values, notes, render_chart
 
 SENTINEL = {"redis": {"enabled": False, "external": {"sentinel": {
     "enabled": True, "addresses": ["sentinel-0.sentinel:26379", "sentinel-1.sentinel:26379"], "masterName": "mymaster"}}}}
 CASES = ([pytest.param({}, id="defaults")] + [pytest.param(load_values(p), id=p.name) for p in VALUES_FILES]
          + [pytest.param(SENTINEL, id="external-sentinel")])
-MONITORING = {"ServiceMonitor", "PodMonitor"}  # Prometheus Operator kinds: no schema offline
 
 
 @functools.cache
-def keda_schemas() -> dict[tuple[str, str], dict]:
-    """``{(apiVersion, kind): openAPIV3Schema}`` from KEDA v2.20.2's CRDs kept in tests/schemas/."""
+def crd_schemas() -> dict[tuple[str, str], dict]:
+    """``{(apiVersion, kind): openAPIV3Schema}`` from KEDA v2.20.2's and the Prometheus Operator
+    v0.88.0's CRDs kept in tests/schemas/."""
     schemas = {}
-    for path in sorted(KEDA_CRDS.glob("*.yaml")):
+    for path in sorted([*KEDA_CRDS.glob("*.yaml"), *MONITORING_CRDS.glob("*.yaml")]):
         crd = yaml.safe_load(path.read_text())
         for version in crd["spec"]["versions"]:
             api = f"{crd['spec']['group']}/{version['name']}"
             schemas[(api, crd["spec"]["names"]["kind"])] = version["schema"]["openAPIV3Schema"]
-    assert schemas, f"no KEDA CRDs found in {KEDA_CRDS}"
+    assert {api.split("/")[0] for api, _ in schemas} == {"keda.sh", "monitoring.coreos.com"}, \
+        f"CRDs missing from {KEDA_CRDS} or {MONITORING_CRDS}"
     return schemas
 
 
 def validate_object(obj: dict) -> None:
-    if obj["apiVersion"].startswith("keda.sh/"):
-        jsonschema.Draft4Validator(keda_schemas()[(obj["apiVersion"], obj["kind"])]).validate(obj)
-    elif obj["kind"] in MONITORING:
-        assert obj["apiVersion"] == "monitoring.coreos.com/v1"
+    if obj["apiVersion"].startswith(("keda.sh/", "monitoring.coreos.com/")):
+        jsonschema.Draft4Validator(crd_schemas()[(obj["apiVersion"], obj["kind"])]).validate(obj)
     else:
         kubernetes_validate.validate(obj, KUBE_VERSION, strict=True)
 

@@ -214,17 +214,18 @@ def test_redis_persists_its_append_only_file_on_a_claim():
 @pytest.mark.parametrize("setting, rendered", [(False, False), (True, True), ("auto", False)])
 def test_monitoring_objects_render_when_explicitly_enabled(setting, rendered):
     objects = render_chart({"flower": {"serviceMonitor": {"enabled": setting}},
-                            "metrics": {"podMonitor": {"enabled": setting}}})
+                            "metrics": {"podMonitor": {"enabled": setting}, "prometheusRule": {"enabled": setting}}})
     kinds = {o["kind"] for o in objects}
     # "auto" renders only where the cluster serves monitoring.coreos.com/v1; `helm template` has none.
-    assert ({"ServiceMonitor", "PodMonitor"} <= kinds) is rendered
+    assert ({"ServiceMonitor", "PodMonitor", "PrometheusRule"} <= kinds) is rendered
+    assert not kinds & {"ServiceMonitor", "PodMonitor", "PrometheusRule", "CronJob"} or setting is not False
 
 
 def test_network_policies_admit_only_the_release_and_keda_to_redis():
     policies = by_kind(render_chart({}), "NetworkPolicy")
     sources = policies["rel-celery-autoscale-redis"]["spec"]["ingress"][0]["from"]
     components = [s.get("podSelector", {}).get("matchLabels", {}).get("app.kubernetes.io/component") for s in sources]
-    assert components == ["worker", "flower", "helm-test", "reconciler", None]
+    assert components == ["worker", "flower", "helm-test", "reconciler", "canary", None]
     assert sources[-1] == {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "keda"}}}
     app = policies["rel-celery-autoscale-app"]["spec"]
     assert app["ingress"] == [{"ports": [{"port": "metrics", "protocol": "TCP"}, {"port": "http", "protocol": "TCP"}]}]
