@@ -163,7 +163,7 @@ def test_no_secret_value_outside_a_secret(values):
         for trigger in so["spec"]["triggers"]:
             assert not {"password", "username"} & set(trigger["metadata"])
     for configmap in by_kind(objects, "ConfigMap").values():
-        assert "@" not in configmap["data"]["CELERY_BROKER_URL"]
+        assert "@" not in configmap["data"].get("CELERY_BROKER_URL", "")
 
 
 def test_secrets_reach_containers_as_files_not_environment_variables():
@@ -255,7 +255,8 @@ def test_one_reconciler_runs_for_all_queues_with_the_apps_settings_and_password_
     assert container["command"] == ["python", "-m", "celery_autoscale.reconciler"]
     assert container["args"] == ["--interval=5", "--margin=60",
                                  "--deletion-cost-selector=app.kubernetes.io/instance=rel,app.kubernetes.io/component=worker",
-                                 "--deletion-cost-min-interval=5"]
+                                 "--deletion-cost-min-interval=5", "--metrics-port=9809", "--queues=cpu,io,mixed"]
+    assert container["ports"] == [{"name": "metrics", "containerPort": 9809, "protocol": "TCP"}]
     assert container["envFrom"][0]["configMapRef"]["name"] == "rel-celery-autoscale-celery"
     assert {"name": "REDIS_PASSWORD_FILE", "value": "/etc/celery-autoscale/redis-auth/password"} in container["env"]
     assert container["livenessProbe"]["exec"]["command"][-1] == "--max-age=90"
