@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 # Debian packages the tests use: a real Redis server, Redis Sentinel, and the browser Flower is checked in.
-SYSTEM_PACKAGES := redis-server redis-sentinel chromium
+SYSTEM_PACKAGES := redis-server redis-sentinel chromium prometheus
 
 # checkov (the chart's security scan) pins libraries that clash with pytest's: its own venv.
 CHECKOV_VENV := .venv-checkov
