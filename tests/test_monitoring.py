@@ -210,5 +210,17 @@ def test_a_real_prometheus_gets_every_series_and_fires_and_resolves_alerts(tmp_p
             assert sent.returncode == 0, sent.stderr
             eventually(lambda: prom.alerts("CeleryAutoscaleQueueWithoutWorker") == {"io": "firing"}, 90,
                        "the no-worker alert firing for io")
+            # The canary cannot get an answer from io within its timeout: a clear failure, recorded.
+            canary = run_module(stack, "celery_autoscale.roundtrip", "--queues", "cpu,io", "--timeout", "3",
+                                "--record", "--app", "tasks.app:app")
+            assert canary.returncode == 1 and canary.stderr.strip() == "FAILED queue io: no answer within 3s", canary
+            eventually(lambda: prom.alerts("CeleryAutoscaleCanaryFailing") == {"io": "firing"}, 60,
+                       "the canary alert firing for io")
             stack.start_worker(WorkerSpec("io", "threads", concurrency=2))
             eventually(lambda: not prom.alerts("CeleryAutoscaleQueueWithoutWorker"), 90, "the no-worker alert resolved")
+            canary = run_module(stack, "celery_autoscale.roundtrip", "--queues", "cpu,io", "--timeout", "60",
+                                "--record", "--app", "tasks.app:app")
+            assert canary.returncode == 0, canary.stderr
+            eventually(lambda: not prom.alerts("CeleryAutoscaleCanaryFailing"), 60, "the canary alert resolved")
+            [round_trip] = prom.query('celery_autoscale_canary_round_trip_seconds{queue="io"}')
+            assert 0 < float(round_trip["value"][1]) < 60
