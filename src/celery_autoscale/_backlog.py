@@ -168,8 +168,9 @@ def backlog(client, queue: str, settings: Settings) -> Backlog:
                    reserved=int(waiting_eta) - dead_reserved)
 
 
-def connect(settings: Settings):
-    """A ``redis.Redis`` client for the broker of ``settings`` (password and TLS included).
+def connect(settings: Settings, decode_responses: bool = False):
+    """A ``redis.Redis`` client for the broker of ``settings`` (password and TLS included);
+    replies are ``str`` with ``decode_responses``, else ``bytes``.
 
     For ``sentinel://`` URLs, a client of the current master of ``settings.master_name``
     (redis-py's ``Sentinel.master_for``, as kombu's ``SentinelChannel``): after a failover its
@@ -187,5 +188,6 @@ def connect(settings: Settings):
         db = int((urls[0].path or "/0").strip("/") or 0)
         password = settings.password or urls[0].password
         sentinel = Sentinel([(u.hostname, u.port or 26379) for u in urls])
-        return sentinel.master_for(settings.master_name, db=db, password=password)
-    return redis.Redis.from_url(settings.broker_url, password=settings.password, **(settings.ssl or {}))
+        return sentinel.master_for(settings.master_name, db=db, password=password, decode_responses=decode_responses)
+    return redis.Redis.from_url(settings.broker_url, password=settings.password, decode_responses=decode_responses,
+                                **(settings.ssl or {}))

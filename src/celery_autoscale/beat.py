@@ -1,0 +1,118 @@
+"""Celery beat for an app with the runtime: one scheduler, its state in Redis.
+
+    python -m celery_autoscale.beat [--app MODULE:ATTR] [--schedule FILE.json] [--max-interval 5]
+
+Runs Celery's beat with RedBeat's scheduler (``redbeat.RedBeatScheduler``, the
+``celery-redbeat`` package: the ``beat`` extra). Each entry's last run time lives in Redis
+beside the queues, so a restarted beat neither forgets nor repeats a run, and RedBeat's lock
+(held while beat runs, released on a clean stop, expiring after 5 × ``--max-interval`` seconds
+after a crash) lets a second beat only wait: two schedulers never fire at once.
+
+The schedule is the app's own ``beat_schedule`` plus ``--schedule``, a JSON object (the
+chart's ``beat.schedule``; an entry of the same name replaces the app's)::
+
+    {"cleanup": {"task": "myproject.tasks.cleanup", "schedule": 300},
+     "report":  {"task": "myproject.tasks.report", "schedule": "0 6 * * 1-5",
+                 "args": [1], "kwargs": {}, "queue": "reports.daily"}}
+
+``schedule`` is seconds (a number) or a 5-field cron expression (Celery's ``crontab``, in the
+app's ``timezone``). Exit status: 2 bad input (one line), else beat's own.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+
+from ._cli import EXIT_BAD_INPUT, Parser, add_app_option, app_from, error
+
+__all__ = ["entries", "main"]
+
+KEYS = {"task", "schedule", "args", "kwargs", "queue", "options"}
+
+
+def _schedule(name: str, value):
+    from celery.schedules import crontab
+
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if not (math.isfinite(value) and value > 0):
+            raise ValueError(f"{name}: schedule must be a positive number of seconds, got {value}")
+        return float(value)
+    if isinstance(value, str) and len(value.split()) == 5:
+        minute, hour, day_of_month, month_of_year, day_of_week = value.split()
+        try:
+            return crontab(minute=minute, hour=hour, day_of_month=day_of_month, month_of_year=month_of_year,
+                           day_of_week=day_of_week)
+        except ValueError as exc:
+            raise ValueError(f"{name}: bad cron expression {value!r}: {exc}") from None
+    raise ValueError(f"{name}: schedule must be seconds or a 5-field cron expression, got {value!r}")
+
+
+def entries(raw) -> dict[str, dict]:
+    """Celery ``beat_schedule`` entries from the ``--schedule`` JSON object.
+
+    Raises:
+        ValueError: one line naming the entry and what is wrong.
+    """
+    if not isinstance(raw, dict):
+        raise ValueError("the schedule must be a JSON object of entries")
+    out = {}
+    for name, entry in raw.items():
+        if not isinstance(entry, dict) or not isinstance(entry.get("task"), str) or "schedule" not in entry:
+            raise ValueError(f"{name}: an entry needs a task name and a schedule")
+        if unknown := set(entry) - KEYS:
+            raise ValueError(f"{name}: unknown keys {sorted(unknown)}")
+        if not isinstance(entry.get("args", []), list) or not isinstance(entry.get("kwargs", {}), dict):
+            raise ValueError(f"{name}: args must be a list and kwargs an object")
+        options = dict(entry.get("options", {}))
+        if "queue" in entry:
+            options["queue"] = entry["queue"]
+        out[name] = {"task": entry["task"], "schedule": _schedule(name, entry["schedule"]),
+                     "args": tuple(entry.get("args", [])), "kwargs": entry.get("kwargs", {}), "options": options}
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = Parser(prog="python -m celery_autoscale.beat", description=__doc__.split("\n\n")[0],
+               epilog="Exit status: 2 bad input, else Celery beat's.")
+    add_app_option(p)
+    p.add_argument("--schedule", metavar="FILE.json", default=None,
+                   help="more schedule entries, a JSON object (see the module docs)")
+    p.add_argument("--max-interval", type=float, default=5.0, metavar="SECONDS",
+                   help="most seconds between two looks at the schedule; the lock expires after 5 times it (default 5)")
+    p.add_argument("--loglevel", default="INFO", help="beat's log level (default INFO)")
+    args = p.parse_args(argv)
+    if not (math.isfinite(args.max_interval) and args.max_interval > 0):
+        return error(f"--max-interval must be a positive number of seconds, got {args.max_interval}", EXIT_BAD_INPUT)
+    try:
+        import redbeat  # noqa: F401
+    except ImportError:
+        return error("Celery beat needs celery-redbeat: pip install 'celery-autoscale[beat]'", EXIT_BAD_INPUT)
+    from ._backlog import KEY_PREFIX, connect
+    from ._loader import AppLoadError
+    from ._settings import ConfigError, settings_of
+
+    try:
+        extra = {}
+        if args.schedule:
+            with open(args.schedule, encoding="utf-8") as f:
+                extra = entries(json.load(f))
+        app = app_from(args)
+        settings = settings_of(app)
+    except (OSError, ValueError, AppLoadError, ConfigError) as exc:  # json.JSONDecodeError is a ValueError
+        return error(f"{args.schedule}: {exc}" if isinstance(exc, (OSError, json.JSONDecodeError)) else exc,
+                     EXIT_BAD_INPUT)
+    app.conf.beat_schedule = {**(app.conf.beat_schedule or {}), **extra}
+    if not app.conf.get("redbeat_key_prefix"):  # an app's own RedBeat keys are kept
+        app.conf.redbeat_key_prefix = f"{settings.key_prefix}{KEY_PREFIX}:beat:"
+    # RedBeat's own client slot: our client carries the password file, TLS and Sentinel.
+    app.conf.setdefault("redbeat_redis_url", settings.broker_url)
+    app.conf.setdefault("redbeat_redis_options", {})
+    app.redbeat_redis = connect(settings, decode_responses=True)
+    app.Beat(scheduler="redbeat.RedBeatScheduler", max_interval=args.max_interval, loglevel=args.loglevel).run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
