@@ -1,7 +1,7 @@
 # The image of the sample app: the celery_autoscale runtime and the `tasks` app. Workers
 # (`celery -A celery_autoscale.worker worker` with CELERY_AUTOSCALE_APP=tasks.app:app), Flower
 # (`python -m celery_autoscale.flower`) and the helm test (`python -m celery_autoscale.roundtrip`).
-# Your own image needs only `pip install "celery-autoscale[flower,kubernetes]"` beside your app
+# Your own image needs only `pip install "celery-autoscale[flower,kubernetes,beat]"` beside your app
 # (`kubernetes`: the reconciler's pod deletion cost).
 
 # ---- build: wheels of the package and its dependencies -------------------------------------
@@ -9,7 +9,7 @@ FROM python:3.11.11-slim-bookworm AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY src ./src
-RUN pip wheel --no-cache-dir --wheel-dir /wheels ".[flower,kubernetes]"
+RUN pip wheel --no-cache-dir --wheel-dir /wheels ".[flower,kubernetes,beat]"
 
 # ---- runtime: no compiler, no pip cache, a numeric non-root user ---------------------------
 FROM python:3.11.11-slim-bookworm
@@ -17,7 +17,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 COPY --from=build /wheels /wheels
-RUN pip install --no-cache-dir --no-index --find-links=/wheels "celery-autoscale[flower,kubernetes]==0.2.0" \
+RUN pip install --no-cache-dir --no-index --find-links=/wheels "celery-autoscale[flower,kubernetes,beat]==0.2.0" \
     && rm -rf /wheels \
     && groupadd --gid 10001 celery \
     && useradd --uid 10001 --gid 10001 --no-create-home --home-dir /tmp --shell /usr/sbin/nologin celery

@@ -225,7 +225,7 @@ def test_network_policies_admit_only_the_release_and_keda_to_redis():
     policies = by_kind(render_chart({}), "NetworkPolicy")
     sources = policies["rel-celery-autoscale-redis"]["spec"]["ingress"][0]["from"]
     components = [s.get("podSelector", {}).get("matchLabels", {}).get("app.kubernetes.io/component") for s in sources]
-    assert components == ["worker", "flower", "helm-test", "reconciler", "canary", None]
+    assert components == ["worker", "flower", "helm-test", "reconciler", "canary", "beat", None]
     assert sources[-1] == {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "keda"}}}
     app = policies["rel-celery-autoscale-app"]["spec"]
     assert app["ingress"] == [{"ports": [{"port": "metrics", "protocol": "TCP"}, {"port": "http", "protocol": "TCP"}]}]
@@ -365,3 +365,32 @@ def test_an_external_redis_behind_sentinel_reaches_celery_and_keda_by_the_same_m
     assert all(t["metadata"]["addresses"] == "s0.sentinel:26379,s1.sentinel:26379"
                and t["metadata"]["sentinelMaster"] == "cache" and "address" not in t["metadata"] for t in redis_triggers)
     assert "rel-celery-autoscale-redis" not in by_kind(objects, "StatefulSet")
+
+
+def test_beat_is_one_recreated_pod_whose_schedule_file_the_runtime_accepts():
+    schedule = {"cleanup": {"task": "myproject.cleanup", "schedule": 300},
+                "report": {"task": "myproject.report", "schedule": "0 6 * * 1-5", "queue": "reports.daily",
+                           "args": [1]}}
+    objects = render_chart({"beat": {"enabled": True, "schedule": schedule}})
+    beat = by_kind(objects, "Deployment")["rel-celery-autoscale-beat"]
+    assert beat["spec"]["replicas"] == 1 and beat["spec"]["strategy"] == {"type": "Recreate"}
+    [container] = beat["spec"]["template"]["spec"]["containers"]
+    assert container["command"] == ["python", "-m", "celery_autoscale.beat"]
+    assert "--schedule=/etc/celery-autoscale/beat/schedule.json" in container["args"]
+    rendered = json.loads(by_kind(objects, "ConfigMap")["rel-celery-autoscale-beat"]["data"]["schedule.json"])
+    assert rendered == schedule
+    from celery_autoscale.beat import entries
+
+    assert entries(rendered)["report"]["options"] == {"queue": "reports.daily"}
+    assert "rel-celery-autoscale-beat" not in by_kind(render_chart({}), "Deployment")
+
+
+def test_the_canary_is_a_cronjob_that_never_overlaps_and_records_every_queue():
+    objects = render_chart({"canary": {"enabled": True, "schedule": "*/5 * * * *", "timeout": 120}})
+    [cron] = by_kind(objects, "CronJob").values()
+    assert cron["spec"]["schedule"] == "*/5 * * * *" and cron["spec"]["concurrencyPolicy"] == "Forbid"
+    job = cron["spec"]["jobTemplate"]["spec"]
+    assert job["backoffLimit"] == 0 and job["activeDeadlineSeconds"] == 180
+    [container] = job["template"]["spec"]["containers"]
+    assert container["args"] == ["--queues=cpu,io,mixed", "--timeout=120", "--record"]
+    assert not by_kind(render_chart({}), "CronJob")
