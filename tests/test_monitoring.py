@@ -9,14 +9,11 @@ from __future__ import annotations
 
 import json
 import shutil
-import signal
 import subprocess
 import sys
 import time
 import urllib.parse
 import urllib.request
-from contextlib import contextmanager
-from pathlib import Path
 
 import pytest
 import yaml
@@ -123,12 +120,6 @@ class Prometheus:
         assert body["status"] == "success", body
         return body["data"]
 
-    def ready(self) -> bool:
-        try:
-            return bool(self.get("/api/v1/status/runtimeinfo"))
-        except OSError:
-            return False
-
     def query(self, expr: str) -> list[dict]:
         return self.get("/api/v1/query", query=expr)["result"]
 
@@ -136,32 +127,6 @@ class Prometheus:
         """``{queue label or "": state}`` of the active alerts named ``name``."""
         return {a["labels"].get("queue", ""): a["state"] for a in self.get("/api/v1/alerts")["alerts"]
                 if a["labels"]["alertname"] == name}
-
-
-@contextmanager
-def prometheus(workdir: Path, targets: list[int], rules: dict):
-    """Debian's Prometheus scraping ``targets`` (loopback ports) every second with ``rules``."""
-    (workdir / "rules.yaml").write_text(yaml.safe_dump(rules))
-    config = {"global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-              "rule_files": [str(workdir / "rules.yaml")],
-              "scrape_configs": [{"job_name": "celery-autoscale", "static_configs": [
-                  {"targets": [f"127.0.0.1:{p}" for p in targets], "labels": {"namespace": NAMESPACE}}]}]}
-    (workdir / "prometheus.yml").write_text(yaml.safe_dump(config))
-    port = free_port()
-    log = open(workdir / "prometheus.log", "w")
-    proc = subprocess.Popen([shutil.which("prometheus") or "prometheus", f"--config.file={workdir / 'prometheus.yml'}",
-                             f"--storage.tsdb.path={workdir / 'tsdb'}", f"--web.listen-address=127.0.0.1:{port}"],
-                            stdout=log, stderr=subprocess.STDOUT)
-    server = Prometheus(f"http://127.0.0.1:{port}")
-    try:
-        eventually(lambda: server.ready(), 60, "prometheus")
-        eventually(lambda: all(t["health"] == "up" for t in server.get("/api/v1/targets")["activeTargets"]),
-                   60, "every target scraped")
-        yield server
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(30)
-        log.close()
 
 
 def panel_queries() -> list[tuple[str, str]]:
@@ -181,46 +146,47 @@ def test_a_real_prometheus_gets_every_series_and_fires_and_resolves_alerts(tmp_p
         canary = run_module(stack, "celery_autoscale.roundtrip", "--queues", "cpu,io,mixed", "--timeout", "60",
                             "--record", "--app", "tasks.app:app")
         assert canary.returncode == 0, canary.stderr
-        targets = [*stack.metrics_ports.values(), reconciler_port]
-        with prometheus(tmp_path, targets, rule_spec(FAST)) as prom:
-            # A real load with failures: one in five attempts fails and, with no retries, is dead-lettered.
-            load = run_module(stack, "loadgen", "steady", "--rate", "20", "--duration", "20", "--fail-rate", "0.2",
-                              "--work-units", "2000", "--wait-seconds", "0.05", "--wait", "--timeout", "120", "--json")
-            summary = json.loads(load.stdout.strip().splitlines()[-1])
-            assert summary["submitted"] == 400 and summary["lost"] == 0, summary
-            assert summary["failed"] > 0, summary
-            eventually(lambda: prom.alerts("CeleryAutoscaleDeadLetterGrowing").get("") == "firing", 60,
-                       "the dead-letter alert firing")
+        url = stack.start_prometheus(rule_spec(FAST), [*stack.metrics_ports.values(), reconciler_port],
+                                     labels={"namespace": NAMESPACE})
+        prom = Prometheus(url)
+        # A real load with failures: one in five attempts fails and, with no retries, is dead-lettered.
+        load = run_module(stack, "loadgen", "steady", "--rate", "20", "--duration", "20", "--fail-rate", "0.2",
+                          "--work-units", "2000", "--wait-seconds", "0.05", "--wait", "--timeout", "120", "--json")
+        summary = json.loads(load.stdout.strip().splitlines()[-1])
+        assert summary["submitted"] == 400 and summary["lost"] == 0, summary
+        assert summary["failed"] > 0, summary
+        eventually(lambda: prom.alerts("CeleryAutoscaleDeadLetterGrowing").get("") == "firing", 60,
+                   "the dead-letter alert firing")
 
-            records = [r["record"] for g in rule_spec(FAST)["groups"] for r in g["rules"] if "record" in r]
-            empty = [r for r in records if not prom.query(r)]
-            assert not empty, f"recording rules without series: {empty}"
-            for title, expr in panel_queries():
-                result = prom.query(expr)  # a query Prometheus refuses fails here
-                assert result or title in monitoring.EXTERNAL, f"panel {title!r}: no series for {expr}"
+        records = [r["record"] for g in rule_spec(FAST)["groups"] for r in g["rules"] if "record" in r]
+        empty = [r for r in records if not prom.query(r)]
+        assert not empty, f"recording rules without series: {empty}"
+        for title, expr in panel_queries():
+            result = prom.query(expr)  # a query Prometheus refuses fails here
+            assert result or title in monitoring.EXTERNAL, f"panel {title!r}: no series for {expr}"
 
-            # No new failures for the 20 s window: the dead-letter alert resolves.
-            eventually(lambda: "" not in prom.alerts("CeleryAutoscaleDeadLetterGrowing"), 90,
-                       "the dead-letter alert resolved")
+        # No new failures for the 20 s window: the dead-letter alert resolves.
+        eventually(lambda: "" not in prom.alerts("CeleryAutoscaleDeadLetterGrowing"), 90,
+                   "the dead-letter alert resolved")
 
-            # Tasks wait in io and its only worker is gone: the alert fires for io alone, then
-            # resolves once a worker is back and drains them.
-            stack.stop("worker-io")
-            sent = run_module(stack, "loadgen", "burst", "--count", "3", "--queues", "io", "--wait-seconds", "0.05")
-            assert sent.returncode == 0, sent.stderr
-            eventually(lambda: prom.alerts("CeleryAutoscaleQueueWithoutWorker") == {"io": "firing"}, 90,
-                       "the no-worker alert firing for io")
-            # The canary cannot get an answer from io within its timeout: a clear failure, recorded.
-            canary = run_module(stack, "celery_autoscale.roundtrip", "--queues", "cpu,io", "--timeout", "3",
-                                "--record", "--app", "tasks.app:app")
-            assert canary.returncode == 1 and canary.stderr.strip() == "FAILED queue io: no answer within 3s", canary
-            eventually(lambda: prom.alerts("CeleryAutoscaleCanaryFailing") == {"io": "firing"}, 60,
-                       "the canary alert firing for io")
-            stack.start_worker(WorkerSpec("io", "threads", concurrency=2))
-            eventually(lambda: not prom.alerts("CeleryAutoscaleQueueWithoutWorker"), 90, "the no-worker alert resolved")
-            canary = run_module(stack, "celery_autoscale.roundtrip", "--queues", "cpu,io", "--timeout", "60",
-                                "--record", "--app", "tasks.app:app")
-            assert canary.returncode == 0, canary.stderr
-            eventually(lambda: not prom.alerts("CeleryAutoscaleCanaryFailing"), 60, "the canary alert resolved")
-            [round_trip] = prom.query('celery_autoscale_canary_round_trip_seconds{queue="io"}')
-            assert 0 < float(round_trip["value"][1]) < 60
+        # Tasks wait in io and its only worker is gone: the alert fires for io alone, then
+        # resolves once a worker is back and drains them.
+        stack.stop("worker-io")
+        sent = run_module(stack, "loadgen", "burst", "--count", "3", "--queues", "io", "--wait-seconds", "0.05")
+        assert sent.returncode == 0, sent.stderr
+        eventually(lambda: prom.alerts("CeleryAutoscaleQueueWithoutWorker") == {"io": "firing"}, 90,
+                   "the no-worker alert firing for io")
+        # The canary cannot get an answer from io within its timeout: a clear failure, recorded.
+        canary = run_module(stack, "celery_autoscale.roundtrip", "--queues", "cpu,io", "--timeout", "3",
+                            "--record", "--app", "tasks.app:app")
+        assert canary.returncode == 1 and canary.stderr.strip() == "FAILED queue io: no answer within 3s", canary
+        eventually(lambda: prom.alerts("CeleryAutoscaleCanaryFailing") == {"io": "firing"}, 60,
+                   "the canary alert firing for io")
+        stack.start_worker(WorkerSpec("io", "threads", concurrency=2))
+        eventually(lambda: not prom.alerts("CeleryAutoscaleQueueWithoutWorker"), 90, "the no-worker alert resolved")
+        canary = run_module(stack, "celery_autoscale.roundtrip", "--queues", "cpu,io", "--timeout", "60",
+                            "--record", "--app", "tasks.app:app")
+        assert canary.returncode == 0, canary.stderr
+        eventually(lambda: not prom.alerts("CeleryAutoscaleCanaryFailing"), 60, "the canary alert resolved")
+        [round_trip] = prom.query('celery_autoscale_canary_round_trip_seconds{queue="io"}')
+        assert 0 < float(round_trip["value"][1]) < 60

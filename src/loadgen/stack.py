@@ -189,6 +189,44 @@ class LocalStack:
             raise RuntimeError(f"the reconciler exited; see {self.workdir / 'reconciler.log'}")
         return "reconciler"
 
+    def start_prometheus(self, rules: dict, targets: list[int] | None = None,
+                         labels: dict[str, str] | None = None) -> str:
+        """Start Prometheus (``prometheus`` from ``PATH``, Debian's package) on loopback, scraping
+        ``targets`` (ports on 127.0.0.1; default: every worker's metrics port so far) every second
+        with ``labels`` on their series, and evaluating ``rules`` (a rule file's object) every
+        second. Returns its URL once every target was scraped."""
+        import json
+        import urllib.request
+
+        import yaml
+
+        (self.workdir / "rules.yaml").write_text(yaml.safe_dump(rules))
+        targets = list(self.metrics_ports.values()) if targets is None else targets
+        config = {"global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+                  "rule_files": [str(self.workdir / "rules.yaml")],
+                  "scrape_configs": [{"job_name": "celery-autoscale", "static_configs": [
+                      {"targets": [f"127.0.0.1:{p}" for p in targets], "labels": labels or {}}]}]}
+        (self.workdir / "prometheus.yml").write_text(yaml.safe_dump(config))
+        port = free_port()
+        self._spawn("prometheus", [shutil.which("prometheus") or "prometheus",
+                                   f"--config.file={self.workdir / 'prometheus.yml'}",
+                                   f"--storage.tsdb.path={self.workdir / 'tsdb'}",
+                                   f"--web.listen-address=127.0.0.1:{port}"])
+        url = f"http://127.0.0.1:{port}"
+
+        def scraped() -> bool:
+            if self._died("prometheus"):
+                raise RuntimeError(f"prometheus exited; see {self.workdir / 'prometheus.log'}")
+            try:
+                with urllib.request.urlopen(f"{url}/api/v1/targets", timeout=5) as response:
+                    active = json.load(response)["data"]["activeTargets"]
+            except OSError:
+                return False
+            return len(active) == len(targets) and all(t["health"] == "up" for t in active)
+
+        wait_until(scraped, 60, "prometheus scraping every target")
+        return url
+
     def _died(self, name: str) -> bool:
         return self.procs[name].poll() is not None
 
