@@ -94,3 +94,33 @@ imagePullSecrets:
 securityContext:
   {{- include "celery-autoscale.podSecurityContext" . | nindent 2 }}
 {{- end }}
+
+{{/* The round-trip container of the helm test and the canary: sends the probe task to every
+queue and waits for each answer, exiting non-zero naming the queues that did not answer; with
+"record", writes each result to Redis for the reconciler's metrics.
+Include with (dict "root" $ "name" "canary" "timeout" 300 "record" true "resources" $resources). */}}
+{{- define "celery-autoscale.roundtripContainer" -}}
+{{- $root := .root -}}
+- name: {{ .name }}
+  image: {{ include "celery-autoscale.image" $root }}
+  imagePullPolicy: {{ $root.Values.image.pullPolicy }}
+  command: [python, -m, celery_autoscale.roundtrip]
+  args:
+    - --queues={{ include "celery-autoscale.celeryQueues" $root }}
+    - --timeout={{ .timeout }}
+    {{- if .record }}
+    - --record
+    {{- end }}
+  envFrom:
+    {{- include "celery-autoscale.celeryEnvFrom" $root | nindent 4 }}
+  env:
+    - name: CELERY_METRICS_PORT
+      value: "0"
+    {{- include "celery-autoscale.celeryEnvVars" $root | trim | nindent 4 }}
+  resources:
+    {{- toYaml .resources | nindent 4 }}
+  securityContext:
+    {{- include "celery-autoscale.containerSecurityContext" $root | nindent 4 }}
+  volumeMounts:
+    {{- include "celery-autoscale.celeryVolumeMounts" $root | nindent 4 }}
+{{- end }}
