@@ -7,9 +7,9 @@ from chart import by_kind, render_chart, render_manifests
 CRON = {"timezone": "Europe/Berlin", "start": "0 8 * * 1-5", "end": "0 18 * * 1-5", "desiredReplicas": 2}
 
 
-def rejected(values: dict) -> str:
+def rejected(values: dict, name: str = "rel") -> str:
     with pytest.raises(helm.HelmError) as err:
-        render_manifests(values)
+        render_manifests(values, name=name)
     return str(err.value)
 
 
@@ -28,6 +28,15 @@ def test_min_replicas_above_max_fails_the_render_naming_the_queue():
     # JSON Schema cannot compare two values, so the ScaledObject template checks it.
     message = rejected({"queues": {"cpu": {"autoscaling": {"minReplicaCount": 5, "maxReplicaCount": 2}}}})
     assert "queues.cpu.autoscaling: minReplicaCount (5) must not exceed maxReplicaCount (2)" in message
+
+
+def test_a_name_that_makes_kedas_hpa_name_too_long_fails_the_render_as_kedas_webhook_would():
+    """KEDA's webhook refuses a ScaledObject whose ``keda-hpa-<name>`` exceeds 63 characters."""
+    name = "payments-eu-west-1"
+    message = rejected({"queues": {"notifications": {"concurrency": 2}}}, name=name)
+    assert f"queues.notifications: KEDA names this queue's HPA keda-hpa-{name}-celery-autoscale-worker-notifications" \
+        in message and "longer than 63 characters" in message
+    render_manifests({}, name=name)  # the default queues' names still fit
 
 
 @pytest.mark.parametrize("expression", ["8am", "0 8 * *", "0 8 * * 1-5 2026", "0 8 * * 1;5"])

@@ -394,3 +394,15 @@ def test_the_canary_is_a_cronjob_that_never_overlaps_and_records_every_queue():
     [container] = job["template"]["spec"]["containers"]
     assert container["args"] == ["--queues=cpu,io,mixed", "--timeout=120", "--record"]
     assert not by_kind(render_chart({}), "CronJob")
+
+
+def test_keda_in_its_own_namespace_and_the_workers_reach_the_charts_redis_by_a_namespace_qualified_name():
+    """KEDA's operator resolves the trigger address in the `keda` namespace: a short Service name
+    would resolve there (to nothing), so the chart names `<service>.<namespace>.svc`."""
+    objects = render_chart({})
+    for so in by_kind(objects, "ScaledObject").values():
+        for trigger in so["spec"]["triggers"]:
+            if trigger["type"] == "redis":
+                assert trigger["metadata"]["address"] == "rel-celery-autoscale-redis.apps.svc:6379"
+    config = by_kind(objects, "ConfigMap")["rel-celery-autoscale-celery"]["data"]
+    assert config["CELERY_BROKER_URL"] == "redis://rel-celery-autoscale-redis.apps.svc:6379/0"

@@ -98,9 +98,11 @@ build_kwok() {
 }
 
 build_keda() {
-  local out="$cache/bin/keda-$KEDA_VERSION" dir="$cache/src/keda-$KEDA_VERSION"
-  if [ -x "$out/keda-operator" ] && [ -x "$out/keda-adapter" ]; then say "keda $KEDA_VERSION: cached"; return; fi
-  say "keda $KEDA_VERSION: building"
+  # The operator, the metrics adapter and the admission webhooks; a command already built is kept.
+  local out="$cache/bin/keda-$KEDA_VERSION" dir="$cache/src/keda-$KEDA_VERSION" missing=()
+  for cmd in operator adapter webhooks; do [ -x "$out/keda-$cmd" ] || missing+=("$cmd"); done
+  if [ ${#missing[@]} -eq 0 ]; then say "keda $KEDA_VERSION: cached"; return; fi
+  say "keda $KEDA_VERSION: building ${missing[*]}"
   wrapper "$dir" e2e.local/keda
   cd "$dir"
   local gomod
@@ -110,16 +112,17 @@ build_keda() {
     go mod edit -replace "$rep"
   done
   go mod edit -require "github.com/kedacore/keda/v2@$KEDA_VERSION"
-  for cmd in operator adapter; do
+  for cmd in "${missing[@]}"; do
     quiet go get "github.com/kedacore/keda/v2/cmd/$cmd@$KEDA_VERSION"
   done
-  mkdir -p "$out.tmp"
-  for cmd in operator adapter; do
+  mkdir -p "$out"
+  for cmd in "${missing[@]}"; do
     say "  go build keda $cmd"
+    # Each binary is moved into place whole: a reader never sees half of one.
     quiet go build -trimpath -ldflags "-s -w -X github.com/kedacore/keda/v2/version.Version=$KEDA_VERSION" \
-      -o "$out.tmp/keda-$cmd" "github.com/kedacore/keda/v2/cmd/$cmd"
+      -o "$out/.keda-$cmd.tmp" "github.com/kedacore/keda/v2/cmd/$cmd"
+    mv "$out/.keda-$cmd.tmp" "$out/keda-$cmd"
   done
-  rm -rf "$out" && mv "$out.tmp" "$out"
 }
 
 start=$(date +%s)

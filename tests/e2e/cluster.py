@@ -4,8 +4,9 @@
   kube-scheduler and the KWOK controller from the binaries ``build.sh`` built from their Go
   modules (pointed at through a KwokctlConfiguration file). KWOK stands in for nodes: it marks
   pods Running; :mod:`bridge` runs the real worker processes behind them.
-- KEDA's operator and metrics adapter run with the cluster's admin kubeconfig and TLS
-  certificates this module generates. ``v1beta1.external.metrics.k8s.io`` points at the
+- KEDA's operator, metrics adapter and admission webhooks run with the cluster's admin
+  kubeconfig and TLS certificates this module generates; KEDA's own
+  ValidatingWebhookConfiguration points at the webhooks by URL. ``v1beta1.external.metrics.k8s.io`` points at the
   adapter through an ExternalName Service to ``localhost`` (aggregator routing is off, so the
   apiserver dials the service's DNS name and the ban on loopback endpoint IPs does not apply).
 - :meth:`E2ECluster.stop` tears down in order: the APIService first, then KEDA, then the cluster.
@@ -58,6 +59,7 @@ def binaries() -> dict[str, Path]:
         "kwokctl": bin_dir / f"kwok-{v['KWOK_VERSION']}" / "kwokctl",
         "keda-operator": bin_dir / f"keda-{v['KEDA_VERSION']}" / "keda-operator",
         "keda-adapter": bin_dir / f"keda-{v['KEDA_VERSION']}" / "keda-adapter",
+        "keda-webhooks": bin_dir / f"keda-{v['KEDA_VERSION']}" / "keda-webhooks",
     }
     missing = [name for name, path in paths.items() if not path.exists()]
     if missing:
@@ -65,12 +67,29 @@ def binaries() -> dict[str, Path]:
     return paths
 
 
+def keda_module() -> Path:
+    """The KEDA Go module's source folder (downloaded by build.sh)."""
+    out = subprocess.run(["go", "mod", "download", "-json", f"github.com/kedacore/keda/v2@{versions()['KEDA_VERSION']}"],
+                         capture_output=True, text=True, check=True, cwd=cache_dir())
+    return Path(json.loads(out.stdout)["Dir"])
+
+
 def keda_crds() -> list[Path]:
     """All of KEDA's CRDs from the KEDA Go module itself (config/crd/bases): keda.sh and
     eventing.keda.sh (the operator stops when its CloudEventSource informers cannot sync)."""
-    out = subprocess.run(["go", "mod", "download", "-json", f"github.com/kedacore/keda/v2@{versions()['KEDA_VERSION']}"],
-                         capture_output=True, text=True, check=True, cwd=cache_dir())
-    return sorted((Path(json.loads(out.stdout)["Dir"]) / "config" / "crd" / "bases").glob("*.yaml"))
+    return sorted((keda_module() / "config" / "crd" / "bases").glob("*.yaml"))
+
+
+def keda_webhook_configuration(port: int, ca_bundle: str) -> dict:
+    """KEDA's own ValidatingWebhookConfiguration (config/webhooks/validation_webhooks.yaml in the
+    module), each webhook pointed at the host process by URL and set to ``failurePolicy: Fail``
+    (KEDA's chart says Ignore): an object the webhook cannot judge is refused, not let through."""
+    config = yaml.safe_load((keda_module() / "config" / "webhooks" / "validation_webhooks.yaml").read_text())
+    for hook in config["webhooks"]:
+        path = hook["clientConfig"]["service"]["path"]
+        hook["clientConfig"] = {"url": f"https://127.0.0.1:{port}{path}", "caBundle": ca_bundle}
+        hook["failurePolicy"] = "Fail"
+    return config
 
 
 def free_port() -> int:
@@ -212,7 +231,7 @@ class E2ECluster:
         service = f"keda-metrics-apiserver.{KEDA_NAMESPACE}.svc"
         certs = write_certificates(self.workdir / "keda-certs", [service, f"{service}.cluster.local", "localhost", "127.0.0.1"])
         self.keda_ports = {name: free_port() for name in ("grpc", "adapter", "metrics", "probe", "adapter-metrics",
-                                                          "pprof")}
+                                                          "pprof", "webhooks", "webhooks-metrics", "webhooks-probe")}
         self.kubectl("create", "namespace", KEDA_NAMESPACE)
         for crd in keda_crds():
             self.kubectl("apply", "--server-side", "-f", str(crd))
@@ -238,7 +257,16 @@ class E2ECluster:
             f"--cert-dir={cert_dir}", f"--port={self.keda_ports['adapter-metrics']}",
             f"--metrics-service-address=localhost:{self.keda_ports['grpc']}",
         ], keda_env)
+        # KEDA's admission webhooks, as KEDA's chart installs them: every ScaledObject is judged.
+        self._spawn("keda-webhooks", [
+            str(self.bins["keda-webhooks"]), "--kubeconfig", str(self.kubeconfig),
+            f"--port={self.keda_ports['webhooks']}", f"--cert-dir={cert_dir}",
+            f"--metrics-bind-address=127.0.0.1:{self.keda_ports['webhooks-metrics']}",
+            f"--health-probe-bind-address=127.0.0.1:{self.keda_ports['webhooks-probe']}", "--zap-log-level=info",
+        ], keda_env)
         ca_bundle = base64.b64encode(certs["ca.crt"].read_bytes()).decode()
+        self._wait(lambda: self._listening(self.keda_ports["webhooks"]), 120, "KEDA admission webhooks")
+        self.apply(keda_webhook_configuration(self.keda_ports["webhooks"], ca_bundle))
         self.apply(
             {"apiVersion": "v1", "kind": "Service",
              "metadata": {"name": "keda-metrics-apiserver", "namespace": KEDA_NAMESPACE},
@@ -253,9 +281,19 @@ class E2ECluster:
         )
         self._wait(self._external_metrics_available, 180, "KEDA metrics adapter behind the aggregator")
 
+    def _listening(self, port: int) -> bool:
+        import socket
+
+        self.keda_alive()
+        try:
+            socket.create_connection(("127.0.0.1", port), 1).close()
+            return True
+        except OSError:
+            return False
+
     def keda_alive(self) -> None:
         """Raises RuntimeError naming the log of a KEDA process that exited."""
-        for name in ("keda-operator", "keda-adapter"):
+        for name in ("keda-operator", "keda-adapter", "keda-webhooks"):
             if self.procs[name].poll() is not None:
                 raise RuntimeError(f"{name} exited; see {self.workdir / (name + '.log')}")
 
@@ -273,7 +311,9 @@ class E2ECluster:
         if self.kubeconfig.exists():
             self.kubectl("delete", "apiservice", "v1beta1.external.metrics.k8s.io", "--ignore-not-found",
                          "--wait=false", check=False)
-        for name in ("keda-adapter", "keda-operator"):
+            self.kubectl("delete", "validatingwebhookconfiguration", "keda-admission", "--ignore-not-found",
+                         "--wait=false", check=False)
+        for name in ("keda-webhooks", "keda-adapter", "keda-operator"):
             proc = self.procs.pop(name, None)
             if proc and proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGTERM)

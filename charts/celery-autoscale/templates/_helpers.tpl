@@ -54,8 +54,11 @@ app.kubernetes.io/component: {{ .component }}
 {{- if .Values.image.digest }}{{ .Values.image.repository }}@{{ .Values.image.digest }}{{ else }}{{ .Values.image.repository }}:{{ $tag }}{{ end }}
 {{- end }}
 
+{{/* The Redis host as every client resolves it: the chart's own Redis by its Service's
+namespace-qualified name (KEDA's operator runs in another namespace, where the short name would
+resolve to nothing), else redis.external.host. */}}
 {{- define "celery-autoscale.redisHost" -}}
-{{- if .Values.redis.enabled }}{{ include "celery-autoscale.fullname" . }}-redis{{ else }}{{ required "redis.external.host is required when redis.enabled is false" .Values.redis.external.host }}{{ end }}
+{{- if .Values.redis.enabled }}{{ include "celery-autoscale.fullname" . }}-redis.{{ .Release.Namespace }}.svc{{ else }}{{ required "redis.external.host is required when redis.enabled is false" .Values.redis.external.host }}{{ end }}
 {{- end }}
 
 {{- define "celery-autoscale.redisPort" -}}
