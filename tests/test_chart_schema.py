@@ -30,12 +30,12 @@ def test_min_replicas_above_max_fails_the_render_naming_the_queue():
     assert "queues.cpu.autoscaling: minReplicaCount (5) must not exceed maxReplicaCount (2)" in message
 
 
-def test_a_name_that_makes_kedas_hpa_name_too_long_fails_the_render_as_kedas_webhook_would():
-    """KEDA's webhook refuses a ScaledObject whose ``keda-hpa-<name>`` exceeds 63 characters."""
-    name = "payments-eu-west-1"
-    message = rejected({"queues": {"notifications": {"concurrency": 2}}}, name=name)
-    assert f"queues.notifications: KEDA names this queue's HPA keda-hpa-{name}-celery-autoscale-worker-notifications" \
-        in message and "longer than 63 characters" in message
+def test_a_scaledobject_name_longer_than_63_characters_fails_the_render_as_kedas_webhook_would():
+    """KEDA's webhook refuses a ScaledObject name (a label value) over 63 characters."""
+    name = "payments-team-eu-west-1"
+    message = rejected({"queues": {"notifications-digest": {"concurrency": 2}}}, name=name)
+    assert (f"queues.notifications-digest: the ScaledObject name {name}-celery-autoscale-worker-notifications-digest "
+            "is longer than 63 characters, which KEDA refuses") in message
     render_manifests({}, name=name)  # the default queues' names still fit
 
 
