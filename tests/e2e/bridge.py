@@ -12,13 +12,25 @@ Where a host differs from a pod, the bridge translates and says so here:
 - a mount path becomes ``<workdir>/<pod>/<volume>``, and env values under a mount path follow it
   (except ``PYTHONPATH``, which names code on this host: a user's image would hold that code);
 - ``%h`` in the args becomes the pod name (a pod's hostname is its name; here all share one host);
-- ``CELERY_METRICS_PORT`` becomes a free port (pods have a network namespace each; here they share one);
+- ``CELERY_METRICS_PORT`` and a ``--metrics-port=`` argument become a free port (pods have a
+  network namespace each; here they share one);
 - ``celery`` and ``python`` run with this interpreter, where the package is installed;
 - a pod that mounts its service account token (``automountServiceAccountToken: true``) gets a
   token of that service account from the TokenRequest API in a kubeconfig named by
   ``KUBECONFIG`` (a process here cannot read ``/var/run/secrets``), so it acts with exactly that
   account's RBAC, not the test's;
-- ``fieldRef`` env values give the pod's ``metadata.namespace`` and ``metadata.name``.
+- ``fieldRef`` env values give the pod's ``metadata.namespace`` and ``metadata.name``;
+- a mount path inside an argument (a ``sh -c`` script) becomes its folder too; ``sh`` is the host's;
+- a PersistentVolumeClaim is a folder ``<workdir>/volumes/<claim>`` that outlives its pods, as the
+  claim does; every other volume is new with each pod (``<workdir>/<pod>-<uid>/<volume>``);
+- a pod behind a Service listens on that Service's loopback address (:mod:`services`), which
+  ``/etc/hosts`` names as cluster DNS would: ``redis-server`` gets ``--bind <address>``, Flower
+  ``--address=<address>``; any other pod that serves ports behind a Service fails loudly;
+- a pod that replaces one of the same name (a StatefulSet's) starts after the old process exited,
+  as the kubelet guarantees for StatefulSet pods;
+- a Job's pod ends as its process does: the bridge sets the pod's phase ``Succeeded`` or
+  ``Failed`` with the exit code (KWOK's stage that completes Job pods at once is left out of the
+  cluster's stages, see :mod:`cluster`).
 """
 
 from __future__ import annotations
@@ -54,13 +66,17 @@ class Running:
     proc: subprocess.Popen
     grace: int
     started: float = field(default_factory=time.time)
+    job: bool = False  # a Job's pod: its exit ends the pod
+    container: tuple[str, str] = ("", "")  # name, image
 
 
 class PodBridge:
     """Watch the pods matching ``selector`` in ``namespace`` and mirror them as processes."""
 
-    def __init__(self, api: client.CoreV1Api, namespace: str, selector: str, workdir: Path):
+    def __init__(self, api: client.CoreV1Api, namespace: str, selector: str, workdir: Path, services=None):
         self.api, self.namespace, self.selector = api, namespace, selector
+        self.services = services  # services.ServiceAddresses, or None: no pod serves behind a Service
+        self.exiting: dict[str, subprocess.Popen] = {}  # pod name -> process sent SIGTERM
         self.workdir = Path(workdir)
         self.running: dict[str, Running] = {}  # pod uid -> process
         self.events: list[tuple[float, str, str]] = []  # (time, pod, "started" | "sigterm" | "exited N")
@@ -95,6 +111,11 @@ class PodBridge:
                 logger.exception("pod watch failed; retrying")
                 time.sleep(1)
             self._reap_exited()
+            if self.services is not None:  # names for KEDA before any pod of a new Service runs
+                try:
+                    self.services.refresh()
+                except Exception:
+                    logger.exception("could not refresh the Service names")
 
     def _handle(self, kind: str, pod: client.V1Pod) -> None:
         uid = pod.metadata.uid
@@ -107,7 +128,13 @@ class PodBridge:
     # -- one pod ------------------------------------------------------------------------------
     def _launch(self, pod: client.V1Pod) -> None:
         name = pod.metadata.name
-        home = self.workdir / name
+        previous = self.exiting.pop(name, None)
+        if previous is not None:  # the pod this one replaces must be gone first
+            try:
+                previous.wait(60)
+            except subprocess.TimeoutExpired:
+                pass
+        home = self.workdir / f"{name}-{pod.metadata.uid[:8]}"
         mounts = self._materialize_volumes(pod, home)
         container = pod.spec.containers[0]
         env = self._container_env(container, pod)
@@ -124,6 +151,12 @@ class PodBridge:
             env["CELERY_METRICS_PORT"] = str(free_port())
         argv = [a.replace("%h", name) for a in [*(container.command or []), *(container.args or [])]]
         argv = [VAR.sub(lambda m: env.get(m.group(1), m.group(0)), a) for a in argv]
+        argv = [self._host_paths(a, mounts) for a in argv]
+        argv = [f"--metrics-port={free_port()}" if a.startswith("--metrics-port=") and a != "--metrics-port=0" else a
+                for a in argv]
+        address = self.services.for_pod(pod) if self.services else None
+        if address:
+            argv = self._bind(pod, argv, address)
         if argv and argv[0] == "celery":
             argv = [sys.executable, "-m", "celery", *argv[1:]]
         elif argv and argv[0] == "python":
@@ -133,18 +166,41 @@ class PodBridge:
         proc = subprocess.Popen(argv, env=process_env, cwd=home, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)
         log.close()
+        job = any(ref.kind == "Job" for ref in pod.metadata.owner_references or [])
         with self._lock:
-            self.running[pod.metadata.uid] = Running(name, proc, pod.spec.termination_grace_period_seconds or 30)
+            self.running[pod.metadata.uid] = Running(name, proc, pod.spec.termination_grace_period_seconds or 30,
+                                                     job=job, container=(container.name, container.image))
             self.events.append((time.time(), name, "started"))
         logger.info("pod %s: started pid %d: %s", name, proc.pid, " ".join(argv))
 
+    @staticmethod
+    def _host_paths(arg: str, mounts: dict[str, Path]) -> str:
+        """``arg`` with each mount path in it (a word of a script) replaced by its folder."""
+        if not mounts:
+            return arg
+        # One pass, longest path first: a folder put in must not be translated again.
+        paths = {m.rstrip("/"): str(local) for m, local in mounts.items()}
+        pattern = "|".join(re.escape(p) for p in sorted(paths, key=len, reverse=True))
+        return re.sub(r"(?<![\w./-])(" + pattern + r")(?=[/\s\"')]|$)", lambda m: paths[m.group(1)], arg)
+
+    @staticmethod
+    def _bind(pod: client.V1Pod, argv: list[str], address: str) -> list[str]:
+        """``argv`` listening on ``address``, the pod's Service address (see the module docs)."""
+        if argv[:2] == ["sh", "-c"] and "redis-server" in argv[2]:
+            return [*argv[:2], f"{argv[2]} --bind {address}", *argv[3:]]
+        if "celery_autoscale.flower" in argv:
+            return [*argv, f"--address={address}"]
+        raise ValueError(f"the bridge cannot make pod {pod.metadata.name} listen on its Service address: {argv}")
+
     def _materialize_volumes(self, pod: client.V1Pod, home: Path) -> dict[str, Path]:
-        """Each volume as a folder under ``home``; returns ``{mountPath: folder}``."""
+        """Each volume as a folder under ``home`` (a claim's under ``volumes/``); returns ``{mountPath: folder}``."""
         home.mkdir(parents=True, exist_ok=True)
         folders: dict[str, Path] = {}
         for volume in pod.spec.volumes or []:
             folder = home / volume.name
-            folder.mkdir(exist_ok=True)
+            if volume.persistent_volume_claim is not None:
+                folder = self.workdir / "volumes" / volume.persistent_volume_claim.claim_name
+            folder.mkdir(parents=True, exist_ok=True)
             if volume.secret is not None:
                 data = self.api.read_namespaced_secret(volume.secret.secret_name, self.namespace).data or {}
                 self._write_items(folder, {k: base64.b64decode(v) for k, v in data.items()}, volume.secret.items)
@@ -215,6 +271,7 @@ class PodBridge:
             self.events.append((time.time(), running.pod, "sigterm"))
         if running.proc.poll() is None:
             running.proc.send_signal(signal.SIGTERM)
+            self.exiting[running.pod] = running.proc
 
         def reap():
             try:
@@ -230,12 +287,35 @@ class PodBridge:
         self._reapers.append(reaper)
 
     def _reap_exited(self) -> None:
-        """A process that died on its own stays recorded; a real pod would restart it."""
+        """A Job pod's exit ends the pod; another process that died on its own stays recorded (a
+        real pod would restart it)."""
         with self._lock:
             for uid, running in list(self.running.items()):
+                if running.job and running.proc.poll() is not None:
+                    self._complete(running)
+                    del self.running[uid]
+                    self.events.append((time.time(), running.pod, f"exited {running.proc.returncode}"))
+                    continue
                 if running.proc.poll() is not None and not any(
                         e[1] == running.pod and e[2].startswith("crashed") for e in self.events):
                     self.events.append((time.time(), running.pod, f"crashed {running.proc.returncode}"))
+
+    def _complete(self, running: Running) -> None:
+        """Set a Job pod's phase from its process's exit code, as the kubelet reports it."""
+        import datetime
+
+        code = running.proc.returncode
+        now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        began = datetime.datetime.fromtimestamp(running.started, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        name, image = running.container
+        status = {"phase": "Succeeded" if code == 0 else "Failed", "containerStatuses": [{
+            "name": name, "image": image, "imageID": "", "ready": False, "restartCount": 0, "started": False,
+            "state": {"terminated": {"exitCode": code, "reason": "Completed" if code == 0 else "Error",
+                                     "startedAt": began, "finishedAt": now}}}]}
+        try:
+            self.api.patch_namespaced_pod_status(running.pod, self.namespace, {"status": status})
+        except Exception:
+            logger.exception("could not complete pod %s", running.pod)
 
     def processes(self) -> dict[str, int]:
         """Live processes by pod name."""

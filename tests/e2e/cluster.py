@@ -3,7 +3,8 @@
 - ``kwokctl --runtime binary`` starts etcd, kube-apiserver, kube-controller-manager,
   kube-scheduler and the KWOK controller from the binaries ``build.sh`` built from their Go
   modules (pointed at through a KwokctlConfiguration file). KWOK stands in for nodes: it marks
-  pods Running; :mod:`bridge` runs the real worker processes behind them.
+  pods Running; :mod:`bridge` runs the real processes behind them and ends Job pods itself
+  (KWOK's own ``pod-complete`` stage is left out).
 - KEDA's operator, metrics adapter and admission webhooks run with the cluster's admin
   kubeconfig and TLS certificates this module generates; KEDA's own
   ValidatingWebhookConfiguration points at the webhooks by URL. ``v1beta1.external.metrics.k8s.io`` points at the
@@ -78,6 +79,19 @@ def keda_crds() -> list[Path]:
     """All of KEDA's CRDs from the KEDA Go module itself (config/crd/bases): keda.sh and
     eventing.keda.sh (the operator stops when its CloudEventSource informers cannot sync)."""
     return sorted((keda_module() / "config" / "crd" / "bases").glob("*.yaml"))
+
+
+def kwok_stages() -> list[dict]:
+    """KWOK's default stages for ``--runtime binary`` (its ``fast`` node and pod stages, the
+    heartbeat with leases) except ``pod-complete``, which would mark a Job's pod Succeeded the
+    moment it runs: the bridge ends Job pods with their real exit code instead."""
+    out = subprocess.run(["go", "mod", "download", "-json", f"sigs.k8s.io/kwok@{versions()['KWOK_VERSION']}"],
+                         capture_output=True, text=True, check=True, cwd=cache_dir())
+    stage = Path(json.loads(out.stdout)["Dir"]) / "kustomize" / "stage"
+    files = [stage / "node" / "fast" / "node-initialize.yaml",
+             stage / "node" / "heartbeat-with-lease" / "node-heartbeat-with-lease.yaml",
+             stage / "pod" / "fast" / "pod-ready.yaml", stage / "pod" / "fast" / "pod-delete.yaml"]
+    return [yaml.safe_load(f.read_text()) for f in files]
 
 
 def keda_webhook_configuration(port: int, ca_bundle: str) -> dict:
@@ -215,7 +229,7 @@ class E2ECluster:
             }],
         }
         path = self.workdir / "kwokctl.yaml"
-        path.write_text(yaml.safe_dump(config))
+        path.write_text(yaml.safe_dump_all([config, *kwok_stages()]))
         subprocess.run([str(b["kwokctl"]), "create", "cluster", "--name", CLUSTER_NAME, "--config", str(path),
                         "--kubeconfig", str(self.kubeconfig), "--wait", "120s"],
                        check=True, env=self.env, capture_output=True, text=True, timeout=300)

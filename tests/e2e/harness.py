@@ -27,8 +27,9 @@ RUN_DIR = Path(os.environ.get("E2E_RUN_DIR", "/tmp/celery-autoscale-e2e"))
 KUBECONFIG = RUN_DIR / "cluster" / "kubeconfig"
 NAMESPACE = "celery"
 RELEASE = "ci"
-#: Releases whose worker pods the bridge runs: the sample app's, and a user's own app's.
-BRIDGED_RELEASES = (RELEASE, "plain", "sentinel")
+#: Releases whose pods the bridge runs: the sample app's, a user's own app's, one behind Sentinel,
+#: and the environment values files' with the chart's own Redis and Flower.
+BRIDGED_RELEASES = (RELEASE, "plain", "sentinel", "staging", "dev")
 REDIS_PORT = 16379
 CI_VALUES = yaml.safe_load((ROOT / "values" / "ci.yaml").read_text())
 QUEUES = ("cpu", "io", "mixed")
@@ -94,6 +95,7 @@ def environment(run_dir: Path = RUN_DIR):
     from bridge import PodBridge
     from cluster import E2ECluster
     from kubernetes import client, config
+    from services import ServiceAddresses
 
     from loadgen.stack import LocalStack
 
@@ -113,15 +115,17 @@ def environment(run_dir: Path = RUN_DIR):
             chart = helm.Chart.load(ROOT / "charts" / "celery-autoscale")
             hc.install(chart, RELEASE, CI_VALUES, namespace=NAMESPACE, timeout=120)
             api = client.CoreV1Api(config.new_client_from_config(str(cluster.kubeconfig)))
+            services = ServiceAddresses(api, NAMESPACE)
             bridge = PodBridge(api, NAMESPACE,
                                f"app.kubernetes.io/instance in ({','.join(BRIDGED_RELEASES)}),"
-                               "app.kubernetes.io/component in (worker,reconciler)",
-                               run_dir / "pods")
+                               "app.kubernetes.io/component in (worker,reconciler,redis,flower,helm-test)",
+                               run_dir / "pods", services=services)
             bridge.start()
             try:
                 yield Release(cluster, hc, chart, redis, bridge)
             finally:
                 bridge.stop()
+                services.stop()
                 hc.uninstall(RELEASE, timeout=60)
         finally:
             cluster.stop()
