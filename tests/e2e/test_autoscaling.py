@@ -14,7 +14,7 @@ import pytest
 from harness import (CI_VALUES, KUBECONFIG, NAMESPACE, QUEUES, ROOT, merge, scale_down_with_busy_and_idle_pods,
                      wait_for, worker)
 
-from celery_autoscale import backlog
+from celery_autoscale import backlog, in_flight_key
 
 pytestmark = [pytest.mark.e2e, pytest.mark.k8s(provider="external", k8s_kubeconfig=str(KUBECONFIG))]
 
@@ -208,8 +208,13 @@ def test_a_queue_whose_only_pod_dies_mid_task_is_scaled_up_again_and_the_task_co
     result = producer.send_task("tasks.io.transfer", kwargs={"size_bytes": 0, "wait_seconds": 8}, queue="io",
                                 time_limit=3)  # the threads pool does not enforce it; the record does
     settings = release.settings()
-    wait_for(lambda: backlog(release.redis.client(), "io", settings).in_flight == 1, 120, "the task running")
-    [(pod, pid)] = [(p, pid) for p, pid in release.bridge.processes().items() if p.startswith(worker("io"))]
+    client = release.redis.client()
+
+    def running_on():  # this task in flight (not another test's leftover entry) and the io pods' processes
+        pods = [(p, pid) for p, pid in release.bridge.processes().items() if p.startswith(worker("io"))]
+        return pods if client.zscore(in_flight_key("io", settings.key_prefix), result.id) is not None else []
+
+    [(pod, pid)] = wait_for(running_on, 120, "the task running on the only io pod")
     os.killpg(pid, signal.SIGKILL)
     release.cluster.kubectl("delete", "pod", pod, "-n", NAMESPACE, "--grace-period=0", "--force", "--wait=false")
     killed = time.monotonic()
