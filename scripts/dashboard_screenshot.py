@@ -31,15 +31,6 @@ import monitoring  # noqa: E402
 NAMESPACE = monitoring.NAMESPACE
 
 
-def rules() -> dict:
-    import helm_python as helm
-
-    values = {"metrics": {"prometheusRule": {"enabled": True, "rateWindow": "30s"}}, "canary": {"enabled": True}}
-    with helm.Chart.load(monitoring.CHART) as chart:
-        rendered = chart.render(values, name=NAMESPACE, namespace=NAMESPACE, is_install=True)
-    return yaml.safe_load(next(t for p, t in rendered.items() if p.endswith("prometheusrule.yaml")))["spec"]
-
-
 def query_range(url: str, expr: str, start: float, end: float) -> list[dict]:
     params = urllib.parse.urlencode({"query": expr, "start": start, "end": end, "step": 5})
     with urllib.request.urlopen(f"{url}/api/v1/query_range?{params}", timeout=30) as response:
@@ -93,7 +84,8 @@ def main(argv: list[str] | None = None) -> int:
             stack.start_worker(WorkerSpec(queue, pool, concurrency=2))
         port = free_port()
         stack.start_reconciler("--interval", "1", "--metrics-port", str(port), "--queues", "cpu,io,mixed")
-        url = stack.start_prometheus(rules(), [*stack.metrics_ports.values(), port], labels={"namespace": NAMESPACE})
+        url = stack.start_prometheus(monitoring.rule_spec({"rateWindow": "30s"}), [*stack.metrics_ports.values(), port],
+                                     labels={"namespace": NAMESPACE})
         env = stack.process_env()
         start = time.time()
         subprocess.run([sys.executable, "-m", "celery_autoscale.roundtrip", "--queues", "cpu,io,mixed", "--record",

@@ -55,15 +55,20 @@ PANELS = [
 EXTERNAL = {PANELS[-1][0]}
 
 
-def rules_text() -> str:
-    """The plain rules file: the PrometheusRule's spec for the default values."""
+def rule_spec(prometheus_rule: dict | None = None) -> dict:
+    """The PrometheusRule's spec rendered by the Helm SDK for release and namespace
+    :data:`RELEASE`, the canary on, and ``prometheus_rule`` over ``metrics.prometheusRule``."""
     import helm_python as helm
 
-    values = {"metrics": {"prometheusRule": {"enabled": True}}, "canary": {"enabled": True}}
+    values = {"metrics": {"prometheusRule": {**(prometheus_rule or {}), "enabled": True}}, "canary": {"enabled": True}}
     with helm.Chart.load(CHART) as chart:
         rendered = chart.render(values, name=RELEASE, namespace=NAMESPACE, is_install=True)
-    text = next(t for path, t in rendered.items() if path.endswith("monitoring/prometheusrule.yaml"))
-    spec = yaml.safe_load(text)["spec"]
+    return yaml.safe_load(next(t for path, t in rendered.items() if path.endswith("monitoring/prometheusrule.yaml")))["spec"]
+
+
+def rules_text() -> str:
+    """The plain rules file: the PrometheusRule's spec for the default values."""
+    spec = rule_spec()
 
     class Literal(yaml.SafeDumper):
         pass

@@ -16,28 +16,29 @@ import json
 
 from ._backlog import KEY_PREFIX, as_text
 
-__all__ = ["KEY", "record", "results"]
+__all__ = ["KEY", "parse", "record", "results"]
 
 #: The hash of results, queue -> JSON object (after kombu's ``global_keyprefix``).
 KEY = f"{KEY_PREFIX}:canary"
 
 
-def results(client, prefix: str = "") -> dict[str, dict]:
-    """Queue -> last recorded result; entries that are not JSON objects are skipped."""
-    out = {}
-    for queue, raw in client.hgetall(prefix + KEY).items():
-        try:
-            value = json.loads(raw)
-        except ValueError:
-            continue
-        if isinstance(value, dict):
-            out[as_text(queue)] = value
-    return out
+def parse(raw) -> dict | None:
+    """One stored result, or None when it is not a JSON object."""
+    try:
+        value = json.loads(raw) if raw is not None else None
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def results(stored: dict) -> dict[str, dict]:
+    """Queue -> result, from the hash's ``HGETALL`` reply; malformed entries are skipped."""
+    return {as_text(queue): value for queue, raw in stored.items() if (value := parse(raw)) is not None}
 
 
 def record(client, queue: str, started: float, round_trip: float | None, prefix: str = "") -> dict:
     """Store one run's result for ``queue``: ``round_trip`` seconds, or None when it failed."""
-    previous = results(client, prefix).get(queue, {})
+    previous = parse(client.hget(prefix + KEY, queue)) or {}
     result = {"last_run": started, "success": int(round_trip is not None),
               "round_trip": previous.get("round_trip"), "last_success": previous.get("last_success")}
     if round_trip is not None:

@@ -6,7 +6,7 @@ import argparse
 import sys
 
 __all__ = ["EXIT_BAD_INPUT", "EXIT_BROKER", "EXIT_FAILED", "Parser", "add_app_option", "app_from", "error",
-           "positive_int"]
+           "positive_int", "queue_names"]
 
 #: Exit codes of every command of this project: 1 the job failed (tasks lost or failed, a queue
 #: did not answer), 2 bad input (nothing was done), 3 the broker cannot be reached.
@@ -35,6 +35,11 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
+
+
+def queue_names(text: str) -> list[str]:
+    """Celery queue names from a comma-separated list (empty items dropped)."""
+    return [q.strip() for q in text.split(",") if q.strip()]
 
 
 def add_app_option(parser: argparse.ArgumentParser) -> None:

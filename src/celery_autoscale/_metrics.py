@@ -154,6 +154,7 @@ class BrokerCollector:
     def collect(self):
         from prometheus_client.core import GaugeMetricFamily
 
+        from ._canary import KEY as CANARY_KEY
         from ._canary import results
         from ._deadletter import key as dead_letter_key
         from ._parking import PARKED_ETA_KEY
@@ -163,8 +164,8 @@ class BrokerCollector:
             pipe = self.client.pipeline(transaction=False)
             pipe.zcard(prefix + PARKED_ETA_KEY)
             pipe.llen(dead_letter_key(self.settings))
-            parked, dead = pipe.execute()
-            canary = results(self.client, prefix)
+            pipe.hgetall(prefix + CANARY_KEY)
+            parked, dead, stored = pipe.execute()
         except Exception as exc:  # a scrape must not fail because Redis blinked
             logger.warning("broker state unavailable: %s", type(exc).__name__)
             return
@@ -181,7 +182,7 @@ class BrokerCollector:
             "round_trip": GaugeMetricFamily("celery_autoscale_canary_round_trip_seconds",
                                             "Seconds from send to answer of the last success.", labels=["queue"]),
         }
-        for queue, result in sorted(canary.items()):
+        for queue, result in sorted(results(stored).items()):
             for name, family in families.items():
                 if result.get(name) is not None:
                     family.add_metric([queue], float(result[name]))

@@ -3,7 +3,7 @@
     python -m celery_autoscale.reconciler [--app MODULE:ATTR] [--interval 10] [--margin 30]
                                           [--heartbeat-file /tmp/celery-heartbeat] [--once]
                                           [--deletion-cost-selector SELECTOR [--namespace NS]]
-                                          [--metrics-port 9808 --queues Q,...]
+                                          [--metrics-port 9809 --queues Q,...]
 
 Each round (every ``--interval`` seconds) restores, without any worker of the queue running:
 messages unacknowledged for longer than the visibility timeout (kombu's ``restore_visible``),
@@ -30,7 +30,7 @@ import os
 import sys
 import time
 
-from ._cli import EXIT_BAD_INPUT, EXIT_BROKER, Parser, add_app_option, app_from, error
+from ._cli import EXIT_BAD_INPUT, EXIT_BROKER, Parser, add_app_option, app_from, error, queue_names
 
 
 def seconds(text: str) -> float:
@@ -124,9 +124,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.metrics_port:
         from ._metrics import BacklogCollector, BrokerCollector, serve
 
-        queues = [q.strip() for q in args.queues.split(",") if q.strip()]
         try:
-            serve(args.metrics_port, BacklogCollector(settings, queues, client), BrokerCollector(settings, client))
+            serve(args.metrics_port, BacklogCollector(settings, queue_names(args.queues), client),
+                  BrokerCollector(settings, client))
         except OSError as exc:
             return error(f"--metrics-port {args.metrics_port}: {exc.strerror or exc}", EXIT_BAD_INPUT)
     while True:

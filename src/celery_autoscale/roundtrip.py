@@ -19,7 +19,7 @@ import sys
 import time
 import uuid
 
-from ._cli import Parser, EXIT_BAD_INPUT, EXIT_BROKER, EXIT_FAILED, add_app_option, app_from, error
+from ._cli import EXIT_BAD_INPUT, EXIT_BROKER, EXIT_FAILED, Parser, add_app_option, app_from, error, queue_names
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="write each queue's result to Redis for the reconciler's canary metrics")
     add_app_option(p)
     args = p.parse_args(argv)
-    queues = [q.strip() for q in args.queues.split(",") if q.strip()]
+    queues = queue_names(args.queues)
     if not queues:
         return error("--queues: give at least one queue", EXIT_BAD_INPUT)
     if not (math.isfinite(args.timeout) and args.timeout > 0):

@@ -37,7 +37,8 @@ groups:
 {{- if kindIs "map" $cfg }}
 {{- $w := mergeOverwrite (deepCopy $.Values.workerDefaults) (deepCopy $cfg) }}
 {{- $a := $w.autoscaling }}
-{{- $q := printf "%s, queue=%q" $sel ($w.queue | default $queue) }}
+{{- $cq := $w.queue | default $queue }}
+{{- $q := printf "%s, queue=%q" $sel $cq }}
 {{- $target := $a.listLength | default $w.concurrency | int }}
       {{- if and $a.enabled $al.capacityExhausted.enabled }}
       - alert: CeleryAutoscaleCapacityExhausted
@@ -45,9 +46,9 @@ groups:
           sum(max by (part) (celery_autoscale_backlog_tasks{ {{- $q -}} })) > {{ mulf $al.capacityExhausted.backlogFactor $target }}
           and on() count(celery_autoscale_worker_heartbeat_timestamp_seconds{ {{- $q -}} }) >= {{ $a.maxReplicaCount }}
         for: {{ $al.capacityExhausted.for }}
-        labels: {severity: {{ $al.capacityExhausted.severity }}, queue: {{ $w.queue | default $queue | quote }}}
+        labels: {severity: {{ $al.capacityExhausted.severity }}, queue: {{ $cq | quote }}}
         annotations:
-          summary: Queue {{ $w.queue | default $queue }} has more work than its maxReplicaCount ({{ $a.maxReplicaCount }}) can take.
+          summary: Queue {{ $cq }} has more work than its maxReplicaCount ({{ $a.maxReplicaCount }}) can take.
           description: The backlog is {{`{{ $value }}`}} tasks, above {{ $al.capacityExhausted.backlogFactor }} × the target of {{ $target }} per replica, with {{ $a.maxReplicaCount }} workers running.
       {{- end }}
       {{- if $al.queueWithoutWorker.enabled }}
@@ -56,18 +57,18 @@ groups:
           sum(max by (part) (celery_autoscale_backlog_tasks{ {{- $q -}}, part="queued"})) > 0
           unless on() count(time() - celery_autoscale_worker_heartbeat_timestamp_seconds{ {{- $q -}} } < {{ $w.probes.readiness.maxAge }}) > 0
         for: {{ $al.queueWithoutWorker.for }}
-        labels: {severity: {{ $al.queueWithoutWorker.severity }}, queue: {{ $w.queue | default $queue | quote }}}
+        labels: {severity: {{ $al.queueWithoutWorker.severity }}, queue: {{ $cq | quote }}}
         annotations:
-          summary: Tasks wait in queue {{ $w.queue | default $queue }} and no worker of it is ready.
+          summary: Tasks wait in queue {{ $cq }} and no worker of it is ready.
           description: '{{`{{ $value }}`}} tasks are waiting; scaling from zero or the workers'' start is broken.'
       {{- end }}
       {{- if $al.queueWaitHigh.enabled }}
       - alert: CeleryAutoscaleQueueWaitHigh
         expr: histogram_quantile(0.95, sum by (le) (rate(celery_autoscale_queue_wait_seconds_bucket{ {{- $q -}} }[{{ $win }}]))) > {{ $al.queueWaitHigh.seconds }}
         for: {{ $al.queueWaitHigh.for }}
-        labels: {severity: {{ $al.queueWaitHigh.severity }}, queue: {{ $w.queue | default $queue | quote }}}
+        labels: {severity: {{ $al.queueWaitHigh.severity }}, queue: {{ $cq | quote }}}
         annotations:
-          summary: Tasks of queue {{ $w.queue | default $queue }} wait too long before they start.
+          summary: Tasks of queue {{ $cq }} wait too long before they start.
           description: 'p95 queue wait is {{`{{ $value | humanizeDuration }}`}}, above {{ $al.queueWaitHigh.seconds }} s.'
       {{- end }}
       {{- if $al.failureRatioHigh.enabled }}
@@ -76,18 +77,18 @@ groups:
           sum(rate(celery_autoscale_tasks_total{ {{- $q -}}, state="failure"}[{{ $win }}]))
           / sum(rate(celery_autoscale_tasks_total{ {{- $q -}} }[{{ $win }}])) > {{ $al.failureRatioHigh.ratio }}
         for: {{ $al.failureRatioHigh.for }}
-        labels: {severity: {{ $al.failureRatioHigh.severity }}, queue: {{ $w.queue | default $queue | quote }}}
+        labels: {severity: {{ $al.failureRatioHigh.severity }}, queue: {{ $cq | quote }}}
         annotations:
-          summary: Many tasks of queue {{ $w.queue | default $queue }} fail.
+          summary: Many tasks of queue {{ $cq }} fail.
           description: '{{`{{ $value | humanizePercentage }}`}} of task runs ended in failure over {{ $win }}.'
       {{- end }}
       {{- if $al.heartbeatStale.enabled }}
       - alert: CeleryAutoscaleHeartbeatStale
         expr: time() - celery_autoscale_worker_heartbeat_timestamp_seconds{ {{- $q -}} } > {{ $w.probes.readiness.maxAge }}
         for: {{ $al.heartbeatStale.for }}
-        labels: {severity: {{ $al.heartbeatStale.severity }}, queue: {{ $w.queue | default $queue | quote }}}
+        labels: {severity: {{ $al.heartbeatStale.severity }}, queue: {{ $cq | quote }}}
         annotations:
-          summary: A worker of queue {{ $w.queue | default $queue }} stopped consuming.
+          summary: A worker of queue {{ $cq }} stopped consuming.
           description: 'Its last heartbeat is {{`{{ $value | humanizeDuration }}`}} old (readiness maxAge {{ $w.probes.readiness.maxAge }} s).'
       {{- end }}
 {{- end }}
