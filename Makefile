@@ -13,7 +13,7 @@ CHECKOV_VERSION := 3.3.30
 E2E_CACHE ?= $(HOME)/.cache/celery-autoscale-e2e
 export E2E_CACHE
 
-.PHONY: demo test e2e e2e-build bench bench-e2e system-deps clean
+.PHONY: demo demo-cluster test e2e e2e-build bench bench-e2e report system-deps clean
 
 $(VENV)/.installed-%: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,12 @@ bench-e2e: $(VENV)/.installed-e2e e2e-build  ## scaling figures on the real cont
 	$(PY) bench/e2e_scaling.py
 	$(PY) bench/deletion_cost.py
 
+report: system-deps $(VENV)/.installed-e2e e2e-build  ## the scaling analysis: docs/scaling-report.md, bench/results/scaling.json (~45 min)
+	$(PY) bench/scaling_report.py
+
+demo-cluster: system-deps $(VENV)/.installed-e2e e2e-build  ## the demo's burst and ramp on a real control plane + KEDA, replicas live
+	$(PY) scripts/demo_cluster.py
+
 system-deps:  ## install missing Debian packages when run as root, else say what is missing
 	@missing=""; for p in $(SYSTEM_PACKAGES); do command -v $$p >/dev/null || missing="$$missing $$p"; done; \
 	if [ -z "$$missing" ]; then exit 0; fi; \
@@ -53,4 +59,4 @@ system-deps:  ## install missing Debian packages when run as root, else say what
 	else echo "please install the Debian packages:$$missing (apt-get install$$missing)"; exit 1; fi
 
 clean:
-	rm -rf $(VENV) $(CHECKOV_VENV) .demo artifacts .pytest_cache
+	rm -rf $(VENV) $(CHECKOV_VENV) .demo .demo-cluster artifacts .pytest_cache

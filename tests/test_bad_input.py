@@ -68,6 +68,12 @@ LOADGEN = [
     (["burst", "--count", "5", "--wait", "--timeout", "nan"], {}, "--timeout: must be finite"),
     (["burst", "--count", "5", "--wait", "--timeout", "0"], {}, "--timeout: must be finite and > 0"),
     (["burst", "--count", "5", "--plot", "/nonexistent/x.png"], {}, "--plot: cannot write into /nonexistent"),
+    (["burst", "--count", "5", "--timeline", "/nonexistent/x.json"], {}, "--timeline: cannot write into /nonexistent"),
+    (["burst", "--count", "5", "--namespace", "celery"], {}, "--kubeconfig and --namespace go with --release"),
+    (["burst", "--count", "5", "--release", "ci", "--kubeconfig", "/nonexistent/kubeconfig"], {},
+     "cannot read the kubeconfig /nonexistent/kubeconfig"),
+    (["burst", "--count", "5", "--release", "ci", "--kubeconfig", "KUBECONFIG_UNREACHABLE"], {},
+     "cannot list the worker Deployments of release 'ci' in namespace 'default'"),
     (["burst", "--count", "5", "--broker", f"http://:{SECRET}@127.0.0.1:6379/0"], {}, "must be a redis://, rediss:// or sentinel:// URL"),
     (["burst", "--count", "5", "--broker", "redis://127.0.0.1:port/0"], {}, "is malformed"),
     (["burst", "--count", "5", "--broker", "redis://[::1/0"], {}, "is malformed"),
@@ -91,11 +97,15 @@ LOADGEN = [
 
 @pytest.mark.parametrize("args, env, message", LOADGEN, ids=[" ".join(a) + (f" {e}" if e else "") for a, e, _ in LOADGEN])
 def test_loadgen_bad_input_exits_2_with_one_line_and_sends_nothing(idle_stack, tmp_path, args, env, message):
-    files = {"MALFORMED": b"seconds,tasks_per_second\n10,5\n10,lots\n", "NOT_UTF8": b"10,5\n\xff\xfe,1\n"}
+    files = {"MALFORMED": b"seconds,tasks_per_second\n10,5\n10,lots\n", "NOT_UTF8": b"10,5\n\xff\xfe,1\n",
+             # a well-formed kubeconfig whose API server refuses connections (a closed loopback port)
+             "KUBECONFIG_UNREACHABLE": b"apiVersion: v1\nkind: Config\ncurrent-context: c\nclusters: [{name: k, "
+                                       b"cluster: {server: 'https://127.0.0.1:1'}}]\nusers: [{name: u, user: "
+                                       b"{token: x}}]\ncontexts: [{name: c, context: {cluster: k, user: u}}]\n"}
     for placeholder, content in files.items():
         if placeholder in args:
-            (tmp_path / "rates.csv").write_bytes(content)
-            args = [str(tmp_path / "rates.csv") if a == placeholder else a for a in args]
+            (tmp_path / placeholder.lower()).write_bytes(content)
+            args = [str(tmp_path / placeholder.lower()) if a == placeholder else a for a in args]
     done = run(idle_stack, "-m", "loadgen", *args, **env)
     assert done.returncode == 2, done.stderr
     assert done.stderr.count("\n") == 1 and done.stderr.startswith("error: "), done.stderr

@@ -111,7 +111,16 @@ def parser() -> argparse.ArgumentParser:
                      help="seconds --wait waits (default 300)")
     out.add_argument("--json", action="store_true", help="print the summary as one JSON line, last")
     out.add_argument("--plot", type=Path, metavar="FILE.png", help="write the timeline to this PNG file")
+    out.add_argument("--timeline", type=Path, metavar="FILE.json",
+                     help="write the samples (backlog per queue, and replicas with --release) to this JSON file")
     out.add_argument("--broker", metavar="URL", help="broker URL, redis:// or rediss:// (default: CELERY_BROKER_URL)")
+    kube = p.add_argument_group("cluster: the worker Deployments' replicas, live and in --plot/--timeline "
+                                "(needs the kubernetes extra)")
+    kube.add_argument("--release", metavar="NAME",
+                      help="the chart's Helm release whose worker Deployments to watch (turns the view on)")
+    kube.add_argument("--namespace", metavar="NS", default="default", help="the release's namespace (default: default)")
+    kube.add_argument("--kubeconfig", metavar="FILE",
+                      help="kubeconfig of the cluster (default: KUBECONFIG, ~/.kube/config, or the pod's service account)")
     return p
 
 
@@ -193,10 +202,12 @@ def build_spec(args: argparse.Namespace, app):
     priorities = parse_weights(args.priorities, "priorities", int) if args.priorities else None
     if priorities and not all(0 <= p <= 9 for p in priorities):
         raise InputError("--priorities: priorities are 0 to 9")
-    if args.plot is not None:
-        folder = args.plot.resolve().parent
-        if not folder.is_dir() or not os.access(folder, os.W_OK):
-            raise InputError(f"--plot: cannot write into {folder}")
+    for option in ("plot", "timeline"):
+        path = getattr(args, option)
+        if path is not None and not (path.resolve().parent.is_dir() and os.access(path.resolve().parent, os.W_OK)):
+            raise InputError(f"--{option}: cannot write into {path.resolve().parent}")
+    if (args.kubeconfig or args.namespace != "default") and not args.release:
+        raise InputError("--kubeconfig and --namespace go with --release")
     pattern = build(args.pattern, rate=args.rate, duration=args.duration, count=args.count,
                     start_rate=args.start_rate, amplitude=args.amplitude, period=args.period,
                     wave=args.wave, csv_path=args.csv)
@@ -242,6 +253,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: cannot reach the broker at {redact(settings.broker_url)} ({type(exc).__name__})",
               file=sys.stderr)
         return EXIT_BROKER
+    deployments = None
+    if args.release:
+        from .kube import ClusterError, WorkerDeployments
+
+        try:
+            deployments = WorkerDeployments(args.release, args.namespace, args.kubeconfig)
+            deployments.check(spec.queues)
+        except ClusterError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_BAD_INPUT
 
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -251,19 +272,34 @@ def main(argv: list[str] | None = None) -> int:
 
     console = Console(stderr=True)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, transient=args.json) as bar:
+                  TextColumn("{task.fields[replicas]}"), console=console, transient=args.json) as bar:
         bars = {}
+        shown = [""]
 
         def progress(phase: str, done: int, total: int) -> None:
             if phase not in bars:
-                bars[phase] = bar.add_task(f"{phase}ing" if phase == "send" else "waiting", total=total)
+                bars[phase] = bar.add_task(f"{phase}ing" if phase == "send" else "waiting", total=total,
+                                           replicas=shown[0])
             bar.update(bars[phase], completed=done)
 
-        outcome = run(app, spec, wait=args.wait, timeout=args.timeout, progress=progress)
+        def live(sample: dict) -> None:  # the replicas beside the bar that is moving
+            if "replicas" in sample:
+                from .kube import Replicas, replicas_text
+
+                found = sample["replicas"]
+                shown[0] = replicas_text(None if found is None else {q: Replicas(**r) for q, r in found.items()})
+                for task in bars.values():
+                    bar.update(task, replicas=shown[0])
+
+        outcome = run(app, spec, wait=args.wait, timeout=args.timeout, progress=progress,
+                      replicas=deployments.read if deployments else None, on_sample=live)
     summary = report.summarize(outcome)
     summary["pattern"] = spec.pattern.name
     if args.plot:
         report.plot(outcome, str(args.plot))
+    if args.timeline:
+        args.timeline.write_text(json.dumps({"started_at": outcome.started_at, "pattern": spec.pattern.name,
+                                             "samples": outcome.timeline}))
     if args.json:
         print(json.dumps(summary))
     else:

@@ -11,6 +11,8 @@ Definitions (all times in seconds, rates in tasks/s):
   (absent when the worker does not run :mod:`celery_autoscale`); ``latency``: its finish minus
   its send, the finish being the result's ``date_done`` (which every Celery result carries).
   Both as p50/p95/p99 over succeeded tasks, in seconds.
+- ``replicas`` (with ``--release``): per queue, the most replicas its worker Deployment asked
+  for (``peak_desired``) and had ready (``peak_ready``) during the run.
 """
 
 from __future__ import annotations
@@ -79,6 +81,11 @@ def summarize(outcome: Outcome) -> dict:
     summary["send_seconds"] = outcome.send_seconds
     summary["queues"] = {q: _group(outcome, q) for q in sorted({s.queue for s in outcome.sent})}
     summary["error"] = outcome.error
+    seen = [x["replicas"] for x in outcome.timeline if x.get("replicas")]
+    if seen:
+        summary["replicas"] = {q: {"peak_desired": max(r[q]["desired"] for r in seen if q in r),
+                                   "peak_ready": max(r[q]["ready"] for r in seen if q in r)}
+                               for q in sorted({q for r in seen for q in r})}
     return summary
 
 
@@ -102,7 +109,10 @@ def table(summary: dict, title: str = "load summary"):
                   "/".join(_ms(g["queue_wait"][p]) for p in ("p50", "p95", "p99")),
                   "/".join(_ms(g["latency"][p]) for p in ("p50", "p95", "p99")))
     rate = summary["send_rate"]
-    t.caption = f"sent at {rate:.1f} tasks/s over {summary['send_seconds']:.1f}s" if rate else None
+    caption = [f"sent at {rate:.1f} tasks/s over {summary['send_seconds']:.1f}s"] if rate else []
+    caption += [f"{q}: up to {r['peak_ready']} ready of {r['peak_desired']} replicas"
+                for q, r in summary.get("replicas", {}).items()]
+    t.caption = "; ".join(caption) or None
     return t
 
 
@@ -128,7 +138,9 @@ def plot(outcome: Outcome, path: str) -> None:
     end = max([*sends, *completions, *(int(x["t"]) for x in outcome.timeline), 0]) + 1
     seconds = list(range(end))
 
-    fig, (ax_send, ax_backlog, ax_done) = plt.subplots(3, 1, sharex=True, figsize=(9, 7))
+    watched = [x for x in outcome.timeline if x.get("replicas")]
+    fig, axes = plt.subplots(4 if watched else 3, 1, sharex=True, figsize=(9, 9 if watched else 7))
+    ax_send, ax_backlog, ax_done = axes[:3]
     ax_send.bar(seconds, [sends[i] for i in seconds], width=1.0, align="edge")
     ax_send.set_ylabel("sent (tasks/s)")
     samples = [x for x in outcome.timeline if x["backlog"] is not None]
@@ -138,7 +150,18 @@ def plot(outcome: Outcome, path: str) -> None:
     ax_backlog.legend(loc="upper right")
     ax_done.bar(seconds, [completions[i] for i in seconds], width=1.0, align="edge", color="tab:green")
     ax_done.set_ylabel("completed (tasks/s)")
-    ax_done.set_xlabel("seconds since start")
+    if watched:  # the worker Deployments, as `kubectl get deployment -w` would show them
+        ax_replicas = axes[3]
+        for i, queue in enumerate(sorted({q for x in watched for q in x["replicas"]})):
+            points = [x for x in watched if queue in x["replicas"]]
+            color = f"C{i}"
+            ax_replicas.step([x["t"] for x in points], [x["replicas"][queue]["ready"] for x in points],
+                             where="post", color=color, label=f"{queue} ready")
+            ax_replicas.step([x["t"] for x in points], [x["replicas"][queue]["desired"] for x in points],
+                             where="post", color=color, linestyle="--", label=f"{queue} desired")
+        ax_replicas.set_ylabel("replicas")
+        ax_replicas.legend(loc="upper right", fontsize="small")
+    axes[-1].set_xlabel("seconds since start")
     fig.suptitle("celery-autoscale load timeline")
     fig.tight_layout()
     fig.savefig(path, dpi=100)

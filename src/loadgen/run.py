@@ -68,7 +68,7 @@ class Outcome:
     sent: list[Sent]
     send_seconds: float  # from the first send to the last
     results: dict[str, dict]  # task id -> result backend meta, for tasks that ended
-    timeline: list[dict]  # samples: {"t", "sent", "backlog": {queue: tasks}}
+    timeline: list[dict]  # samples: {"t", "sent", "backlog": {queue: tasks}[, "replicas": {queue: {"desired", "ready"}}]}
     started_at: float  # Unix seconds; the timeline's "t" counts from here
     waited: bool
     runs: dict[str, tuple[float, float]] = field(default_factory=dict)  # task id -> (started, finished), the runtime's record
@@ -117,12 +117,16 @@ def send(app, spec: LoadSpec, on_sent: Callable[[int], None] | None = None,
 
 
 class Sampler(threading.Thread):
-    """Samples the backlog of ``queues`` every ``interval`` seconds until :meth:`stop`."""
+    """Samples the backlog of ``queues`` every ``interval`` seconds until :meth:`stop`; with
+    ``replicas`` (e.g. :meth:`loadgen.kube.WorkerDeployments.read`), the worker Deployments'
+    replicas too, and hands each sample to ``on_sample``."""
 
-    def __init__(self, client, settings, queues, interval: float, count_sent: Callable[[], int]):
+    def __init__(self, client, settings, queues, interval: float, count_sent: Callable[[], int],
+                 replicas: Callable[[], dict] | None = None, on_sample: Callable[[dict], None] | None = None):
         super().__init__(daemon=True)
         self.client, self.settings, self.queues = client, settings, queues
         self.interval, self.count_sent = interval, count_sent
+        self.replicas, self.on_sample = replicas, on_sample
         self.samples: list[dict] = []
         self._stop_event = threading.Event()
         self.start_time = time.time()
@@ -135,7 +139,15 @@ class Sampler(threading.Thread):
                     sample["backlog"][queue] = backlog(self.client, queue, self.settings).total
             except Exception:
                 sample["backlog"] = None  # Redis blinked; the plot shows a gap
+            if self.replicas is not None:
+                try:
+                    sample["replicas"] = {q: {"desired": r.desired, "ready": r.ready}
+                                          for q, r in self.replicas().items() if q in self.queues}
+                except Exception:
+                    sample["replicas"] = None  # the API blinked; a gap too
             self.samples.append(sample)
+            if self.on_sample is not None:
+                self.on_sample(sample)
             if self._stop_event.wait(self.interval):
                 return
 
@@ -183,8 +195,13 @@ def run_records(client, settings, task_ids: list[str]) -> dict[str, tuple[float,
 
 
 def run(app, spec: LoadSpec, *, wait: bool, timeout: float, sample_interval: float = 0.5,
-        progress: Callable[[str, int, int], None] | None = None) -> Outcome:
+        progress: Callable[[str, int, int], None] | None = None, replicas: Callable[[], dict] | None = None,
+        on_sample: Callable[[dict], None] | None = None) -> Outcome:
     """Send ``spec`` with ``app``, and with ``wait`` collect outcomes for up to ``timeout`` seconds.
+
+    Every ``sample_interval`` seconds the timeline records each queue's backlog and, with
+    ``replicas`` (a callable returning ``{queue: Replicas}``, :mod:`loadgen.kube`), the worker
+    Deployments' replicas; ``on_sample`` sees each sample as it is taken (the live view).
 
     A broker that goes away mid-run ends the run early: the outcome keeps what was sent and
     what ended so far, and says why in ``error``.
@@ -199,7 +216,7 @@ def run(app, spec: LoadSpec, *, wait: bool, timeout: float, sample_interval: flo
         if progress:
             progress("send", n, total)
 
-    sampler = Sampler(client, settings, spec.queues, sample_interval, lambda: sent_count[0])
+    sampler = Sampler(client, settings, spec.queues, sample_interval, lambda: sent_count[0], replicas, on_sample)
     sampler.start()
     sent: list[Sent] = []
     results: dict[str, dict] = {}

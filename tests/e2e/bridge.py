@@ -317,6 +317,13 @@ class PodBridge:
         except Exception:
             logger.exception("could not complete pod %s", running.pod)
 
+    def alive(self, prefix: str) -> tuple[int, int]:
+        """Processes of pods named ``prefix*`` alive now: (running, terminating)."""
+        with self._lock:
+            running = sum(1 for r in self.running.values() if r.pod.startswith(prefix) and r.proc.poll() is None)
+            terminating = sum(1 for pod, proc in self.exiting.items() if pod.startswith(prefix) and proc.poll() is None)
+        return running, terminating
+
     def processes(self) -> dict[str, int]:
         """Live processes by pod name."""
         with self._lock:
