@@ -209,6 +209,7 @@ def run_once(release, deployments, config: str, pattern: str, floor: int) -> dic
         stranded = finish(release, client, settings, ids)
         # Until the replicas are back at rest too (for the cost of the tail).
         wait_for(lambda: at_rest(release, client, settings, floor), 240, "back at rest", interval=0.5)
+        time.sleep(2)  # samples of the state at rest
     finally:
         recorder.stop()
     outcome.results, outcome.runs, outcome.waited = collect(app, ids, timeout=10), run_records(client, settings, ids), True
@@ -229,8 +230,8 @@ def run_once(release, deployments, config: str, pattern: str, floor: int) -> dic
         "busy_terminated": scaling.busy_terminations(events, recorder.owners),
         **scaling.deliveries(logs, set(ids)),
         "events": [[round(t - first_sent, 3), pod, what] for t, pod, what in events],
-        "waits": [[round(s.sent_at - first_sent, 3), round(outcome.runs[s.task_id][0] - s.sent_at, 3)]
-                  for s in outcome.sent if s.task_id in outcome.runs],
+        "waits": [[round(outcome.runs[s.task_id][0] - first_sent, 3), round(outcome.runs[s.task_id][0] - s.sent_at, 3)]
+                  for s in outcome.sent if s.task_id in outcome.runs],  # [start, queue wait], seconds
     }
 
 
@@ -242,7 +243,8 @@ def figures(run: dict, window: float) -> dict:
     periods = max(1.0, run["last_sent_s"] / run["period_s"]) if run["period_s"] else 1.0
     return {
         "reaction_first_worker_s": reaction["first_worker_s"], "reaction_ideal_s": reaction["ideal_s"],
-        "drain_s": scaling.drain(samples, run["last_sent_s"]),
+        "drain_s": (drained := scaling.drain(samples, run["last_sent_s"])),
+        "to_rest_s": scaling.to_rest(samples, None if drained is None else run["last_sent_s"] + drained),
         "queue_wait_s": run["queue_wait_s"],
         **scaling.cost(costed, CONCURRENCY),
         **scaling.accuracy(samples, CONCURRENCY, LOW, HIGH),
@@ -290,6 +292,7 @@ ROWS = [
     ("reaction: first new worker (s)", lambda f: _n(f["reaction_first_worker_s"])),
     ("reaction: ready = ideal (s)", lambda f: _n(f["reaction_ideal_s"])),
     ("drain after the last task (s)", lambda f: _n(f["drain_s"])),
+    ("drained → replicas at rest (s)", lambda f: _n(f["to_rest_s"])),
     ("queue wait p50 / p95 / max (s)", lambda f: " / ".join(_n(f["queue_wait_s"][k]) for k in ("p50", "p95", "max"))),
     ("replica-seconds", lambda f: _n(f["replica_seconds"], 0)),
     ("process-seconds", lambda f: _n(f["process_seconds"], 0)),
@@ -305,8 +308,9 @@ ROWS = [
 ]
 
 
-def plot(pattern: str, runs: list[dict], path: Path) -> None:
-    """Ready replicas against each run's ideal, the true backlog, and each task's queue wait."""
+def plot(pattern: str, runs: list[dict], path: Path, window: float) -> None:
+    """Ready replicas against each run's ideal, the true backlog, and each task's queue wait at
+    its start, over the pattern's common ``window`` (a run at rest early stays at rest)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -314,7 +318,7 @@ def plot(pattern: str, runs: list[dict], path: Path) -> None:
 
     fig, (ax_rep, ax_backlog, ax_wait) = plt.subplots(3, 1, sharex=True, figsize=(10, 9))
     for i, run in enumerate(runs):
-        s, color = run["samples"], f"C{i}"
+        s, color = scaling.extend(run["samples"], window), f"C{i}"
         ts = [x["t"] for x in s]
         ax_rep.step(ts, [x["ready"] for x in s], where="post", color=color, label=f"{run['config']} ready")
         ax_rep.step(ts, [scaling.ideal(scaling.true_backlog(x), CONCURRENCY, LOW, HIGH) for x in s], where="post",
@@ -325,7 +329,7 @@ def plot(pattern: str, runs: list[dict], path: Path) -> None:
     ax_rep.set_ylabel("replicas (dotted: ideal)")
     ax_rep.legend(loc="upper right", fontsize="small", ncol=2)
     ax_backlog.set_ylabel("true backlog (tasks)")
-    ax_wait.set_ylabel("queue wait (s), by send time")
+    ax_wait.set_ylabel("queue wait (s), at its start")
     ax_wait.set_xlabel("seconds since the first task")
     fig.suptitle(f"{pattern}: {PATTERNS[pattern][2]}", fontsize="medium")
     fig.tight_layout()
@@ -366,6 +370,8 @@ def markdown(result: dict, plots: dict[str, str]) -> str:
     lines += [
         "## Definitions",
         "",
+        "- **—**: it never happened within the run: a fixed configuration does not scale, a queue that",
+        "  stranded tasks never drained, an under-provisioned one never met the ideal.",
         "- **ideal** replicas: `ceil(true backlog / target)` clamped to [minReplicaCount, maxReplicaCount],",
         f"  with target {CONCURRENCY} (the concurrency) and the true backlog = tasks in every priority list +",
         "  running + held for an ETA, sampled once a second. Dotted in the plots.",
@@ -376,7 +382,7 @@ def markdown(result: dict, plots: dict[str, str]) -> str:
         "  the same window: from the first task until the slowest configuration was back at rest.",
         "- **reaction**: from the first task to the first sample with more ready workers than at rest, and",
         "  to the first sample where ready workers meet the ideal of that moment. **drain**: from the last",
-        "  task sent to an empty true backlog.",
+        "  task sent to an empty true backlog; **at rest**: from then to the last change of desired replicas.",
         "- **queue wait**: a task's start (the runtime's run record, written by the worker) minus its send.",
         "- **accuracy**: share of samples with ready = ideal, mean |ready − ideal|, share below the ideal.",
         "- **reversals**: direction changes of the Deployment's desired replicas, per load period (the",
@@ -415,7 +421,8 @@ def write(result: dict, results_path: Path, report_path: Path) -> None:
     plots = {}
     for pattern in result["figures"]:
         path = plots_dir / f"{pattern}.png"
-        plot(pattern, [r for r in result["runs"] if r["pattern"] == pattern], path)
+        plot(pattern, [r for r in result["runs"] if r["pattern"] == pattern], path,
+             next(iter(result["figures"][pattern].values()))["window_s"])
         plots[pattern] = os.path.relpath(path, report_path.parent)
     results_path.parent.mkdir(parents=True, exist_ok=True)
     results_path.write_text(json.dumps(result, indent=1) + "\n")
@@ -455,7 +462,15 @@ def main(argv: list[str] | None = None) -> int:
                    help="the JSON of every figure and sample (default bench/results/scaling.json)")
     p.add_argument("--report", type=Path, default=ROOT / "docs" / "scaling-report.md",
                    help="the Markdown report; plots go to scaling/ beside it (default docs/scaling-report.md)")
+    p.add_argument("--rewrite", action="store_true",
+                   help="no cluster: recompute the figures and rewrite the report from --results")
     args = p.parse_args(argv)
+    if args.rewrite:
+        result = json.loads(args.results.read_text())
+        result["figures"] = analyse(result["runs"])
+        result["headline"] = headline(result)
+        write(result, args.results, args.report)
+        return 0
     patterns = [x.strip() for x in args.patterns.split(",") if x.strip()]
     configs = [x.strip() for x in args.configs.split(",") if x.strip()]
     for given, known, what in ((patterns, PATTERNS, "pattern"), (configs, CONFIGS, "configuration")):

@@ -50,6 +50,13 @@ def test_drain_is_from_the_last_send_to_an_empty_true_backlog():
     assert scaling.drain(samples[:2], last_sent=2) is None
 
 
+def test_to_rest_is_from_the_drain_to_the_last_change_of_desired_replicas():
+    samples = [sample(0, 4), sample(5, 4), sample(10, 2), sample(12, 2), sample(15, 0), sample(20, 0)]
+    assert scaling.to_rest(samples, since=5) == 10
+    assert scaling.to_rest(samples, since=16) == 4  # already at rest: the next sample
+    assert scaling.to_rest(samples, since=None) is None
+
+
 def test_cost_integrates_pods_and_busy_processes_over_time():
     # 2 pods for 2 s then 1 pod for 2 s (last sample: the median step, 1 s... here 2 s), concurrency 4
     samples = [sample(0, 2, in_flight=8), sample(2, 1, in_flight=2), sample(4, 1, in_flight=0)]

@@ -58,6 +58,17 @@ def drain(samples: list[dict], last_sent: float) -> float | None:
     return next((s["t"] - last_sent for s in samples if s["t"] >= last_sent and true_backlog(s) == 0), None)
 
 
+def to_rest(samples: list[dict], since: float | None) -> float | None:
+    """Seconds from ``since`` (e.g. the drain) to the first later sample whose desired replicas
+    are the run's last (its resting count) and stay so; ``None`` without ``since``."""
+    if since is None or not samples:
+        return None
+    rest = samples[-1]["desired"]
+    moved = [s["t"] for s in samples if s["desired"] != rest]
+    after = [s["t"] for s in samples if s["t"] >= since and (not moved or s["t"] > moved[-1])]
+    return after[0] - since if after else None
+
+
 def cost(samples: list[dict], concurrency: int) -> dict:
     """``replica_seconds`` (pods alive × seconds), ``process_seconds`` (× concurrency),
     ``busy_seconds`` (processes running a task × seconds) and ``utilisation`` = busy ÷ provisioned
