@@ -41,11 +41,10 @@ bench: $(VENV)/.installed-test  ## the benchmarks, one JSON line each
 	$(PY) bench/send_throughput.py
 	$(PY) bench/io_pool.py
 
-bench-e2e: $(VENV)/.installed-e2e e2e-build  ## scaling figures on the real control plane, one JSON line
-	$(PY) bench/e2e_scaling.py
+bench-e2e: $(VENV)/.installed-e2e e2e-build  ## which pods a scale-down removes, on the real control plane, one JSON line
 	$(PY) bench/deletion_cost.py
 
-report: system-deps $(VENV)/.installed-e2e e2e-build  ## the scaling analysis: docs/scaling-report.md, bench/results/scaling.json (~45 min)
+report: system-deps $(VENV)/.installed-e2e e2e-build  ## the scaling analysis: docs/scaling-report.md, bench/results/scaling.json (~30 min warm)
 	$(PY) bench/scaling_report.py
 
 demo-cluster: system-deps $(VENV)/.installed-e2e e2e-build  ## the demo's burst and ramp on a real control plane + KEDA, replicas live

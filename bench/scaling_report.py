@@ -92,21 +92,23 @@ def list_length_scaledobject(list_length: int) -> dict:
     }
 
 
+def rest(config: str) -> int:
+    """The replicas ``config`` rests at with an empty queue."""
+    return int(config.split("-")[1]) if config.startswith("fixed-") else LOW
+
+
 def configure(release, config: str) -> int:
     """Put ``io`` under ``config``; returns the replicas it rests at."""
     release.cluster.kubectl("delete", "scaledobject", f"{worker(QUEUE)}-listlength", "-n", NAMESPACE,
                             "--ignore-not-found", "--wait=true")
     if config == "chart":
         release.upgrade({})
-        floor = LOW
     elif config.startswith("listlength-"):
         release.upgrade({"queues": {QUEUE: {"replicas": 0, "autoscaling": {"enabled": False}}}})
         release.cluster.apply(list_length_scaledobject(int(config.split("-")[1])))
-        floor = LOW
     else:
-        floor = int(config.split("-")[1])
-        release.upgrade({"queues": {QUEUE: {"replicas": floor, "autoscaling": {"enabled": False}}}})
-    return floor
+        release.upgrade({"queues": {QUEUE: {"replicas": rest(config), "autoscaling": {"enabled": False}}}})
+    return rest(config)
 
 
 class Recorder(threading.Thread):
@@ -239,11 +241,13 @@ def figures(run: dict, window: float) -> dict:
     """The run's figures, its cost over the pattern's common ``window`` (seconds from the first task)."""
     samples = run["samples"]
     costed = scaling.extend(samples, window)
-    reaction = scaling.reaction(samples, CONCURRENCY, LOW, HIGH)
+    reaction = scaling.reaction(samples, CONCURRENCY, LOW, HIGH, rest(run["config"]))
+    # A queue that stranded tasks never drained: its lists were emptied by the harness.
+    drained = None if run["stranded"] else scaling.drain(samples, run["last_sent_s"])
     periods = max(1.0, run["last_sent_s"] / run["period_s"]) if run["period_s"] else 1.0
     return {
         "reaction_first_worker_s": reaction["first_worker_s"], "reaction_ideal_s": reaction["ideal_s"],
-        "drain_s": (drained := scaling.drain(samples, run["last_sent_s"])),
+        "drain_s": drained,
         "to_rest_s": scaling.to_rest(samples, None if drained is None else run["last_sent_s"] + drained),
         "queue_wait_s": run["queue_wait_s"],
         **scaling.cost(costed, CONCURRENCY),
@@ -370,6 +374,8 @@ def markdown(result: dict, plots: dict[str, str]) -> str:
     lines += [
         "## Definitions",
         "",
+        "- Each figure is from one run. Reaction times vary by up to a pollingInterval (2 s) with the",
+        "  phase of KEDA's poll against the first task; the cost and safety figures are the robust ones.",
         "- **—**: it never happened within the run: a fixed configuration does not scale, a queue that",
         "  stranded tasks never drained, an under-provisioned one never met the ideal.",
         "- **ideal** replicas: `ceil(true backlog / target)` clamped to [minReplicaCount, maxReplicaCount],",

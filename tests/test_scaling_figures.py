@@ -40,6 +40,8 @@ def test_reaction_counts_to_the_first_new_ready_worker_and_to_the_ideal_of_the_m
     burst = [sample(0, 0, queued=16), sample(1, 0, queued=16), sample(2, 1, queued=12, in_flight=4),
              sample(3, 3, queued=4, in_flight=12), sample(4, 4, in_flight=16), sample(5, 4, in_flight=16)]
     assert scaling.reaction(burst, 4, 0, 4) == {"first_worker_s": 2, "ideal_s": 4}
+    # a worker up before the first sample after the first task still counts, against the resting count
+    assert scaling.reaction(burst[2:], 4, 0, 4, rest=0) == {"first_worker_s": 2, "ideal_s": 4}
     fixed = [sample(t, 4, in_flight=4) for t in range(5)]
     assert scaling.reaction(fixed, 4, 0, 4) == {"first_worker_s": None, "ideal_s": None}
 
@@ -113,3 +115,20 @@ def test_deliveries_read_celery_worker_logs_for_redeliveries_and_second_runs():
 def test_waits_are_nearest_rank_percentiles_and_the_max():
     assert scaling.waits(list(map(float, range(1, 101)))) == {"p50": 50.0, "p95": 95.0, "max": 100.0}
     assert scaling.waits([]) == {"p50": None, "p95": None, "max": None}
+
+
+def test_the_committed_scaling_report_is_what_its_results_generate():
+    """docs/scaling-report.md is `make report`'s output from bench/results/scaling.json, not edited by hand."""
+    import json
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    import scaling_report
+
+    root = Path(__file__).resolve().parents[1]
+    result = json.loads((root / "bench" / "results" / "scaling.json").read_text())
+    assert scaling_report.analyse(result["runs"]) == result["figures"]
+    plots = {pattern: f"scaling/{pattern}.png" for pattern in result["figures"]}
+    assert scaling_report.markdown(result, plots) == (root / "docs" / "scaling-report.md").read_text()
+    assert all((root / "docs" / path).exists() for path in plots.values())
+    assert set(result["figures"]) == set(scaling_report.PATTERNS)
+    assert all(set(by_config) == set(scaling_report.CONFIGS) for by_config in result["figures"].values())

@@ -40,12 +40,12 @@ def durations(samples: list[dict]) -> list[float]:
     return [*steps, last]
 
 
-def reaction(samples: list[dict], target: int, low: int, high: int) -> dict:
+def reaction(samples: list[dict], target: int, low: int, high: int, rest: int | None = None) -> dict:
     """From the first task (``t`` = 0): ``first_worker_s``, seconds to the first sample with more
-    ready replicas than at the start, and ``ideal_s``, to the first sample whose ready replicas
-    meet the ideal of that moment (while the ideal is above the starting replicas). ``None``
-    when it never happens (e.g. fixed replicas)."""
-    start = samples[0]["ready"] if samples else 0
+    ready replicas than at rest (``rest``; default: the first sample's), and ``ideal_s``, to the
+    first sample whose ready replicas meet the ideal of that moment while that ideal is above
+    ``rest``. ``None`` when it never happens (e.g. fixed replicas)."""
+    start = rest if rest is not None else (samples[0]["ready"] if samples else 0)
     first = next((s["t"] for s in samples if s["ready"] > start), None)
     met = next((s["t"] for s in samples
                 if (want := ideal(true_backlog(s), target, low, high)) > start and s["ready"] >= want), None)
