@@ -431,7 +431,7 @@ def write(result: dict, results_path: Path, report_path: Path) -> None:
              next(iter(result["figures"][pattern].values()))["window_s"])
         plots[pattern] = os.path.relpath(path, report_path.parent)
     results_path.parent.mkdir(parents=True, exist_ok=True)
-    results_path.write_text(json.dumps(result, indent=1) + "\n")
+    results_path.write_text(json.dumps(result, separators=(",", ":")) + "\n")  # samples included: compact
     report_path.write_text(markdown(result, plots))
 
 
