@@ -268,6 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from . import report
+    from .kube import replicas_text
     from .run import run
 
     console = Console(stderr=True)
@@ -284,10 +285,7 @@ def main(argv: list[str] | None = None) -> int:
 
         def live(sample: dict) -> None:  # the replicas beside the bar that is moving
             if "replicas" in sample:
-                from .kube import Replicas, replicas_text
-
-                found = sample["replicas"]
-                shown[0] = replicas_text(None if found is None else {q: Replicas(**r) for q, r in found.items()})
+                shown[0] = replicas_text(sample["replicas"])
                 for task in bars.values():
                     bar.update(task, replicas=shown[0])
 

@@ -102,8 +102,9 @@ def _in_cluster() -> bool:
             and not Path("~/.kube/config").expanduser().exists())
 
 
-def replicas_text(replicas: dict[str, Replicas] | None) -> str:
-    """``"io 3/4 ready"``-style text for the live view: ``queue ready/desired``."""
+def replicas_text(replicas: dict[str, dict] | None) -> str:
+    """``"io 3/4 ready/desired"``-style text for the live view, from a timeline sample's
+    ``{queue: {"desired", "ready"}}`` (``None``: the API could not be read)."""
     if replicas is None:
         return "replicas: ?"
-    return "  ".join(f"{q} {r.ready}/{r.desired}" for q, r in sorted(replicas.items())) + " ready/desired"
+    return "  ".join(f"{q} {r['ready']}/{r['desired']}" for q, r in sorted(replicas.items())) + " ready/desired"
