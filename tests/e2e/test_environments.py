@@ -133,6 +133,11 @@ def test_dev_values_pass_helm_test_and_a_queue_that_cannot_be_served_fails_it_by
                              namespace=NAMESPACE, timeout=120)
         release.cluster.kubectl("annotate", "scaledobject", f"{name}-celery-autoscale-worker-cpu", "-n", NAMESPACE,
                                 "autoscaling.keda.sh/paused-replicas=0")
+        # The first helm test woke cpu: its workers must be gone before the probe is sent, or
+        # one of them still answers it.
+        cpu = f"{name}-celery-autoscale-worker-cpu"
+        wait_for(lambda: release.deployment_replicas(cpu) == 0 and release.bridge.alive(cpu) == (0, 0), 180,
+                 "cpu paused at zero, its workers gone")
         with pytest.raises(helm.HelmError):
             release.helm.test(name, timeout=120)
         assert "FAILED queue cpu: no answer within 20s" in helm_test_log(release, name)
