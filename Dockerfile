@@ -1,14 +1,14 @@
 # The image of the sample app: the celery_autoscale runtime and the `tasks` app. Workers
 # (`celery -A celery_autoscale.worker worker` with CELERY_AUTOSCALE_APP=tasks.app:app), Flower
 # (`python -m celery_autoscale.flower`) and the helm test (`python -m celery_autoscale.roundtrip`).
-# Your own image needs only `pip install "celery-autoscale[flower,kubernetes,beat]"` beside your app
-# (`kubernetes`: the reconciler's pod deletion cost).
+# Your own image needs only the runtime beside your app: `pip install "celery-autoscale[flower,kubernetes,beat]"`
+# from a wheel built here (`make dist`) or the repository (`kubernetes`: the reconciler's pod deletion cost).
 
-# ---- build: wheels of the package and its dependencies -------------------------------------
+# ---- build: wheels of the runtime and its dependencies (the wheel holds celery_autoscale only) ----
 FROM python:3.11.11-slim-bookworm AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
-COPY src ./src
+COPY src/celery_autoscale ./src/celery_autoscale
 RUN pip wheel --no-cache-dir --wheel-dir /wheels ".[flower,kubernetes,beat]"
 
 # ---- runtime: no compiler, no pip cache, a numeric non-root user ---------------------------
@@ -17,12 +17,15 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 COPY --from=build /wheels /wheels
-RUN pip install --no-cache-dir --no-index --find-links=/wheels "celery-autoscale[flower,kubernetes,beat]==0.2.0" \
+RUN pip install --no-cache-dir --no-index --find-links=/wheels "celery-autoscale[flower,kubernetes,beat]==0.3.0" \
     && rm -rf /wheels \
     && groupadd --gid 10001 celery \
     && useradd --uid 10001 --gid 10001 --no-create-home --home-dir /tmp --shell /usr/sbin/nologin celery
+# The sample app is copied, never installed: your own app goes here the same way.
+COPY src/tasks /app/tasks
 USER 10001:10001
 WORKDIR /app
+ENV PYTHONPATH=/app
 EXPOSE 9808 5555
 # Exec form, no shell: SIGTERM reaches the Celery main process (warm shutdown).
 ENV CELERY_AUTOSCALE_APP=tasks.app:app

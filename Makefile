@@ -13,12 +13,16 @@ CHECKOV_VERSION := 3.3.30
 E2E_CACHE ?= $(HOME)/.cache/celery-autoscale-e2e
 export E2E_CACHE
 
-.PHONY: demo demo-cluster test e2e e2e-build bench bench-e2e report system-deps clean
+.PHONY: demo demo-cluster test e2e e2e-build bench bench-e2e report dist system-deps clean
 
-$(VENV)/.installed-%: pyproject.toml
+# The sample app (src/tasks) is not installed: the demo, benchmarks and scripts import it from src/.
+export PYTHONPATH := $(CURDIR)/src$(if $(PYTHONPATH),:$(PYTHONPATH))
+
+# Two distributions from this repository: the runtime (.) and the load generator (tools/loadgen).
+$(VENV)/.installed-%: pyproject.toml tools/loadgen/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[$*]"
+	$(PY) -m pip install -q -e ./tools/loadgen -e ".[$*]"
 	touch $@
 
 demo: $(VENV)/.installed-demo  ## Redis, 3 workers, Flower on :5555; a burst and a ramp; a summary
@@ -42,13 +46,20 @@ bench: $(VENV)/.installed-test  ## the benchmarks, one JSON line each
 	$(PY) bench/io_pool.py
 
 bench-e2e: $(VENV)/.installed-e2e e2e-build  ## which pods a scale-down removes, on the real control plane, one JSON line
-	$(PY) bench/deletion_cost.py
+	$(PY) -m bench.deletion_cost
 
 report: system-deps $(VENV)/.installed-e2e e2e-build  ## the scaling analysis: docs/scaling-report.md, bench/results/scaling.json (~30 min warm)
-	$(PY) bench/scaling_report.py
+	$(PY) -m bench.scaling_report
 
 demo-cluster: system-deps $(VENV)/.installed-e2e e2e-build  ## the demo's burst and ramp on a real control plane + KEDA, replicas live
-	$(PY) scripts/demo_cluster.py
+	$(PY) -m scripts.demo_cluster
+
+dist: $(VENV)/.installed-test  ## dist/: the runtime's and the load generator's wheels and sdists, and the chart archive
+	rm -rf dist
+	$(PY) -m build --outdir dist .
+	$(PY) -m build --outdir dist tools/loadgen
+	$(PY) scripts/package_chart.py dist
+	@ls -l dist
 
 system-deps:  ## install missing Debian packages when run as root, else say what is missing
 	@missing=""; for p in $(SYSTEM_PACKAGES); do command -v $$p >/dev/null || missing="$$missing $$p"; done; \
@@ -58,4 +69,4 @@ system-deps:  ## install missing Debian packages when run as root, else say what
 	else echo "please install the Debian packages:$$missing (apt-get install$$missing)"; exit 1; fi
 
 clean:
-	rm -rf $(VENV) $(CHECKOV_VENV) .demo .demo-cluster artifacts .pytest_cache
+	rm -rf $(VENV) $(CHECKOV_VENV) .demo .demo-cluster artifacts .pytest_cache dist

@@ -1,6 +1,6 @@
 """Which pods a scale-down removes, with and without the reconciler's pod deletion cost; one JSON line.
 
-    python bench/deletion_cost.py      # needs tests/e2e/build.sh to have built the binaries
+    python -m bench.deletion_cost      # needs tests/e2e/build.sh to have built the binaries
 
 Brings up the `make e2e` environment (values/ci.yaml) and runs the same round twice on `io` at
 concurrency 1 (tests/e2e/harness.py, ``scale_down_with_busy_and_idle_pods``): two tasks of 24 s on
@@ -22,9 +22,7 @@ import platform
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "e2e"))
-
-from harness import environment, scale_down_with_busy_and_idle_pods, wait_for  # noqa: E402
+from tests.e2e.harness import environment, scale_down_with_busy_and_idle_pods, wait_for
 
 
 def main() -> None:

@@ -15,16 +15,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+from loadgen.demo import RUNS
+from tests.e2e.harness import NAMESPACE, RELEASE, environment, wait_for
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests" / "e2e"))
-
-from harness import NAMESPACE, RELEASE, environment, wait_for  # noqa: E402
-
-from loadgen.demo import RUNS  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python scripts/demo_cluster.py", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m scripts.demo_cluster", description=__doc__.split("\n\n")[0])
     p.add_argument("--workdir", type=Path, default=ROOT / ".demo-cluster", help="plots and timelines (default .demo-cluster)")
     args = p.parse_args(argv)
     args.workdir.mkdir(parents=True, exist_ok=True)

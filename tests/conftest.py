@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -16,8 +17,13 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "artifacts"
+#: Where the sample app (``tasks``) lives: it is never installed, so the tests and every worker,
+#: producer and pod they start import it from here, as the image does from /app.
+SAMPLE_APP = ROOT / "src"
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(SAMPLE_APP))
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SAMPLE_APP), os.environ.get("PYTHONPATH")]))
 
 
 @pytest.fixture(scope="session")

@@ -3,7 +3,8 @@
 import time
 
 import pytest
-from celery_autoscale import backlog, backlog_keys, in_flight_key
+from celery_autoscale import backlog, backlog_keys, prune
+from celery_autoscale.keys import dead_letter_key, in_flight_key
 from helpers import eventually, producer, run_module, scrape, settings
 
 from loadgen.stack import WorkerSpec
@@ -25,7 +26,7 @@ def test_backlog_keys_are_exactly_the_lists_a_producer_writes(fresh_stack, conf,
     # kombu maps a priority down to the highest step <= it (0-2 -> "io", 3-5 -> "io<sep>3", ...).
     assert sorted(written) == sorted(names) and sum(written.values()) == 10
     assert backlog_keys("io", settings(fresh_stack, **conf)) == [
-        *names, "celery-autoscale:in-flight:io", "celery-autoscale:reserved:io"]
+        *names, "celery-autoscale:in-flight:io", "celery-autoscale:scheduled:io"]
     assert backlog(fresh_stack.client(), "io", settings(fresh_stack, **conf)).queued == 10
 
 
@@ -50,7 +51,7 @@ def test_running_tasks_count_as_in_flight_and_waiting_ones_stay_in_redis(fresh_s
     assert found.queued == 5 and found.total == 7
     gauge = {dict(labels)["part"]: value for (metric, labels), value in scrape(fresh_stack.metrics_ports[name]).items()
              if metric == "celery_autoscale_backlog_tasks"}
-    assert gauge == {"queued": 5.0, "in_flight": 2.0, "reserved": 0.0}
+    assert gauge == {"queued": 5.0, "in_flight": 2.0, "scheduled": 0.0}
     for r in results:
         r.get(timeout=60)
     assert backlog(client, "io", settings(fresh_stack)).total == 0
@@ -60,19 +61,21 @@ def test_stale_in_flight_entries_of_dead_workers_are_pruned(fresh_stack):
     fresh_stack.env.update(CELERY_VISIBILITY_TIMEOUT="60", CELERY_TASK_TIME_LIMIT="30")
     client = fresh_stack.client()
     client.zadd(in_flight_key("cpu"), {"dead-worker-task": time.time() - 61, "live-task": time.time()})
+    assert backlog(client, "cpu", settings(fresh_stack)).in_flight == 2, "reading the backlog changes nothing"
+    assert prune(client, "cpu", settings(fresh_stack)).in_flight == ("dead-worker-task",)
     assert backlog(client, "cpu", settings(fresh_stack)).in_flight == 1
 
 
 def test_tasks_held_for_a_countdown_count_until_they_run(fresh_stack):
     """A countdown (or a retry's backoff, which Celery sends as one) takes the message out of the
-    lists into the worker's hands: without the reserved record the backlog would read 0."""
+    lists into the worker's hands: without the scheduled record the backlog would read 0."""
     app = producer(fresh_stack)
     fresh_stack.start_worker(WorkerSpec("io", "threads", concurrency=2))
     results = [app.send_task("tasks.io.transfer", kwargs={"size_bytes": 0, "wait_seconds": 0}, queue="io",
                              countdown=6) for _ in range(3)]
     client = fresh_stack.client()
-    held = eventually(lambda: (b := backlog(client, "io", settings(fresh_stack))).reserved == 3 and b, 20,
-                      "three tasks reserved")
+    held = eventually(lambda: (b := backlog(client, "io", settings(fresh_stack))).scheduled == 3 and b, 20,
+                      "three tasks scheduled")
     assert held.queued == 0 and held.in_flight == 0 and held.total == 3
     for r in results:
         r.get(timeout=60)
@@ -82,8 +85,7 @@ def test_tasks_held_for_a_countdown_count_until_they_run(fresh_stack):
 def test_tasks_waiting_out_their_retry_backoff_keep_the_backlog_above_zero(fresh_stack):
     """Four tasks that always fail transiently: between their runs they wait out a backoff (up to
     3 s, jittered) in the worker's hands. Sampled every 0.1 s until all four are dead-lettered,
-    the backlog never reads zero, and the waits show as reserved."""
-    from celery_autoscale import _deadletter as deadletter
+    the backlog never reads zero, and the waits show as scheduled."""
 
     fresh_stack.env.update(CELERY_MAX_RETRIES="3", CELERY_RETRY_BACKOFF_MAX="3")
     app = producer(fresh_stack)
@@ -94,10 +96,10 @@ def test_tasks_waiting_out_their_retry_backoff_keep_the_backlog_above_zero(fresh
         app.send_task("tasks.cpu.hash_chain", kwargs={"work_units": 10, "fail_rate": 1.0}, queue="cpu")
     samples = []
     deadline = time.monotonic() + 90
-    while client.llen(deadletter.key(found)) < 4 and time.monotonic() < deadline:
+    while client.llen(dead_letter_key(found.key_prefix)) < 4 and time.monotonic() < deadline:
         samples.append(backlog(client, "cpu", found))
         time.sleep(0.1)
-    assert client.llen(deadletter.key(found)) == 4, "all four failed for good"
+    assert client.llen(dead_letter_key(found.key_prefix)) == 4, "all four failed for good"
     assert min(b.total for b in samples) >= 1
-    assert max(b.reserved for b in samples) >= 1, "backoffs counted as reserved"
+    assert max(b.scheduled for b in samples) >= 1, "backoffs counted as scheduled"
     eventually(lambda: backlog(client, "cpu", found).total == 0, 10, "backlog drained")

@@ -20,7 +20,7 @@ from loadgen.stack import LocalStack
 
 PERIOD = 2.0
 QUEUE = "beat-fires"
-SCHEDULE = {"tick": {"task": "celery_autoscale.probe", "schedule": PERIOD, "queue": QUEUE,
+SCHEDULE = {"tick": {"task": "celery_autoscale.roundtrip", "schedule": PERIOD, "queue": QUEUE,
                      "kwargs": {"token": "beat", "reply_to": "beat-replies"}}}
 
 

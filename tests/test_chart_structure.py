@@ -35,7 +35,7 @@ def test_one_deployment_and_one_scaledobject_per_queue_each_aimed_at_its_consume
     for so in scaled.values():
         target = workers[so["spec"]["scaleTargetRef"]["name"]]
         assert so["spec"]["scaleTargetRef"]["kind"] == "Deployment"
-        lists = [t["metadata"]["listName"] for t in redis_triggers(so) if t["name"] not in ("in_flight", "reserved")]
+        lists = [t["metadata"]["listName"] for t in redis_triggers(so) if t["name"] not in ("in_flight", "scheduled")]
         assert lists[0] == consumed_queue(target) and all(name.startswith(lists[0]) for name in lists)
 
 
@@ -70,7 +70,7 @@ def test_list_length_is_tasks_per_replica_derived_from_concurrency_unless_set():
 
 def test_one_priority_step_means_one_list_per_queue():
     so = next(iter(by_kind(render_chart({"celery": {"priority": {"steps": [0]}}}), "ScaledObject").values()))
-    assert [t["name"] for t in redis_triggers(so)] == ["queued_0", "in_flight", "reserved"]
+    assert [t["name"] for t in redis_triggers(so)] == ["queued_0", "in_flight", "scheduled"]
     configmap = next(iter(by_kind(render_chart({"celery": {"priority": {"steps": [0]}}}), "ConfigMap").values()))
     assert configmap["data"]["CELERY_PRIORITY_STEPS"] == "0"
 
@@ -84,7 +84,7 @@ def test_a_fourth_queue_is_a_values_only_change():
     scaled = by_kind(objects, "ScaledObject")["rel-celery-autoscale-worker-reports"]
     assert scaled["spec"]["advanced"]["scalingModifiers"]["target"] == "8"
     assert [t["metadata"]["listName"] for t in redis_triggers(scaled)][-2:] == [
-        "celery-autoscale:in-flight:reports", "celery-autoscale:reserved:reports"]
+        "celery-autoscale:in-flight:reports", "celery-autoscale:scheduled:reports"]
     roundtrip = by_kind(objects, "Job")["rel-celery-autoscale-roundtrip"]
     assert "--queues=cpu,io,mixed,reports" in roundtrip["spec"]["template"]["spec"]["containers"][0]["args"]
 
@@ -104,7 +104,7 @@ def test_cron_triggers_only_when_configured_and_inside_the_formula():
     # KEDA hands the HPA only the composite metric, so the cron trigger must be in the formula:
     # peak_0 is desiredReplicas while in the window, times the per-replica target.
     assert cpu["spec"]["advanced"]["scalingModifiers"]["formula"] == \
-        "max(queued_0 + queued_3 + queued_6 + queued_9 + in_flight + reserved, peak_0 * 4)"
+        "max(queued_0 + queued_3 + queued_6 + queued_9 + in_flight + scheduled, peak_0 * 4)"
 
 
 def test_keda_owns_replicas_unless_autoscaling_is_off():
@@ -321,7 +321,7 @@ class TestTheUsersOwnApp:
         scaled = by_kind(objects, "ScaledObject")
         assert [t["metadata"]["listName"] for t in redis_triggers(scaled["rel-celery-autoscale-worker-reports"])] == \
             ["reports.daily", "reports.daily\x06\x163", "reports.daily\x06\x166", "reports.daily\x06\x169",
-             "celery-autoscale:in-flight:reports.daily", "celery-autoscale:reserved:reports.daily"]
+             "celery-autoscale:in-flight:reports.daily", "celery-autoscale:scheduled:reports.daily"]
         assert redis_triggers(scaled["rel-celery-autoscale-worker-default"])[0]["metadata"]["listName"] == "celery"
         job = by_kind(objects, "Job")["rel-celery-autoscale-roundtrip"]
         # an entry of {} is a queue with the defaults

@@ -57,7 +57,7 @@ def test_a_redis_restart_mid_task_loses_nothing_and_runs_nothing_twice(tmp_path,
 
 def test_a_threads_worker_with_idle_threads_survives_a_redis_stop_mid_task(tmp_path):
     """The shape that made Celery 5.7.0 exit with "Unrecoverable error: AttributeError" (3 of 3
-    before celery_autoscale._consumer): idle threads beside two running tasks, Redis stopped
+    before celery_autoscale.worker._consumer): idle threads beside two running tasks, Redis stopped
     1.5 s into them. The worker stays up, consumes again, and nothing runs twice."""
     env = {"PYTHONPATH": str(PLAIN), "CELERY_VISIBILITY_TIMEOUT": "12", "CELERY_TASK_TIME_LIMIT": "10"}
     with LocalStack(tmp_path, env=env) as stack:

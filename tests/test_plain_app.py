@@ -59,7 +59,7 @@ def test_the_charts_triggers_count_every_list_a_plain_producer_writes_and_worker
 
     scaled = by_kind(render_chart(VALUES), "ScaledObject")
     watched = {t["metadata"]["listName"] for so in scaled.values() for t in so["spec"]["triggers"]
-               if t["type"] == "redis" and t["name"] not in ("in_flight", "reserved")}
+               if t["type"] == "redis" and t["name"] not in ("in_flight", "scheduled")}
     assert set(in_redis) <= watched  # every list that holds a task is read by a trigger
     counted = {queue: sum(client.llen(t["metadata"]["listName"]) for t in so["spec"]["triggers"] if t["type"] == "redis")
                for queue, so in ((so["spec"]["triggers"][0]["metadata"]["listName"], so) for so in scaled.values())}

@@ -90,13 +90,13 @@ def test_a_dead_workers_countdown_task_is_restored_at_the_visibility_timeout(tmp
                      CELERY_TASK_TIME_LIMIT="2") as (stack, settings, client, producer):
         doomed = "first"
         producer.send_task("myproject.daily_report", args=["d"], countdown=600, queue=QUEUE)
-        eventually(lambda: backlog(client, QUEUE, settings).reserved == 1, 30, "task reserved for its ETA")
+        eventually(lambda: backlog(client, QUEUE, settings).scheduled == 1, 30, "task scheduled for its ETA")
         kill(stack, doomed)
         time.sleep(4)  # past the visibility timeout
         done = run_module(stack, "celery_autoscale.reconciler", "--app", APP, "--once")
         assert done.returncode == 0, done.stderr
         assert client.llen(QUEUE) == 1 and client.hlen("unacked") == 0
-        assert backlog(client, QUEUE, settings).total == 1  # the list; the dead reserved entry pruned
+        assert backlog(client, QUEUE, settings).total == 1  # the list; the dead scheduled entry pruned
 
 
 def test_a_far_future_eta_task_holds_no_replica_and_runs_on_time_once(tmp_path):
@@ -106,7 +106,7 @@ def test_a_far_future_eta_task_holds_no_replica_and_runs_on_time_once(tmp_path):
     with plain_stack(tmp_path, CELERY_ETA_HORIZON="6") as (stack, settings, client, producer):
         early = "first"
         near = producer.send_task("myproject.daily_report", args=["near"], countdown=3, queue=QUEUE)
-        eventually(lambda: backlog(client, QUEUE, settings).reserved == 1, 30, "the near task held for its ETA")
+        eventually(lambda: backlog(client, QUEUE, settings).scheduled == 1, 30, "the near task held for its ETA")
         sent = time.time()
         far = producer.send_task("myproject.daily_report", args=["far"], countdown=14, queue=QUEUE)
         eventually(lambda: client.zcard("celery-autoscale:parked-eta") == 1, 30, "the far task parked")

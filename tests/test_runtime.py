@@ -6,7 +6,7 @@ import sys
 
 import pytest
 from celery import Celery
-from celery_autoscale import PROBE_TASK, ConfigError, install, settings_of
+from celery_autoscale import ROUNDTRIP_TASK, ConfigError, install, settings_of
 
 IMPORT_EVERYTHING = """
 import os, sys, json
@@ -16,9 +16,11 @@ app = Celery("bystander", broker="redis://127.0.0.1:1/0")
 receivers = {name: len(getattr(signals, name).receivers) for name in
              ("before_task_publish", "task_received", "task_prerun", "task_postrun", "worker_init", "worker_ready")}
 import celery_autoscale, celery_autoscale.worker, celery_autoscale.health, celery_autoscale.deadletter
-import celery_autoscale.roundtrip, celery_autoscale.flower
-from celery_autoscale import _backlog, _cli, _deadletter, _health, _heartbeat, _install, _loader, _metrics
-from celery_autoscale import _runtime, _settings
+import celery_autoscale.roundtrip, celery_autoscale.flower, celery_autoscale.beat, celery_autoscale.reconciler
+import celery_autoscale.reconciler.__main__
+from celery_autoscale import _backlog, _install, _loader, _metrics, _redis, _settings, cli, keys
+from celery_autoscale.worker import _consumer, _deadletter, _heartbeat, _metrics, _parking, _runtime
+from celery_autoscale.reconciler import _deletion_cost, _metrics, _round, _unpark
 def link(fd):
     try:
         return os.readlink(f"/proc/self/fd/{fd}")
@@ -61,8 +63,8 @@ def test_install_sets_only_what_the_guarantees_need_and_leaves_the_app_alone():
     assert conf.task_time_limit == 1800
     assert conf.task_routes == {"a.*": {"queue": "emails"}} and conf.task_serializer == "pickle"
     assert conf.worker_concurrency == 7
-    assert conf.worker_consumer == "celery_autoscale._consumer:Consumer"  # Celery's, surviving a lost Redis
-    assert PROBE_TASK in app.tasks
+    assert conf.worker_consumer == "celery_autoscale.worker._consumer:Consumer"  # Celery's, surviving a lost Redis
+    assert ROUNDTRIP_TASK in app.tasks
     settings = settings_of(app)
     assert settings.separator == "\x06\x16" and settings.priority_steps == (0, 3, 6, 9)  # kombu's own
     assert install(app) is app  # a second call changes nothing

@@ -1,11 +1,8 @@
 """The figures the real-cluster benchmarks compute from the pod bridge's events, on known samples."""
 
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent / "e2e"))
-
-from harness import pod_seconds  # noqa: E402
+from tests.e2e.harness import pod_seconds
 
 
 def test_pod_seconds_count_running_and_terminating_time_within_the_window():
@@ -24,16 +21,16 @@ def test_pod_seconds_count_running_and_terminating_time_within_the_window():
 from loadgen import scaling  # noqa: E402
 
 
-def sample(t, ready, queued=0, in_flight=0, pods=None, busy=None, desired=None, reserved=0):
+def sample(t, ready, queued=0, in_flight=0, pods=None, busy=None, desired=None, scheduled=0):
     return {"t": t, "ready": ready, "desired": ready if desired is None else desired,
             "pods": ready if pods is None else pods, "queued": queued, "in_flight": in_flight,
-            "reserved": reserved, "busy": in_flight if busy is None else busy}
+            "scheduled": scheduled, "busy": in_flight if busy is None else busy}
 
 
 def test_ideal_is_the_ceiling_of_backlog_over_target_clamped_to_min_and_max():
     assert [scaling.ideal(b, 4, 0, 4) for b in (0, 1, 4, 5, 16, 17, 100)] == [0, 1, 1, 2, 4, 4, 4]
     assert scaling.ideal(0, 4, 1, 4) == 1
-    assert scaling.true_backlog(sample(0, 0, queued=3, in_flight=2, reserved=1)) == 6
+    assert scaling.true_backlog(sample(0, 0, queued=3, in_flight=2, scheduled=1)) == 6
 
 
 def test_reaction_counts_to_the_first_new_ready_worker_and_to_the_ideal_of_the_moment():
@@ -121,8 +118,7 @@ def test_the_committed_scaling_report_is_what_its_results_generate():
     """docs/scaling-report.md is `make report`'s output from bench/results/scaling.json, not edited by hand."""
     import json
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-    import scaling_report
+    from bench import scaling_report
 
     root = Path(__file__).resolve().parents[1]
     result = json.loads((root / "bench" / "results" / "scaling.json").read_text())

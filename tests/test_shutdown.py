@@ -8,7 +8,8 @@ import sys
 import time
 
 from celery import states
-from celery_autoscale import _deadletter as deadletter
+from celery_autoscale import deadletter
+from celery_autoscale.keys import dead_letter_key
 from celery_autoscale import backlog
 from helpers import eventually, producer, run_module, settings
 
@@ -66,7 +67,7 @@ def test_a_task_that_keeps_failing_ends_in_the_dead_letter_list(fresh_stack):
     eventually(lambda: result.state == states.FAILURE, 60, "task failed for good")
 
     found = settings(fresh_stack)
-    key = deadletter.key(found)
+    key = dead_letter_key(found.key_prefix)
     [entry], malformed = deadletter.entries(fresh_stack.client(), found)
     assert malformed == []
     assert entry["task_id"] == result.id and entry["queue"] == "cpu"

@@ -17,12 +17,11 @@ from urllib.parse import urlsplit
 
 from celery import signals
 
-from ._deadletter import queue_of
-from ._heartbeat import Heartbeat
-from ._runtime import runtime_of
-from ._settings import DEFAULT_TASK_TIME_LIMIT, ConfigError, environ_overrides, settings_of
+from ._settings import SETTING, SETTINGS, ConfigError, environ_overrides, settings_of
+from .worker._heartbeat import Heartbeat
+from .worker._runtime import queue_of, runtime_of
 
-__all__ = ["PROBE_TASK", "REQUIRED", "install"]
+__all__ = ["REQUIRED", "ROUNDTRIP_TASK", "install"]
 
 #: Worker settings the guarantees need: ``setting -> (value, what breaks without it)``.
 REQUIRED: dict[str, tuple[object, str]] = {
@@ -37,12 +36,18 @@ REQUIRED: dict[str, tuple[object, str]] = {
     "worker_disable_prefetch": (True, "workers would hold waiting tasks outside the Redis lists KEDA counts"),
 }
 
-#: Celery's default consumer class, which install replaces by :class:`~celery_autoscale._consumer.Consumer`.
+#: Celery's default consumer class, which install replaces by :class:`~celery_autoscale.worker._consumer.Consumer`.
 DEFAULT_CONSUMER = "celery.worker.consumer:Consumer"
-CONSUMER = "celery_autoscale._consumer:Consumer"
+CONSUMER = "celery_autoscale.worker._consumer:Consumer"
+#: Earlier releases' name of :data:`CONSUMER`, accepted in an app's configuration.
+LEGACY_CONSUMER = "celery_autoscale._consumer:Consumer"
 
-#: The task the chart's helm test sends to every queue (any app with the runtime has it).
-PROBE_TASK = "celery_autoscale.probe"
+#: The task of the round trip (``python -m celery_autoscale.roundtrip``: the chart's helm test and
+#: canary) that every app with the runtime has: it answers at once on any queue.
+ROUNDTRIP_TASK = "celery_autoscale.roundtrip"
+#: Release 0.2's name of :data:`ROUNDTRIP_TASK`, still registered so that a round trip sent by 0.2
+#: during an upgrade is answered, not dropped as unknown.
+LEGACY_ROUNDTRIP_TASK = "celery_autoscale.probe"
 
 
 def _explicit(conf, key: str) -> bool:
@@ -70,8 +75,8 @@ def install(app, *, allow_unsafe: bool | None = None, environ: Mapping[str, str]
     Redis transport docs); ``task_time_limit`` (default 1800 s) below the visibility timeout;
     ``broker_connection_retry_on_startup``; ``result_backend_always_retry`` (a result is stored
     once an unreachable backend is back); the Redis password and verified TLS from the
-    environment; then connects the in-flight and reserved records, metrics and heartbeat
-    (worker side) and registers :data:`PROBE_TASK`.
+    environment; then connects the in-flight and scheduled records, metrics and heartbeat
+    (worker side) and registers :data:`ROUNDTRIP_TASK`.
 
     The environment (:data:`celery_autoscale.ENVIRONMENT`, set by the chart) wins over
     ``app.conf``, except that its priority steps and separator must equal the app's own
@@ -103,37 +108,38 @@ def install(app, *, allow_unsafe: bool | None = None, environ: Mapping[str, str]
         updates[key] = value
 
     transport = dict(conf.broker_transport_options or {})
-    for name, variable in (("priority_steps", "CELERY_PRIORITY_STEPS"), ("sep", "CELERY_PRIORITY_SEPARATOR")):
-        wanted = env.get(f"transport.{name}")
+    for attr in ("priority_steps", "separator"):
+        wanted, setting = env.get(attr), SETTING[attr]
+        name = setting.conf.removeprefix("transport.")
         if wanted is None:
             continue
         current = transport.get(name)
-        if current is not None and (list(current) if name == "priority_steps" else current) != wanted:
-            raise ConfigError(f"{variable} ({wanted!r}) differs from the app's broker_transport_options"
+        if current is not None and (list(current) if attr == "priority_steps" else current) != wanted:
+            raise ConfigError(f"{setting.env} ({wanted!r}) differs from the app's broker_transport_options"
                               f"[{name!r}] ({transport[name]!r}): producers and KEDA would name other lists")
         transport[name] = wanted
-    if "transport.visibility_timeout" in env:
-        transport["visibility_timeout"] = env["transport.visibility_timeout"]
-    if "transport.master_name" in env:  # Redis Sentinel: broker and a sentinel:// result backend alike
-        transport["master_name"] = env["transport.master_name"]
+    if "visibility_timeout" in env:
+        transport["visibility_timeout"] = env["visibility_timeout"]
+    if "master_name" in env:  # Redis Sentinel: broker and a sentinel:// result backend alike
+        transport["master_name"] = env["master_name"]
         if str(conf.result_backend or "").startswith("sentinel://"):
             updates["result_backend_transport_options"] = {
-                **(conf.result_backend_transport_options or {}), "master_name": env["transport.master_name"]}
-    visibility = int(transport.setdefault("visibility_timeout", 3600))
+                **(conf.result_backend_transport_options or {}), "master_name": env["master_name"]}
+    visibility = int(transport.setdefault("visibility_timeout", SETTING["visibility_timeout"].default))
     transport.setdefault("unacked_restore_interval", max(1, min(10, visibility // 10)))
     transport.setdefault("unacked_restore_throttle", 1)
     updates["broker_transport_options"] = transport
 
-    limit = env.get("task_time_limit") or conf.get("task_time_limit") or DEFAULT_TASK_TIME_LIMIT
+    limit = env.get("task_time_limit") or conf.get("task_time_limit") or SETTING["task_time_limit"].default
     if limit >= visibility and not allow:
         raise ConfigError(f"the task time limit ({limit:g} s) must stay below the visibility timeout "
                           f"({visibility} s), or a running task is delivered a second time")
     updates["task_time_limit"] = limit
-    if "worker_soft_shutdown_timeout" in env:
-        updates["worker_soft_shutdown_timeout"] = env["worker_soft_shutdown_timeout"]
-        updates["worker_enable_soft_shutdown_on_idle"] = env["worker_soft_shutdown_timeout"] > 0
-    # Celery's consumer, with its recovery from a lost Redis connection made safe (_consumer.py).
-    if conf.get("worker_consumer") in (DEFAULT_CONSUMER, CONSUMER):
+    if "soft_shutdown" in env:
+        updates["worker_soft_shutdown_timeout"] = env["soft_shutdown"]
+        updates["worker_enable_soft_shutdown_on_idle"] = env["soft_shutdown"] > 0
+    # Celery's consumer, with its recovery from a lost Redis connection made safe (worker/_consumer.py).
+    if conf.get("worker_consumer") in (DEFAULT_CONSUMER, CONSUMER, LEGACY_CONSUMER):
         updates["worker_consumer"] = CONSUMER
     elif not allow:
         raise ConfigError(f"worker_consumer={conf.get('worker_consumer')!r} is refused: a worker would exit when "
@@ -147,11 +153,9 @@ def install(app, *, allow_unsafe: bool | None = None, environ: Mapping[str, str]
     # FAILURE; with acks_late its message is acknowledged only after that.
     if not _explicit(conf, "result_backend_always_retry"):
         updates["result_backend_always_retry"] = True
-    for key in ("autoscale_max_retries", "autoscale_retry_backoff_max", "autoscale_metrics_port",
-                "autoscale_heartbeat_file", "autoscale_heartbeat_interval", "autoscale_stall_seconds",
-                "autoscale_eta_horizon"):
-        if key in env:
-            updates[key] = env[key]
+    for setting in SETTINGS:  # the runtime's own autoscale_* keys, as the environment gives them
+        if setting.conf.startswith("autoscale_") and setting.attr in env:
+            updates[setting.conf] = env[setting.attr]
     if "password" in env:  # kombu and the Redis result backend prefer a password in the URL
         updates["broker_password"] = updates["redis_password"] = env["password"]
     ca_file = env.get("tls_ca_file")
@@ -171,12 +175,12 @@ def install(app, *, allow_unsafe: bool | None = None, environ: Mapping[str, str]
     signals.worker_ready.connect(runtime.worker_ready, weak=False, dispatch_uid=f"{uid}.ready")
     app.steps["consumer"].add(Heartbeat)
 
-    @app.task(name=PROBE_TASK, bind=True, shared=False, ignore_result=True)
-    def probe(self, token: str = "", reply_to: str = "") -> dict:
-        """Any queue: answer at once with ``token``, the queue and the worker (the helm test).
+    def roundtrip(self, token: str = "", reply_to: str = "") -> dict:
+        """Any queue: answer at once with ``token``, the queue and the worker (the round trip).
 
-        The answer is pushed onto the Redis list ``reply_to`` (kept 10 minutes), so the round
-        trip needs no result backend.
+        The answer is pushed onto the Redis list ``reply_to``
+        (:func:`~celery_autoscale.keys.roundtrip_reply_key`, kept 10 minutes), so the round trip
+        needs no result backend.
         """
         answer = {"token": token, "queue": queue_of(self.request), "worker": self.request.hostname}
         if reply_to:
@@ -184,6 +188,9 @@ def install(app, *, allow_unsafe: bool | None = None, environ: Mapping[str, str]
             client.rpush(reply_to, json.dumps(answer))
             client.expire(reply_to, 600)
         return answer
+
+    for name in (ROUNDTRIP_TASK, LEGACY_ROUNDTRIP_TASK):
+        app.task(name=name, bind=True, shared=False, ignore_result=True)(roundtrip)
 
     app._autoscale_installed = True
     return app

@@ -6,6 +6,10 @@ import importlib
 import os
 import sys
 
+from celery import Celery
+
+from ._install import install
+
 __all__ = ["APP_VARIABLE", "AppLoadError", "load_app"]
 
 #: The environment variable naming the user's app (``module:attribute``) for the wrapper
@@ -28,10 +32,6 @@ def load_app(path: str | None = None):
         AppLoadError: the module or attribute is missing, or is not a Celery app.
         celery_autoscale.ConfigError: the runtime refuses the app's settings.
     """
-    from celery import Celery
-
-    from ._install import install
-
     path = path if path is not None else os.environ.get(APP_VARIABLE, "")
     if not path.strip():
         return install(Celery("celery_autoscale"))

@@ -1,79 +1,31 @@
-"""The runtime's settings: ``autoscale_*`` keys of ``app.conf``, and the environment the chart sets.
+"""The runtime's settings, declared once in :data:`SETTINGS`.
 
-Two sources, read in this one module:
-
-- ``app.conf`` keys (set them like any Celery setting)::
-
-    autoscale_metrics_port        9808        port of the worker's Prometheus /metrics; 0 turns it off
-    autoscale_heartbeat_file      /tmp/celery-heartbeat   touched by the worker's consumer loop
-    autoscale_heartbeat_interval  10.0        seconds between touches
-    autoscale_max_retries         5           retries of a transient error (DeadLetterTask)
-    autoscale_retry_backoff_max   60          cap of the retry backoff, seconds (DeadLetterTask)
-    autoscale_run_record_ttl      3600        seconds a task's start/end record is kept (0: none)
-    autoscale_stall_seconds       60          the heartbeat stops while tasks wait this long beside idle processes
-    autoscale_eta_horizon         0           park tasks whose ETA is further than this many seconds (0: never)
-    autoscale_allow_unsafe        False       accept settings that break the no-loss guarantees
-
-- environment variables, which the chart sets and which win over ``app.conf`` so that the
-  workers, the KEDA triggers and the grace periods all follow the same values
-  (:data:`ENVIRONMENT` lists them with their meaning).
+Each :class:`Setting` names its ``app.conf`` key (``transport.X`` is
+``broker_transport_options["X"]``), the environment variable the chart sets (which wins over
+``app.conf``, so that workers, KEDA's triggers and grace periods follow the same values), its
+default, its parser and its one-line meaning. :data:`DEFAULTS`, :data:`ENVIRONMENT`,
+:func:`environ_overrides`, the fields of :class:`Settings` and the README's configuration table
+(:func:`markdown_table`) are all derived from it.
 
 Everything here raises :class:`ConfigError` with a one-line message that never contains a
-password.
+password. Importing this module imports neither Celery nor kombu (the health probe reads it).
 """
 
 from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, make_dataclass
+from functools import partial
 from urllib.parse import urlsplit, urlunsplit
 
-__all__ = ["ENVIRONMENT", "ConfigError", "Settings", "check_redis_url", "environ_overrides", "redact", "settings_of"]
+__all__ = ["DEFAULTS", "ENVIRONMENT", "SETTINGS", "ConfigError", "Setting", "Settings", "check_redis_url",
+           "environ_overrides", "markdown_table", "redact", "settings_of"]
 
 
 class ConfigError(ValueError):
     """A setting is malformed or breaks a guarantee; the message is one line, without secrets."""
-
-
-#: Environment variables the runtime reads: ``name -> (setting, meaning)``. A setting without
-#: a dot is an ``app.conf`` key; ``transport.X`` is ``broker_transport_options["X"]``.
-ENVIRONMENT: dict[str, tuple[str, str]] = {
-    "CELERY_VISIBILITY_TIMEOUT": ("transport.visibility_timeout", "seconds before an unacknowledged message is redelivered"),
-    "CELERY_TASK_TIME_LIMIT": ("task_time_limit", "hard time limit of one task run, seconds"),
-    "CELERY_PRIORITY_STEPS": ("transport.priority_steps", "kombu's priority_steps, e.g. 0,3,6,9"),
-    "CELERY_PRIORITY_SEPARATOR": ("transport.sep", "kombu's sep between a queue name and its priority step"),
-    "CELERY_SOFT_SHUTDOWN": ("worker_soft_shutdown_timeout", "seconds running tasks get on a cold shutdown"),
-    "CELERY_MAX_RETRIES": ("autoscale_max_retries", "retries of a transient error before dead-lettering"),
-    "CELERY_RETRY_BACKOFF_MAX": ("autoscale_retry_backoff_max", "cap of the retry backoff, seconds"),
-    "CELERY_METRICS_PORT": ("autoscale_metrics_port", "port of the worker's /metrics; 0 turns it off"),
-    "CELERY_HEARTBEAT_FILE": ("autoscale_heartbeat_file", "file the worker's consumer loop touches"),
-    "CELERY_HEARTBEAT_INTERVAL": ("autoscale_heartbeat_interval", "seconds between heartbeats"),
-    "CELERY_STALL_SECONDS": ("autoscale_stall_seconds", "tasks waiting this long beside idle processes stop the heartbeat"),
-    "CELERY_ETA_HORIZON": ("autoscale_eta_horizon", "tasks due further than this many seconds are parked in Redis until the reconciler brings them back (0: never)"),
-    "CELERY_SENTINEL_MASTER": ("transport.master_name", "the Redis Sentinel master name, for sentinel:// URLs"),
-    "REDIS_PASSWORD": ("broker_password", "Redis password for URLs that carry none"),
-    "REDIS_PASSWORD_FILE": ("broker_password", "a file holding that password (the chart mounts it)"),
-    "REDIS_TLS_CA_FILE": ("broker_use_ssl", "CA bundle for rediss:// URLs; certificates are always verified"),
-}
-
-#: The runtime's own ``app.conf`` keys and their defaults.
-DEFAULTS: dict[str, object] = {
-    "autoscale_metrics_port": 9808,
-    "autoscale_heartbeat_file": "/tmp/celery-heartbeat",
-    "autoscale_heartbeat_interval": 10.0,
-    "autoscale_max_retries": 5,
-    "autoscale_retry_backoff_max": 60,
-    "autoscale_run_record_ttl": 3600,
-    "autoscale_stall_seconds": 60.0,
-    "autoscale_eta_horizon": 0,
-    "autoscale_allow_unsafe": False,
-}
-
-#: Time limit of one task run when neither the app nor the environment sets one (seconds);
-#: half of kombu's default visibility timeout of 3600 s.
-DEFAULT_TASK_TIME_LIMIT = 1800
 
 
 def redact(url: str) -> str:
@@ -117,7 +69,7 @@ def check_redis_url(url: str, what: str = "the broker URL") -> str:
     return url
 
 
-def _number(name: str, raw: str, kind: type, low: float, high: float = math.inf) -> float:
+def _number(name: str, raw: str, *, kind: type, low: float, high: float = math.inf) -> float:
     what = "a whole number" if kind is int else "a number"
     try:
         value = kind(raw)
@@ -139,8 +91,105 @@ def _steps(name: str, raw: str) -> list[int]:
     return steps
 
 
+def _text(name: str, raw: str) -> str:
+    return raw
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One runtime setting.
+
+    Attributes:
+        attr: its :class:`Settings` attribute.
+        conf: its ``app.conf`` key; ``transport.X`` is ``broker_transport_options["X"]``.
+        env: the environment variable that sets it (the chart's), or None.
+        default: the value when neither sets it; None: Celery's or kombu's own default.
+        parse: ``(variable, raw text) -> value``; raises :class:`ConfigError`.
+        doc: one line: what it means (the README's table shows it).
+        shown_default: the default as the README's table shows it.
+        strip: whether surrounding white space is dropped from the variable's value.
+    """
+
+    attr: str
+    conf: str
+    env: str | None
+    default: object
+    parse: Callable[[str, str], object]
+    doc: str
+    shown_default: str = ""
+    strip: bool = True
+
+
+#: Every setting of the runtime: the one table the rest of this module is derived from.
+SETTINGS: tuple[Setting, ...] = (
+    Setting("visibility_timeout", "transport.visibility_timeout", "CELERY_VISIBILITY_TIMEOUT", 3600,
+            partial(_number, kind=int, low=1), "redelivery delay of an unacknowledged message, seconds (kombu's "
+            "Redis `visibility_timeout`); must exceed the task time limit", "`3600` s"),
+    Setting("task_time_limit", "task_time_limit", "CELERY_TASK_TIME_LIMIT", 1800,
+            partial(_number, kind=int, low=1), "hard time limit of one task run, seconds (half of kombu's "
+            "default visibility timeout)", "`1800` s"),
+    Setting("priority_steps", "transport.priority_steps", "CELERY_PRIORITY_STEPS", None, _steps,
+            "kombu's `priority_steps`; must equal the app's; `0` alone means one list per queue", "kombu's `0,3,6,9`"),
+    Setting("separator", "transport.sep", "CELERY_PRIORITY_SEPARATOR", None, _text,
+            "kombu's `sep` between a queue name and its priority step; must equal the app's",
+            'kombu\'s `"\\x06\\x16"`', strip=False),  # may be control characters
+    Setting("soft_shutdown", "worker_soft_shutdown_timeout", "CELERY_SOFT_SHUTDOWN", 0.0,
+            partial(_number, kind=float, low=0), "`worker_soft_shutdown_timeout`: seconds running tasks get on a "
+            "cold shutdown (SIGQUIT) before they are requeued", "`0` s"),
+    Setting("max_retries", "autoscale_max_retries", "CELERY_MAX_RETRIES", 5, partial(_number, kind=int, low=0),
+            "retries of a transient error before dead-lettering (`DeadLetterTask`)", "`5`"),
+    Setting("retry_backoff_max", "autoscale_retry_backoff_max", "CELERY_RETRY_BACKOFF_MAX", 60,
+            partial(_number, kind=int, low=1), "cap of the exponential retry backoff, seconds", "`60` s"),
+    Setting("metrics_port", "autoscale_metrics_port", "CELERY_METRICS_PORT", 9808,
+            partial(_number, kind=int, low=0, high=65535), "port of the worker's Prometheus `/metrics`, 0-65535; "
+            "`0` turns it off", "`9808`"),
+    Setting("heartbeat_file", "autoscale_heartbeat_file", "CELERY_HEARTBEAT_FILE", "/tmp/celery-heartbeat", _text,
+            "file the worker's consumer loop touches; `python -m celery_autoscale.health` reads it",
+            "`/tmp/celery-heartbeat`"),
+    Setting("heartbeat_interval", "autoscale_heartbeat_interval", "CELERY_HEARTBEAT_INTERVAL", 10.0,
+            partial(_number, kind=float, low=0.1, high=3600), "seconds between heartbeats (0.1-3600)", "`10` s"),
+    Setting("stall_seconds", "autoscale_stall_seconds", "CELERY_STALL_SECONDS", 60.0,
+            partial(_number, kind=float, low=1, high=86400), "tasks waiting this long in the worker's queues while "
+            "some of its processes are idle withhold the heartbeat: the probe fails and Kubernetes restarts a "
+            "worker that no longer consumes", "`60` s"),
+    Setting("eta_horizon", "autoscale_eta_horizon", "CELERY_ETA_HORIZON", 0,
+            partial(_number, kind=int, low=0, high=86400), "tasks whose ETA is further away, seconds, are parked in "
+            "Redis until the reconciler puts them back, half the horizon before their ETA; needs the reconciler "
+            "(`0`: never)", "`0` s (the chart: 300 with the reconciler)"),
+    Setting("run_record_ttl", "autoscale_run_record_ttl", None, 3600, partial(_number, kind=int, low=0),
+            "seconds a finished task's start/end record is kept (`0`: none)", "`3600` s"),
+    Setting("allow_unsafe", "autoscale_allow_unsafe", None, False, _text,
+            "accept app settings that break the no-loss guarantees", "`False`"),
+    Setting("master_name", "transport.master_name", "CELERY_SENTINEL_MASTER", None, _text,
+            "the Redis Sentinel master name (kombu's `master_name`) for `sentinel://` broker and result backend "
+            "URLs; required with them", "unset"),
+    Setting("password", "broker_password", "REDIS_PASSWORD", None, _text,
+            "`broker_password`/`redis_password` for URLs that carry none", "unset"),
+    Setting("password_file", "broker_password", "REDIS_PASSWORD_FILE", None, _text,
+            "a file holding that password (the chart mounts it from a Secret)", "unset"),
+    Setting("tls_ca_file", "broker_use_ssl", "REDIS_TLS_CA_FILE", None, _text,
+            "CA bundle for `rediss://`; certificates are always verified", "system CAs"),
+)
+
+#: The runtime's own ``app.conf`` keys (``autoscale_*``) and their defaults.
+DEFAULTS: dict[str, object] = {s.conf: s.default for s in SETTINGS if s.conf.startswith("autoscale_")}
+
+#: Environment variables the runtime reads: ``name -> (setting, meaning)``.
+ENVIRONMENT: dict[str, tuple[str, str]] = {s.env: (s.conf, s.doc) for s in SETTINGS if s.env}
+
+#: Settings by :attr:`Setting.attr`.
+SETTING: dict[str, Setting] = {s.attr: s for s in SETTINGS}
+
+
+def markdown_table() -> str:
+    """The README's configuration rows, one per environment variable, as Markdown table rows."""
+    return "\n".join(f"| `{s.env}` | {s.shown_default} | {s.doc} |" for s in SETTINGS if s.env) + "\n"
+
+
 def environ_overrides(env: Mapping[str, str] | None = None) -> dict[str, object]:
-    """The settings the environment gives: ``{"task_time_limit": 600, "transport.sep": ":", ...}``.
+    """The settings the environment gives, by :attr:`Setting.attr`: ``{"task_time_limit": 600, ...}``.
+
+    ``REDIS_PASSWORD_FILE`` is read and given as ``password`` (it wins over ``REDIS_PASSWORD``).
 
     Args:
         env: the environment (default ``os.environ``); empty values count as unset.
@@ -149,86 +198,45 @@ def environ_overrides(env: Mapping[str, str] | None = None) -> dict[str, object]
         ConfigError: a value is malformed or out of range, or the password file cannot be read.
     """
     env = os.environ if env is None else env
-    get = lambda name: (env.get(name) or "").strip()  # noqa: E731
     out: dict[str, object] = {}
-    if raw := get("CELERY_VISIBILITY_TIMEOUT"):
-        out["transport.visibility_timeout"] = _number("CELERY_VISIBILITY_TIMEOUT", raw, int, 1)
-    if raw := get("CELERY_TASK_TIME_LIMIT"):
-        out["task_time_limit"] = _number("CELERY_TASK_TIME_LIMIT", raw, int, 1)
-    if raw := get("CELERY_PRIORITY_STEPS"):
-        out["transport.priority_steps"] = _steps("CELERY_PRIORITY_STEPS", raw)
-    if "CELERY_PRIORITY_SEPARATOR" in env and env["CELERY_PRIORITY_SEPARATOR"] != "":
-        out["transport.sep"] = env["CELERY_PRIORITY_SEPARATOR"]  # may be control characters: not stripped
-    if raw := get("CELERY_SOFT_SHUTDOWN"):
-        out["worker_soft_shutdown_timeout"] = _number("CELERY_SOFT_SHUTDOWN", raw, float, 0)
-    if raw := get("CELERY_MAX_RETRIES"):
-        out["autoscale_max_retries"] = _number("CELERY_MAX_RETRIES", raw, int, 0)
-    if raw := get("CELERY_RETRY_BACKOFF_MAX"):
-        out["autoscale_retry_backoff_max"] = _number("CELERY_RETRY_BACKOFF_MAX", raw, int, 1)
-    if raw := get("CELERY_METRICS_PORT"):
-        out["autoscale_metrics_port"] = _number("CELERY_METRICS_PORT", raw, int, 0, 65535)
-    if raw := get("CELERY_HEARTBEAT_FILE"):
-        out["autoscale_heartbeat_file"] = raw
-    if raw := get("CELERY_HEARTBEAT_INTERVAL"):
-        out["autoscale_heartbeat_interval"] = _number("CELERY_HEARTBEAT_INTERVAL", raw, float, 0.1, 3600)
-    if raw := get("CELERY_STALL_SECONDS"):
-        out["autoscale_stall_seconds"] = _number("CELERY_STALL_SECONDS", raw, float, 1, 86400)
-    if raw := get("CELERY_ETA_HORIZON"):
-        out["autoscale_eta_horizon"] = _number("CELERY_ETA_HORIZON", raw, int, 0, 86400)
-    password = get("REDIS_PASSWORD") or None
-    if path := get("REDIS_PASSWORD_FILE"):
+    for setting in SETTINGS:
+        raw = env.get(setting.env or "") or ""
+        raw = raw.strip() if setting.strip else raw
+        if raw:
+            out[setting.attr] = setting.parse(setting.env, raw)
+    if path := out.pop("password_file", None):
         try:
             with open(path) as handle:
-                password = handle.read().strip() or None
+                out["password"] = handle.read().strip()
         except OSError as exc:
             raise ConfigError(f"cannot read REDIS_PASSWORD_FILE {path}: {exc.strerror}") from None
-    if password:
-        out["password"] = password
-    if raw := get("CELERY_SENTINEL_MASTER"):
-        out["transport.master_name"] = raw
-    if raw := get("REDIS_TLS_CA_FILE"):
-        out["tls_ca_file"] = raw
+    if not out.get("password"):
+        out.pop("password", None)
     return out
 
 
-@dataclass(frozen=True)
-class Settings:
-    """What the runtime needs of one app, resolved once by :func:`settings_of`.
+#: What the runtime needs of one app, resolved once by :func:`settings_of`.
+Settings = make_dataclass("Settings", [
+    ("broker_url", str), ("ssl", "dict | None"), ("key_prefix", str), ("unacked_key", str),
+    *((s.attr, object, field(default=s.default, repr=s.attr != "password")) for s in SETTINGS if s.attr not in ("password_file", "tls_ca_file")),
+], frozen=True)
+Settings.__module__ = __name__
+Settings.__doc__ = """What the runtime needs of one app, resolved once by :func:`settings_of`.
 
-    Attributes:
-        broker_url: the app's broker URL (``redis://``, ``rediss://``, or ``sentinel://`` URLs
-            joined by ``;``); may lack the password.
-        master_name: the Sentinel master name (kombu's ``master_name`` transport option), or None.
-        password: the Redis password given apart from the URL (``broker_password``), or None.
-        ssl: redis-py TLS keyword arguments (``broker_use_ssl``), or None.
-        visibility_timeout: seconds (kombu's Redis ``visibility_timeout``).
-        task_time_limit: seconds (Celery's ``task_time_limit``).
-        priority_steps: kombu's ``priority_steps``.
-        separator: kombu's ``sep``.
-        key_prefix: kombu's ``global_keyprefix``, prepended to every key in Redis.
-        unacked_key: kombu's ``unacked_key``, the hash of unacknowledged messages.
-        metrics_port, heartbeat_file, heartbeat_interval, max_retries, retry_backoff_max,
-        run_record_ttl, stall_seconds, eta_horizon: the ``autoscale_*`` settings above.
-    """
+Attributes:
+    broker_url: the app's broker URL (``redis://``, ``rediss://``, or ``sentinel://`` URLs joined
+        by ``;``); may lack the password.
+    ssl: redis-py TLS keyword arguments (``broker_use_ssl``), or None.
+    key_prefix: kombu's ``global_keyprefix``, prepended to every key in Redis.
+    unacked_key: kombu's ``unacked_key``, the hash of unacknowledged messages.
+    and one attribute per :data:`SETTINGS` entry (``Setting.attr``), as the app's configuration has it.
+"""
 
-    broker_url: str
-    master_name: str | None
-    password: str | None
-    ssl: dict | None
-    visibility_timeout: int
-    task_time_limit: int
-    priority_steps: tuple[int, ...]
-    separator: str
-    key_prefix: str
-    unacked_key: str
-    metrics_port: int
-    heartbeat_file: str
-    heartbeat_interval: float
-    max_retries: int
-    retry_backoff_max: int
-    run_record_ttl: int
-    stall_seconds: float
-    eta_horizon: int = 0
+
+def _conf_value(conf, transport: dict, setting: Setting):
+    if setting.conf.startswith("transport."):
+        return transport.get(setting.conf.removeprefix("transport."))
+    return conf.get(setting.conf)
 
 
 def settings_of(app) -> Settings:
@@ -238,7 +246,7 @@ def settings_of(app) -> Settings:
     into ``app.conf``; on an app without it, Celery's and kombu's defaults apply.
 
     Raises:
-        ConfigError: the broker is not Redis.
+        ConfigError: the broker is not Redis, or a sentinel:// URL lacks its master name.
     """
     cached = getattr(app, "_autoscale_settings", None)
     if cached is not None:
@@ -254,27 +262,20 @@ def settings_of(app) -> Settings:
     if url.startswith("sentinel://") and not transport.get("master_name"):
         raise ConfigError("a sentinel:// broker URL needs the master name: broker_transport_options"
                           "['master_name'] or CELERY_SENTINEL_MASTER")
+    kombu_defaults = {"priority_steps": PRIORITY_STEPS, "separator": Channel.sep}
+    values = {}
+    for setting in SETTINGS:
+        if setting.attr in ("password_file", "tls_ca_file"):
+            continue
+        value = _conf_value(conf, transport, setting)
+        if value is None or value == "":
+            value = kombu_defaults.get(setting.attr, setting.default)
+        values[setting.attr] = type(setting.default)(value) if setting.default is not None else value
+    values["priority_steps"] = tuple(values["priority_steps"])
+    values["password"] = values["password"] or None
     ssl = conf.broker_use_ssl if isinstance(conf.broker_use_ssl, dict) else None
-    get = lambda key: conf.get(key, DEFAULTS[key])  # noqa: E731
-    settings = Settings(
-        broker_url=url,
-        master_name=transport.get("master_name"),
-        password=conf.broker_password or None,
-        ssl=dict(ssl) if ssl else None,
-        visibility_timeout=int(transport.get("visibility_timeout", 3600)),
-        task_time_limit=int(conf.task_time_limit or DEFAULT_TASK_TIME_LIMIT),
-        priority_steps=tuple(transport.get("priority_steps") or PRIORITY_STEPS),
-        separator=transport.get("sep", Channel.sep),
-        key_prefix=transport.get("global_keyprefix", ""),
-        unacked_key=transport.get("unacked_key", "unacked"),
-        metrics_port=int(get("autoscale_metrics_port")),
-        heartbeat_file=str(get("autoscale_heartbeat_file")),
-        heartbeat_interval=float(get("autoscale_heartbeat_interval")),
-        max_retries=int(get("autoscale_max_retries")),
-        retry_backoff_max=int(get("autoscale_retry_backoff_max")),
-        run_record_ttl=int(get("autoscale_run_record_ttl")),
-        stall_seconds=float(get("autoscale_stall_seconds")),
-        eta_horizon=int(get("autoscale_eta_horizon")),
-    )
+    settings = Settings(broker_url=url, ssl=dict(ssl) if ssl else None,
+                        key_prefix=transport.get("global_keyprefix", ""),
+                        unacked_key=transport.get("unacked_key", "unacked"), **values)
     app._autoscale_settings = settings
     return settings

@@ -25,7 +25,11 @@ import json
 import math
 import sys
 
-from ._cli import EXIT_BAD_INPUT, Parser, add_app_option, app_from, error
+from . import keys
+from ._loader import AppLoadError, load_app
+from ._redis import connect
+from ._settings import ConfigError, settings_of
+from .cli import EXIT_BAD_INPUT, Parser, add_app_option, error, positive_seconds
 
 __all__ = ["entries", "main"]
 
@@ -79,33 +83,27 @@ def main(argv: list[str] | None = None) -> int:
     add_app_option(p)
     p.add_argument("--schedule", metavar="FILE.json", default=None,
                    help="more schedule entries, a JSON object (see the module docs)")
-    p.add_argument("--max-interval", type=float, default=5.0, metavar="SECONDS",
+    p.add_argument("--max-interval", type=positive_seconds, default=5.0, metavar="SECONDS",
                    help="most seconds between two looks at the schedule; the lock expires after 5 times it (default 5)")
     p.add_argument("--loglevel", default="INFO", help="beat's log level (default INFO)")
     args = p.parse_args(argv)
-    if not (math.isfinite(args.max_interval) and args.max_interval > 0):
-        return error(f"--max-interval must be a positive number of seconds, got {args.max_interval}", EXIT_BAD_INPUT)
     try:
         import redbeat  # noqa: F401
     except ImportError:
         return error("Celery beat needs celery-redbeat: pip install 'celery-autoscale[beat]'", EXIT_BAD_INPUT)
-    from ._backlog import KEY_PREFIX, connect
-    from ._loader import AppLoadError
-    from ._settings import ConfigError, settings_of
-
     try:
         extra = {}
         if args.schedule:
             with open(args.schedule, encoding="utf-8") as f:
                 extra = entries(json.load(f))
-        app = app_from(args)
+        app = load_app(args.app)
         settings = settings_of(app)
     except (OSError, ValueError, AppLoadError, ConfigError) as exc:  # json.JSONDecodeError is a ValueError
         return error(f"{args.schedule}: {exc}" if isinstance(exc, (OSError, json.JSONDecodeError)) else exc,
                      EXIT_BAD_INPUT)
     app.conf.beat_schedule = {**(app.conf.beat_schedule or {}), **extra}
     if not app.conf.get("redbeat_key_prefix"):  # an app's own RedBeat keys are kept
-        app.conf.redbeat_key_prefix = f"{settings.key_prefix}{KEY_PREFIX}:beat:"
+        app.conf.redbeat_key_prefix = keys.beat_prefix(settings.key_prefix)
     # RedBeat's own client slot: our client carries the password file, TLS and Sentinel.
     app.conf.setdefault("redbeat_redis_url", settings.broker_url)
     app.conf.setdefault("redbeat_redis_options", {})

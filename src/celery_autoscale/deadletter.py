@@ -18,7 +18,79 @@ import json
 import sys
 import time
 
-from ._cli import Parser, EXIT_BAD_INPUT, EXIT_BROKER, EXIT_FAILED, add_app_option, app_from, error, positive_int
+from . import keys
+from ._loader import AppLoadError, load_app
+from ._redis import connect
+from ._settings import ConfigError, redact, settings_of
+from .cli import EXIT_BAD_INPUT, EXIT_BROKER, EXIT_FAILED, Parser, add_app_option, error, positive_int
+from .worker._deadletter import FIELDS
+
+__all__ = ["Entry", "entries", "main", "parser", "requeue"]
+
+
+class Entry(dict):
+    """One dead-letter entry; ``index`` is its place in the list (0: newest)."""
+
+    index: int
+
+
+def _parse(raw: bytes, index: int) -> Entry | None:
+    try:
+        entry = Entry(json.loads(raw))
+    except (ValueError, TypeError):
+        return None
+    if not all(field in entry for field in FIELDS):
+        return None
+    entry.index = index
+    return entry
+
+
+def entries(client, settings, limit: int | None = None) -> tuple[list[Entry], list[int]]:
+    """Dead-lettered tasks, newest first (at most ``limit``), and the indexes of malformed ones.
+
+    Raises:
+        ValueError: ``limit`` is below 1.
+        redis.RedisError: Redis cannot be reached.
+    """
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit must be at least 1, got {limit}")
+    raws = client.lrange(keys.dead_letter_key(settings.key_prefix), 0, -1 if limit is None else limit - 1)
+    good, bad = [], []
+    for index, raw in enumerate(raws):
+        entry = _parse(raw, index)
+        (good.append(entry) if entry is not None else bad.append(index))
+    return good, bad
+
+
+def requeue(client, app, settings, limit: int | None = None) -> tuple[int, list[int]]:
+    """Send dead-lettered tasks again to their queue, oldest first; return (sent, malformed indexes).
+
+    Each entry is removed only after its task was published, so an error loses nothing; a
+    malformed entry is left in place, reported, and does not stop the entries behind it.
+
+    Raises:
+        ValueError: ``limit`` is below 1.
+        redis.RedisError, kombu errors: Redis cannot be reached (what was sent stays sent).
+    """
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit must be at least 1, got {limit}")
+    name = keys.dead_letter_key(settings.key_prefix)
+    sent, bad = 0, []
+    length = client.llen(name)
+    for index in range(length - 1, -1, -1):  # oldest first
+        if limit is not None and sent >= limit:
+            break
+        raw = client.lindex(name, index)
+        if raw is None:
+            continue
+        entry = _parse(raw, index)
+        if entry is None:
+            bad.append(index)
+            continue
+        app.send_task(entry["task"], args=entry["args"], kwargs=entry["kwargs"], queue=entry["queue"])
+        client.lrem(name, -1, raw)
+        sent += 1
+    return sent, bad
 
 
 def parser() -> argparse.ArgumentParser:
@@ -39,13 +111,8 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    from . import _deadletter
-    from ._backlog import connect
-    from ._loader import AppLoadError
-    from ._settings import ConfigError, redact, settings_of
-
     try:
-        app = app_from(args)
+        app = load_app(args.app)
         settings = settings_of(app)
     except (AppLoadError, ConfigError) as exc:
         return error(exc, EXIT_BAD_INPUT)
@@ -53,9 +120,9 @@ def main(argv: list[str] | None = None) -> int:
     bad: list[int] = []
     try:
         if args.command == "count":
-            print(client.llen(_deadletter.key(settings)))
+            print(client.llen(keys.dead_letter_key(settings.key_prefix)))
         elif args.command == "list":
-            found, bad = _deadletter.entries(client, settings, args.limit)
+            found, bad = entries(client, settings, args.limit)
             for entry in found:
                 if args.json:
                     print(json.dumps(entry))
@@ -64,10 +131,10 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"{when} {entry['queue']} {entry['task']}[{entry['task_id']}] "
                           f"after {entry['retries']} retries: {entry['error']}")
         elif args.command == "requeue":
-            sent, bad = _deadletter.requeue(client, app, settings, args.limit)
+            sent, bad = requeue(client, app, settings, args.limit)
             print(f"requeued {sent}")
         else:
-            print(f"purged {client.delete(_deadletter.key(settings)) and 'all' or 'nothing'}")
+            print(f"purged {client.delete(keys.dead_letter_key(settings.key_prefix)) and 'all' or 'nothing'}")
     except Exception as exc:  # redis and kombu errors: say which broker, never its password
         return error(f"{type(exc).__name__} talking to {redact(settings.broker_url)}", EXIT_BROKER)
     if bad:

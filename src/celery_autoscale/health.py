@@ -13,36 +13,54 @@ Celery nor the app, so it starts fast.
 
 from __future__ import annotations
 
-import argparse
-import math
 import os
 import sys
+import time
+from pathlib import Path
 
-from ._cli import Parser
-from ._health import age
+from ._settings import SETTING
+from .cli import EXIT_FAILED, Parser, error, positive_seconds
+
+__all__ = ["age", "main", "touch"]
+
+
+def touch(path: str) -> None:
+    """Set ``path``'s modification time to now, creating it if needed (the worker's heartbeat)."""
+    Path(path).touch()
+
+
+def age(path: str, now: float | None = None) -> float:
+    """Seconds since ``path`` was last touched.
+
+    Raises:
+        FileNotFoundError: the worker has not written its first heartbeat yet.
+    """
+    return (time.time() if now is None else now) - os.stat(path).st_mtime
+
+
+def heartbeat_file(given: str | None = None) -> str:
+    """The heartbeat file: ``given``, else ``CELERY_HEARTBEAT_FILE``, else its default."""
+    heartbeat = SETTING["heartbeat_file"]
+    return given or os.environ.get(heartbeat.env, "").strip() or heartbeat.default
 
 
 def main(argv: list[str] | None = None) -> int:
+    heartbeat = SETTING["heartbeat_file"]
     parser = Parser(
         prog="python -m celery_autoscale.health",
         description="Exit 0 when the worker's heartbeat file is fresh, 1 otherwise, 2 on bad input.",
     )
-    parser.add_argument("--file", help="heartbeat file (default: CELERY_HEARTBEAT_FILE, /tmp/celery-heartbeat)")
-    parser.add_argument("--max-age", type=float, default=60.0, metavar="SECONDS",
+    parser.add_argument("--file", help=f"heartbeat file (default: {heartbeat.env}, {heartbeat.default})")
+    parser.add_argument("--max-age", type=positive_seconds, default=60.0, metavar="SECONDS",
                         help="oldest acceptable heartbeat, seconds (default 60)")
     args = parser.parse_args(argv)
-    if not (math.isfinite(args.max_age) and args.max_age > 0):
-        print(f"error: --max-age must be a positive number of seconds, got {args.max_age}", file=sys.stderr)
-        return 2
-    path = args.file or os.environ.get("CELERY_HEARTBEAT_FILE") or "/tmp/celery-heartbeat"
+    path = heartbeat_file(args.file)
     try:
         seconds = age(path)
     except FileNotFoundError:
-        print(f"unhealthy: no heartbeat file at {path} yet", file=sys.stderr)
-        return 1
+        return error(f"unhealthy: no heartbeat file at {path} yet", EXIT_FAILED, prefix="")
     if seconds > args.max_age:
-        print(f"unhealthy: last heartbeat {seconds:.0f}s ago (max {args.max_age:.0f}s)", file=sys.stderr)
-        return 1
+        return error(f"unhealthy: last heartbeat {seconds:.0f}s ago (max {args.max_age:.0f}s)", EXIT_FAILED, prefix="")
     print(f"healthy: last heartbeat {seconds:.1f}s ago")
     return 0
 

@@ -6,14 +6,9 @@ provider and this cluster's kubeconfig (``pytestmark`` in each module).
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from harness import environment  # noqa: E402
+from tests.e2e.harness import environment
 
 
 @pytest.fixture(scope="session")

@@ -92,10 +92,10 @@ class Release:
 @contextmanager
 def environment(run_dir: Path = RUN_DIR):
     import helm_python as helm
-    from bridge import PodBridge
-    from cluster import E2ECluster
+    from .bridge import PodBridge
+    from .cluster import E2ECluster
     from kubernetes import client, config
-    from services import ServiceAddresses
+    from .services import ServiceAddresses
 
     from loadgen.stack import LocalStack
 

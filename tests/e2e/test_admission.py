@@ -15,7 +15,7 @@ import helm_python as helm
 import pytest
 import yaml
 from chart import VALUES_FILES, load_values, render_chart
-from harness import KUBECONFIG, NAMESPACE
+from tests.e2e.harness import KUBECONFIG, NAMESPACE
 
 pytestmark = [pytest.mark.e2e, pytest.mark.k8s(provider="external", k8s_kubeconfig=str(KUBECONFIG))]
 DENIED = 'admission webhook "vscaledobject.kb.io" denied the request'

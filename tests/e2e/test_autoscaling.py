@@ -11,10 +11,11 @@ import json
 import time
 
 import pytest
-from harness import (CI_VALUES, KUBECONFIG, NAMESPACE, QUEUES, ROOT, merge, scale_down_with_busy_and_idle_pods,
+from tests.e2e.harness import (CI_VALUES, KUBECONFIG, NAMESPACE, QUEUES, ROOT, merge, scale_down_with_busy_and_idle_pods,
                      wait_for, worker)
 
-from celery_autoscale import backlog, in_flight_key
+from celery_autoscale import backlog
+from celery_autoscale.keys import in_flight_key
 
 pytestmark = [pytest.mark.e2e, pytest.mark.k8s(provider="external", k8s_kubeconfig=str(KUBECONFIG))]
 
@@ -264,7 +265,7 @@ def test_a_release_behind_redis_sentinel_scales_on_the_masters_lists_from_zero_a
     from celery import Celery
     from sentinel import MASTER, PASSWORD, SentinelSet
 
-    from celery_autoscale import run_record_key
+    from celery_autoscale.keys import run_record_key
     from loadgen.stack import LocalStack
 
     release = idle

@@ -18,7 +18,7 @@ import helm_python as helm
 import pytest
 import redis
 import yaml
-from harness import KUBECONFIG, NAMESPACE, ROOT, merge, wait_for
+from tests.e2e.harness import KUBECONFIG, NAMESPACE, ROOT, merge, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.k8s(provider="external", k8s_kubeconfig=str(KUBECONFIG))]
 FAST = {"workerDefaults": {"autoscaling": {"pollingInterval": 2, "cooldownPeriod": 10}},
@@ -73,7 +73,7 @@ def helm_test_log(release, name: str) -> str:
 def test_staging_values_with_the_charts_own_redis_and_flower_pass_helm_test_and_survive_a_redis_pod_restart(release):
     from celery import Celery
 
-    from celery_autoscale import run_record_key
+    from celery_autoscale.keys import run_record_key
 
     name = "staging"
     release.cluster.apply({"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": "staging-redis-data"},

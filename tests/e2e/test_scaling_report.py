@@ -15,10 +15,8 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
-
-import scaling_report  # noqa: E402
-from harness import KUBECONFIG, NAMESPACE, RELEASE, wait_for  # noqa: E402
+from bench import scaling_report
+from tests.e2e.harness import KUBECONFIG, NAMESPACE, RELEASE, wait_for
 
 pytestmark = pytest.mark.e2e
 

@@ -1,4 +1,4 @@
-{{/* Names and labels only. */}}
+{{/* Names and labels only: pod parts are in _pod.tpl, Redis in _redis.tpl, queues in _queues.tpl. */}}
 
 {{- define "celery-autoscale.name" -}}
 {{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
@@ -49,45 +49,6 @@ app.kubernetes.io/component: {{ .component }}
 {{- end }}
 {{- end }}
 
-{{- define "celery-autoscale.image" -}}
-{{- $tag := default .Chart.AppVersion .Values.image.tag }}
-{{- if .Values.image.digest }}{{ .Values.image.repository }}@{{ .Values.image.digest }}{{ else }}{{ .Values.image.repository }}:{{ $tag }}{{ end }}
-{{- end }}
-
-{{/* The Redis host as every client resolves it: the chart's own Redis by its Service's
-namespace-qualified name (KEDA's operator runs in another namespace, where the short name would
-resolve to nothing), else redis.external.host. */}}
-{{- define "celery-autoscale.redisHost" -}}
-{{- if .Values.redis.enabled }}{{ include "celery-autoscale.fullname" . }}-redis.{{ .Release.Namespace }}.svc{{ else }}{{ required "redis.external.host is required when redis.enabled is false" .Values.redis.external.host }}{{ end }}
-{{- end }}
-
-{{- define "celery-autoscale.redisPort" -}}
-{{- if .Values.redis.enabled }}{{ .Values.redis.port }}{{ else }}{{ .Values.redis.external.port }}{{ end }}
-{{- end }}
-
-{{/* "true" when the workers and KEDA reach an external Redis through Sentinel. */}}
-{{- define "celery-autoscale.redisSentinel" -}}
-{{- if and (not .Values.redis.enabled) .Values.redis.external.sentinel.enabled }}
-{{- if .Values.redis.external.tls.enabled }}{{ fail "redis.external.sentinel and redis.external.tls cannot be combined: TLS to Sentinel is not supported" }}{{ end }}
-{{- true }}
-{{- end }}
-{{- end }}
-
-{{- define "celery-autoscale.redisTLS" -}}
-{{- if and (not .Values.redis.enabled) .Values.redis.external.tls.enabled }}true{{ end }}
-{{- end }}
-
-{{- define "celery-autoscale.redisSecretName" -}}
-{{- default (printf "%s-redis" (include "celery-autoscale.fullname" .)) .Values.redis.auth.existingSecret }}
-{{- end }}
-
 {{- define "celery-autoscale.flowerSecretName" -}}
 {{- default (printf "%s-flower" (include "celery-autoscale.fullname" .)) .Values.flower.auth.existingSecret }}
-{{- end }}
-
-{{/* The Celery queue names of every queue entry, comma-separated (for --queues). */}}
-{{- define "celery-autoscale.celeryQueues" -}}
-{{- $queues := list }}
-{{- range $queue, $cfg := .Values.queues }}{{ if kindIs "map" $cfg }}{{ $queues = append $queues (get $cfg "queue" | default $queue) }}{{ end }}{{ end }}
-{{- join "," $queues }}
 {{- end }}

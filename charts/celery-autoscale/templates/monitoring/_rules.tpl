@@ -35,11 +35,12 @@ groups:
     rules:
 {{- range $queue, $cfg := .Values.queues }}
 {{- if kindIs "map" $cfg }}
-{{- $w := mergeOverwrite (deepCopy $.Values.workerDefaults) (deepCopy $cfg) }}
+{{- $resolved := dict }}{{ include "celery-autoscale.queue" (dict "root" $ "key" $queue "cfg" $cfg "out" $resolved) }}
+{{- $w := $resolved.settings }}
 {{- $a := $w.autoscaling }}
-{{- $cq := $w.queue | default $queue }}
+{{- $cq := $resolved.celeryQueue }}
 {{- $q := printf "%s, queue=%q" $sel $cq }}
-{{- $target := $a.listLength | default $w.concurrency | int }}
+{{- $target := $resolved.target }}
       {{- if and $a.enabled $al.capacityExhausted.enabled }}
       - alert: CeleryAutoscaleCapacityExhausted
         expr: |-

@@ -8,12 +8,13 @@ a warm shutdown's unacknowledged messages) only for the next worker to hold it a
 
 With a horizon ``H`` (``autoscale_eta_horizon``, ``CELERY_ETA_HORIZON``; 0 turns parking off):
 
-- the worker's consumer (:mod:`celery_autoscale._consumer`) parks a message whose ETA is more
-  than ``H`` seconds away instead of handing it to Celery: one Redis transaction writes kombu's
-  own ``[payload, exchange, routing_key]`` to :data:`PARKED_KEY` (by task id) and the ETA to
-  :data:`PARKED_ETA_KEY`, then the message is acknowledged. A crash between the two leaves it
+- the worker's consumer (:mod:`celery_autoscale.worker._consumer`) parks a message whose ETA is
+  more than ``H`` seconds away instead of handing it to Celery (:func:`park`): one Redis
+  transaction writes kombu's own ``[payload, exchange, routing_key]`` to
+  :func:`~celery_autoscale.keys.parked_key` (by task id) and the ETA to
+  :func:`~celery_autoscale.keys.parked_eta_key`, then the message is acknowledged. A crash between the two leaves it
   unacknowledged: kombu restores it and it is parked again under the same id (at least once);
-- the reconciler (:func:`unpark_due`) puts each parked message whose ETA is within ``H / 2``
+- the reconciler (:func:`celery_autoscale.reconciler.unpark_due`) puts each parked message whose ETA is within ``H / 2``
   back on its list with kombu's ``_do_restore_message`` (the list of its priority), in one
   transaction with its removal from the parking keys. The backlog counts it from then on, KEDA
   starts a worker, which holds it (its ETA is now within the horizon) and runs it on time.
@@ -28,16 +29,11 @@ import logging
 import time
 from datetime import datetime, timezone
 
-from ._backlog import KEY_PREFIX, as_text
+from .. import keys
 
-__all__ = ["PARKED_ETA_KEY", "PARKED_KEY", "eta_of", "park", "unpark_due"]
+__all__ = ["eta_of", "park"]
 
 logger = logging.getLogger(__name__)
-
-#: Hash: task id -> kombu's ``[payload, exchange, routing_key]`` (JSON) of a parked message.
-PARKED_KEY = f"{KEY_PREFIX}:parked"
-#: Sorted set: task id -> ETA (Unix seconds) of a parked message.
-PARKED_ETA_KEY = f"{KEY_PREFIX}:parked-eta"
 
 
 def eta_of(headers: dict | None) -> float | None:
@@ -72,37 +68,9 @@ def park(message, horizon: float, prefix: str = "", now: float | None = None) ->
     entry = json.dumps([raw, info.get("exchange", ""), info.get("routing_key", "")])
     with message.channel.conn_or_acquire() as client:
         pipe = client.pipeline()  # MULTI/EXEC
-        pipe.hset(prefix + PARKED_KEY, task_id, entry)
-        pipe.zadd(prefix + PARKED_ETA_KEY, {task_id: eta})
+        pipe.hset(keys.parked_key(prefix), task_id, entry)
+        pipe.zadd(keys.parked_eta_key(prefix), {task_id: eta})
         pipe.execute()
     message.ack()
     logger.info("parked task %s until %.0f s before its ETA (%.0f s away)", task_id, horizon / 2, eta - now)
     return True
-
-
-def unpark_due(client, channel, horizon: float, prefix: str = "", now: float | None = None) -> list[str]:
-    """Put every parked message due within ``horizon / 2`` s back on its list; return their ids.
-
-    Args:
-        client: a ``redis.Redis`` for the broker.
-        channel: a kombu Redis channel of the app (``connection.default_channel``): its
-            ``_do_restore_message`` picks the list (queue, priority) as kombu's restore does.
-    """
-    now = time.time() if now is None else now
-    due = client.zrangebyscore(prefix + PARKED_ETA_KEY, "-inf", now + horizon / 2)
-    moved = []
-    for member in due:
-        task_id = as_text(member)
-
-        def restore(pipe, task_id=task_id):
-            entry = pipe.hget(prefix + PARKED_KEY, task_id)
-            pipe.multi()
-            pipe.zrem(prefix + PARKED_ETA_KEY, task_id)
-            pipe.hdel(prefix + PARKED_KEY, task_id)
-            if entry:
-                payload, exchange, routing_key = json.loads(entry)
-                channel._do_restore_message(payload, exchange, routing_key, pipe)
-
-        client.transaction(restore, prefix + PARKED_KEY)
-        moved.append(task_id)
-    return moved

@@ -1,4 +1,5 @@
-"""``celery -A celery_autoscale.worker worker``: the user's app, with the runtime, and no code change.
+"""Code that runs inside a Celery worker; and ``celery -A celery_autoscale.worker worker``: the user's
+app, with the runtime, and no code change.
 
 The app comes from ``CELERY_AUTOSCALE_APP`` (``module:attribute``, e.g.
 ``myproject.celery:app``). Importing this module does nothing; Celery's ``-A`` lookup reads its
@@ -9,6 +10,12 @@ the process with one line on stderr and exit status 2.
 Why a wrapper module: Celery resolves ``-A`` to an attribute of a module and offers no hook that
 runs before the worker reads the configuration for an app it did not create; a preload option
 would need the user's app to declare it. The wrapper needs nothing of the app.
+
+The modules beside it are what :func:`celery_autoscale.install` adds to a worker: the signal
+handlers that keep the in-flight and scheduled records (``_runtime``), the consumer that survives a
+lost Redis connection and parks far-future ETA tasks (``_consumer``, ``_parking``), the heartbeat
+bootstep (``_heartbeat``), the worker's metrics (``_metrics``) and the dead-letter task base
+(``_deadletter``).
 """
 
 from __future__ import annotations
@@ -21,8 +28,8 @@ def __getattr__(name: str):
         raise AttributeError(name)
     import sys
 
-    from ._loader import AppLoadError, load_app
-    from ._settings import ConfigError
+    from .._loader import AppLoadError, load_app
+    from .._settings import ConfigError
 
     try:
         loaded = load_app()

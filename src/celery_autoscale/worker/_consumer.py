@@ -22,7 +22,7 @@ the closed channel.
   client; if Redis is still down the ack fails like any ack (logged, redelivered later).
 
 It also parks far-future ETA tasks in Redis when the app has an ``autoscale_eta_horizon``
-(:mod:`celery_autoscale._parking`), before Celery sees them.
+(:mod:`celery_autoscale.worker._parking`), before Celery sees them.
 
 ``install(app)`` selects it through Celery's ``worker_consumer`` setting.
 """
@@ -33,7 +33,7 @@ from celery.worker.consumer import Consumer as CeleryConsumer
 from vine import promise
 
 from ._parking import park
-from ._settings import settings_of
+from .._settings import settings_of
 
 __all__ = ["Consumer"]
 

@@ -1,9 +1,20 @@
 {{/*
-What every container running the app image shares (workers, Flower, the helm test): its
-settings, the Redis password as a file from its Secret, a writable /tmp, and the security
-context.
+Pod parts every component shares: images, security contexts, and what every container running
+the app image needs (workers, Flower, the reconciler, beat, the canary, the helm test): its
+settings, the Redis password as a file from its Secret, a writable /tmp.
 */}}
 
+{{/* An image reference: include with (dict "image" .Values.redis.image "tag" "7.4"); a digest wins over the tag,
+"tag" is the default when image.tag is empty. */}}
+{{- define "celery-autoscale.imageRef" -}}
+{{- $tag := default .tag .image.tag }}
+{{- if .image.digest }}{{ .image.repository }}@{{ .image.digest }}{{ else }}{{ .image.repository }}:{{ $tag }}{{ end }}
+{{- end }}
+
+{{/* The app image (workers, Flower, reconciler, beat, canary, helm test); its tag defaults to the appVersion. */}}
+{{- define "celery-autoscale.image" -}}
+{{ include "celery-autoscale.imageRef" (dict "image" .Values.image "tag" .Chart.AppVersion) }}
+{{- end }}
 {{- define "celery-autoscale.celeryEnvFrom" -}}
 - configMapRef:
     name: {{ include "celery-autoscale.fullname" . }}-celery

@@ -6,11 +6,11 @@ and workers:
 
 - ``before_task_publish``: stamp each message with a ``published_at`` header (Unix seconds);
 - ``task_received`` (worker main process): a task with an ETA (countdown, retry backoff) is
-  recorded in its queue's reserved sorted set until it starts;
+  recorded in its queue's scheduled sorted set until it starts;
 - ``task_prerun``: record the task in its queue's in-flight sorted set, its worker and deadline
-  (start + its hard time limit) in the owners hash, and take it out of the reserved set;
+  (start + its hard time limit) in the owners hash, and take it out of the scheduled set;
 - ``task_postrun`` (sent after success, failure and retry alike): remove it, keep
-  ``"<started>,<finished>"`` under :func:`~celery_autoscale._backlog.run_record_key` for
+  ``"<started>,<finished>"`` under :func:`~celery_autoscale.keys.run_record_key` for
   ``autoscale_run_record_ttl`` seconds (one pipeline), and count the run in Prometheus;
 - ``worker_init`` / ``worker_ready``: prepare the metrics folder, then serve ``/metrics``.
 """
@@ -21,11 +21,20 @@ import json
 import logging
 import time
 
-from . import _backlog
-from ._deadletter import queue_of
-from ._settings import settings_of
+from .. import keys
+from .._redis import connect
+from .._settings import settings_of
+from . import _metrics
+
+__all__ = ["Runtime", "queue_of", "runtime_of"]
 
 logger = logging.getLogger(__name__)
+
+
+def queue_of(request) -> str:
+    """The queue a task request's message came from (``"unknown"`` when not delivered by a broker)."""
+    info = getattr(request, "delivery_info", None) or {}
+    return info.get("routing_key") or "unknown"
 
 
 class Runtime:
@@ -35,7 +44,7 @@ class Runtime:
         self.app = app
         self._client = None
         self.started: dict[str, tuple[float, float, str]] = {}  # task id -> (time, perf_counter, queue)
-        self.metrics = None  # celery_autoscale._metrics.Metrics once the worker initialised them
+        self.metrics = None  # a worker._metrics.Metrics once the worker initialised them
 
     @property
     def settings(self):
@@ -44,7 +53,7 @@ class Runtime:
     def client(self):
         """This process's Redis client for the broker (redis-py reopens its pool after a fork)."""
         if self._client is None:
-            self._client = _backlog.connect(self.settings)
+            self._client = connect(self.settings)
         return self._client
 
     def owns(self, task) -> bool:
@@ -66,10 +75,10 @@ class Runtime:
         if request is None or not self.owns(getattr(request, "task", None)) or request.eta is None:
             return
         try:
-            self.client().zadd(_backlog.reserved_key(queue_of(request), self.settings.key_prefix),
+            self.client().zadd(keys.scheduled_key(queue_of(request), self.settings.key_prefix),
                                {request.id: time.time()})
         except Exception:
-            logger.exception("could not record task %s as reserved", request.id)
+            logger.exception("could not record task %s as scheduled", request.id)
 
     def task_started(self, task_id=None, task=None, **_):
         if not self.owns(task):
@@ -80,10 +89,10 @@ class Runtime:
         prefix = self.settings.key_prefix
         try:
             pipe = self.client().pipeline(transaction=False)
-            pipe.zadd(_backlog.in_flight_key(queue, prefix), {task_id: now})
-            pipe.hset(_backlog.owners_key(queue, prefix), task_id,
+            pipe.zadd(keys.in_flight_key(queue, prefix), {task_id: now})
+            pipe.hset(keys.owners_key(queue, prefix), task_id,
                       json.dumps({"worker": task.request.hostname, "deadline": now + self.time_limit(task)}))
-            pipe.zrem(_backlog.reserved_key(queue, prefix), task_id)
+            pipe.zrem(keys.scheduled_key(queue, prefix), task_id)
             pipe.execute()
         except Exception:  # the record must never fail a task
             logger.exception("could not record task %s as in flight", task_id)
@@ -98,10 +107,10 @@ class Runtime:
         settings = self.settings
         try:
             pipe = self.client().pipeline(transaction=False)
-            pipe.zrem(_backlog.in_flight_key(queue, settings.key_prefix), task_id)
-            pipe.hdel(_backlog.owners_key(queue, settings.key_prefix), task_id)
+            pipe.zrem(keys.in_flight_key(queue, settings.key_prefix), task_id)
+            pipe.hdel(keys.owners_key(queue, settings.key_prefix), task_id)
             if started is not None and settings.run_record_ttl:
-                pipe.set(_backlog.run_record_key(task_id, settings.key_prefix), f"{started},{time.time()}",
+                pipe.set(keys.run_record_key(task_id, settings.key_prefix), f"{started},{time.time()}",
                          ex=settings.run_record_ttl)
             pipe.execute()
         except Exception:
@@ -115,8 +124,6 @@ class Runtime:
         """Before the pool forks: a clean multiprocess folder, and the metrics objects."""
         if getattr(sender, "app", None) is not self.app or not self.settings.metrics_port:
             return
-        from . import _metrics
-
         self.metrics = _metrics.Metrics()
 
     def worker_ready(self, sender=None, **_):

@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from celery import states
 from kombu.utils.uuid import uuid
 
-from celery_autoscale import backlog, connect, run_record_key, settings_of
+from celery_autoscale import backlog, connect, settings_of
+from celery_autoscale.keys import run_record_key
 
 from .patterns import Pattern
 

@@ -7,19 +7,20 @@ the worker's queues' backlog, and when tasks have waited in the lists for
 ``autoscale_stall_seconds`` while some of the worker's processes sat idle, the beat withholds
 the touch and logs why, so ``python -m celery_autoscale.health`` fails and Kubernetes restarts
 the worker. Redis being unreachable is not the worker's fault and does not withhold it. Each
-beat also prunes the in-flight entries of dead workers from the worker's queues.
+beat also prunes the entries of dead workers from the worker's queues
+(:func:`celery_autoscale.prune`), so a queue without a reconciler is kept clean too.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 
 from celery import bootsteps
 from celery.worker import state
 
-from . import _backlog
-from ._health import touch
+from .._backlog import backlog, prune
 from ._runtime import runtime_of
 
 __all__ = ["Heartbeat"]
@@ -54,7 +55,10 @@ class Heartbeat(bootsteps.StartStopStep):
     def beat(self):
         settings = self.runtime.settings
         try:
-            waiting = sum(_backlog.backlog(self.runtime.client(), q, settings).queued for q in self.queues)
+            client = self.runtime.client()
+            for queue in self.queues:
+                prune(client, queue, settings)
+            waiting = sum(backlog(client, q, settings).queued for q in self.queues)
         except Exception as exc:  # Redis unreachable: the consumer reconnects by itself
             logger.warning("heartbeat: backlog unavailable (%s)", type(exc).__name__)
             waiting = 0
@@ -68,7 +72,7 @@ class Heartbeat(bootsteps.StartStopStep):
                          "are idle; this worker no longer consumes", waiting, ",".join(self.queues),
                          now - self.stalled_since, self.idle_processes())
             return
-        touch(settings.heartbeat_file)
+        Path(settings.heartbeat_file).touch()  # read by python -m celery_autoscale.health
 
     def stop(self, c):
         if self.tref is not None:

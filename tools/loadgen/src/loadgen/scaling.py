@@ -4,10 +4,10 @@ A sample is one second of one queue, as ``bench/scaling_report.py`` records it::
 
     {"t": seconds since the first task, "desired": spec.replicas, "ready": status.readyReplicas,
      "pods": worker processes alive (terminating ones included: what is paid for),
-     "queued": tasks in the priority lists, "in_flight": tasks running, "reserved": tasks held
+     "queued": tasks in the priority lists, "in_flight": tasks running, "scheduled": tasks held
      for an ETA, "busy": processes running a task}
 
-The true backlog is ``queued + in_flight + reserved`` and the *ideal* replica count is
+The true backlog is ``queued + in_flight + scheduled`` and the *ideal* replica count is
 ``ceil(true backlog / target)`` clamped to ``[low, high]`` (the ScaledObject's
 ``minReplicaCount`` and ``maxReplicaCount``; target = tasks per replica, the worker's
 concurrency): what an autoscaler that saw the whole backlog at once would ask for. Every
@@ -24,7 +24,7 @@ from collections.abc import Iterable
 
 def true_backlog(sample: dict) -> int:
     """Tasks an autoscaler must serve: waiting in any list, running, or held for an ETA."""
-    return sample["queued"] + sample["in_flight"] + sample.get("reserved", 0)
+    return sample["queued"] + sample["in_flight"] + sample.get("scheduled", sample.get("reserved", 0))  # 0.2's name
 
 
 def ideal(backlog: int, target: int, low: int, high: int) -> int:

@@ -22,7 +22,7 @@ import json
 import logging
 import time
 
-from . import _backlog
+from .. import keys
 
 __all__ = ["ANNOTATION", "DeletionCost", "busy_by_pod"]
 
@@ -36,7 +36,7 @@ def busy_by_pod(client, queues: list[str], prefix: str = "") -> dict[str, int]:
     """Pod name -> number of tasks running on it, from the in-flight owners of ``queues``."""
     counts: dict[str, int] = {}
     for queue in queues:
-        for raw in client.hvals(_backlog.owners_key(queue, prefix)):
+        for raw in client.hvals(keys.owners_key(queue, prefix)):
             try:
                 worker = str(json.loads(raw)["worker"])
             except (ValueError, TypeError, KeyError):

@@ -20,32 +20,16 @@ import os
 import sys
 from pathlib import Path
 
-from celery_autoscale._cli import Parser
+from celery_autoscale.cli import EXIT_BAD_INPUT, EXIT_BROKER, EXIT_FAILED, Parser, number
 
 from .patterns import PATTERNS, PatternError, build
 
-EXIT_FAILED, EXIT_BAD_INPUT, EXIT_BROKER = 1, 2, 3
 #: The sample app, loadgen's default.
 DEMO_APP = "tasks.app:app"
 
 
 class InputError(ValueError):
     """A command-line value is invalid; the message is one line."""
-
-
-def number(kind=float, low: float = -math.inf, high: float = math.inf, low_open: bool = False):
-    """argparse type: a finite ``kind`` within [low, high] (``(low, high]`` with ``low_open``)."""
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not a {'whole number' if kind is int else 'number'}: {text!r}") from None
-        if not math.isfinite(value) or value < low or value > high or (low_open and value == low):
-            lo = f"> {low:g}" if low_open else f">= {low:g}"
-            bound = f"{lo} and <= {high:g}" if math.isfinite(high) else lo
-            raise argparse.ArgumentTypeError(f"must be finite and {bound}, got {text!r}")
-        return value
-    return parse
 
 
 def parse_weights(text: str, what: str, convert=str) -> dict:
@@ -225,7 +209,7 @@ def load(args):
         InputError: a bad ``--broker`` or ``--app``; celery_autoscale.ConfigError: bad settings.
     """
     from celery_autoscale import AppLoadError, load_app
-    from celery_autoscale._settings import check_redis_url
+    from celery_autoscale.cli import check_redis_url
 
     if args.broker:
         check_redis_url(args.broker, "--broker")

@@ -13,9 +13,10 @@ something, one small always-on process for all queues. Each round:
    its message, if kombu still holds it unacknowledged, goes back to the head of its list
    (kombu's ``restore_by_tag``, as a warm shutdown does) and the entry is removed. A worker
    that answers keeps its task: a pool without hard time limits (``threads``) may run past it;
-3. :func:`~celery_autoscale.backlog` prunes the entries whose messages are gone;
+3. :func:`~celery_autoscale.prune` removes the entries whose messages are gone, and the round
+   reads each queue's backlog (:func:`~celery_autoscale.backlog`);
 4. with an ETA horizon, parked far-future tasks due within half of it go back to their lists
-   (:mod:`celery_autoscale._parking`).
+   (:func:`~celery_autoscale.reconciler.unpark_due`).
 
 So a task of a dead worker is back in a list, where KEDA counts it, about ``margin`` seconds
 after its time limit instead of a visibility timeout later; at no moment does the queue's
@@ -29,9 +30,11 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-from . import _backlog
-from ._parking import PARKED_ETA_KEY, unpark_due
-from ._settings import settings_of
+from .. import keys
+from .._backlog import backlog, prune
+from .._redis import as_text, unacked_tags
+from .._settings import settings_of
+from ._unpark import unpark_due
 
 __all__ = ["Round", "reconcile"]
 
@@ -52,23 +55,24 @@ class Round:
 
 
 def queues_with_entries(client, prefix: str) -> list[str]:
-    """Queues that have an in-flight or owner record (``SCAN``; no configuration needed)."""
+    """Queues that have an in-flight, owner or scheduled record (``SCAN``; no configuration needed)."""
     found = set()
-    for pattern in (_backlog.in_flight_key("*", prefix), _backlog.owners_key("*", prefix)):
+    for pattern in (keys.in_flight_key("*", prefix), keys.owners_key("*", prefix), keys.scheduled_key("*", prefix),
+                    keys.legacy_scheduled_key("*", prefix)):
         head = pattern[:-1]
         for key in client.scan_iter(match=pattern, count=500):
-            found.add(_backlog.as_text(key)[len(head):])
+            found.add(as_text(key)[len(head):])
     return sorted(found)
 
 
 def _overdue(client, queue: str, prefix: str, now: float, margin: float) -> dict[str, str]:
     """Task id -> worker of ``queue``'s entries past their deadline plus ``margin``."""
     out = {}
-    for task_id, raw in client.hgetall(_backlog.owners_key(queue, prefix)).items():
+    for task_id, raw in client.hgetall(keys.owners_key(queue, prefix)).items():
         try:
             owner = json.loads(raw)
             if float(owner["deadline"]) + margin < now:
-                out[_backlog.as_text(task_id)] = str(owner["worker"])
+                out[as_text(task_id)] = str(owner["worker"])
         except (ValueError, TypeError, KeyError):
             continue
     return out
@@ -98,7 +102,7 @@ def reconcile(app, connection, client, margin: float = 30.0, ping_timeout: float
     overdue = {q: _overdue(client, q, prefix, now, margin) for q in result.queues}
     if any(overdue.values()):
         alive = {name for reply in app.control.ping(timeout=ping_timeout) for name in reply}
-        tags = _backlog.unacked_tags(client, settings)
+        tags = unacked_tags(client, settings)
         for queue, owners in overdue.items():
             for task_id, worker in owners.items():
                 if worker in alive:
@@ -109,12 +113,13 @@ def reconcile(app, connection, client, margin: float = 30.0, ping_timeout: float
                     result.restored.append(task_id)
                     logger.warning("restored task %s of queue %s: its worker %s is gone", task_id, queue, worker)
                 pipe = client.pipeline()
-                pipe.zrem(_backlog.in_flight_key(queue, prefix), task_id)
-                pipe.hdel(_backlog.owners_key(queue, prefix), task_id)
+                pipe.zrem(keys.in_flight_key(queue, prefix), task_id)
+                pipe.hdel(keys.owners_key(queue, prefix), task_id)
                 pipe.execute()
     for queue in result.queues:
-        result.backlog[queue] = _backlog.backlog(client, queue, settings).total
+        prune(client, queue, settings)
+        result.backlog[queue] = backlog(client, queue, settings).total
     if settings.eta_horizon:
         result.unparked = unpark_due(client, connection.default_channel, settings.eta_horizon, prefix, now)
-        result.parked = int(client.zcard(prefix + PARKED_ETA_KEY))
+        result.parked = int(client.zcard(keys.parked_eta_key(prefix)))
     return result

@@ -1,0 +1,53 @@
+"""The broker's Redis client, and reading kombu's own keys with it."""
+
+from __future__ import annotations
+
+import json
+from urllib.parse import urlsplit
+
+import redis
+from redis.sentinel import Sentinel
+
+from . import keys
+from ._settings import Settings
+
+__all__ = ["as_text", "connect", "unacked_tags"]
+
+
+def connect(settings: Settings, decode_responses: bool = False) -> redis.Redis:
+    """A ``redis.Redis`` client for the broker of ``settings`` (password and TLS included);
+    replies are ``str`` with ``decode_responses``, else ``bytes``.
+
+    For ``sentinel://`` URLs, a client of the current master of ``settings.master_name``
+    (redis-py's ``Sentinel.master_for``, as kombu's ``SentinelChannel``): after a failover its
+    next command reaches the new master. The sentinels are asked without a password, as kombu
+    does unless ``sentinel_kwargs`` says otherwise. Nothing is sent until the first command.
+    """
+    if settings.broker_url.startswith("sentinel://"):
+        urls = [urlsplit(u) for u in settings.broker_url.split(";")]
+        db = int((urls[0].path or "/0").strip("/") or 0)
+        password = settings.password or urls[0].password
+        sentinel = Sentinel([(u.hostname, u.port or 26379) for u in urls])
+        return sentinel.master_for(settings.master_name, db=db, password=password, decode_responses=decode_responses)
+    return redis.Redis.from_url(settings.broker_url, password=settings.password, decode_responses=decode_responses,
+                                **(settings.ssl or {}))
+
+
+def as_text(value) -> str:
+    """A Redis reply (bytes, as redis-py returns them by default) as text."""
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def unacked_tags(client, settings: Settings) -> dict[str, str]:
+    """Task id -> kombu delivery tag of the messages in kombu's hash of unacknowledged messages.
+
+    Read with ``HSCAN``; each value is kombu's ``[message, exchange, routing_key]`` and the task
+    id is the message's ``headers.id`` (Celery's task protocol 2). Unreadable values are skipped.
+    """
+    tags = {}
+    for tag, raw in client.hscan_iter(keys.unacked_key(settings.unacked_key, settings.key_prefix), count=1000):
+        try:
+            tags[json.loads(raw)[0]["headers"]["id"]] = as_text(tag)
+        except (ValueError, TypeError, KeyError, IndexError):
+            continue
+    return tags
