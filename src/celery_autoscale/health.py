@@ -7,8 +7,8 @@ every ``CELERY_HEARTBEAT_INTERVAL`` seconds. A probe runs::
 
 and exits 0 when the file is younger than ``--max-age`` seconds, 1 otherwise, with one line
 saying why (2 on bad input). Unlike ``celery inspect ping`` it sends nothing to the broker and
-wakes no other worker, so it costs the same with one replica or a hundred. It imports neither
-Celery nor the app, so it starts fast.
+wakes no other worker, so it costs the same with one replica or a hundred. It never imports
+the app.
 """
 
 from __future__ import annotations
