@@ -60,7 +60,8 @@ def rule_spec(prometheus_rule: dict | None = None) -> dict:
     :data:`RELEASE`, the canary on, and ``prometheus_rule`` over ``metrics.prometheusRule``."""
     import helm_python as helm
 
-    values = {"metrics": {"prometheusRule": {**(prometheus_rule or {}), "enabled": True}}, "canary": {"enabled": True}}
+    values = {"metrics": {"prometheusRule": {**(prometheus_rule or {}), "enabled": True}}, "canary": {"enabled": True},
+              "celery": {"app": "tasks.app:app"}}  # the sample app: the chart has no default
     with helm.Chart.load(CHART) as chart:
         rendered = chart.render(values, name=RELEASE, namespace=NAMESPACE, is_install=True)
     return yaml.safe_load(next(t for path, t in rendered.items() if path.endswith("monitoring/prometheusrule.yaml")))["spec"]

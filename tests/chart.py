@@ -25,12 +25,26 @@ def load_values(path: Path) -> dict:
     return yaml.safe_load(path.read_text()) or {}
 
 
+#: What these tests install: the sample app, as every file in values/ names it (the chart has no default).
+SAMPLE_APP = {"celery": {"app": "tasks.app:app"}}
+
+
+def with_app(values: dict | None) -> dict:
+    """``values`` naming the sample app unless they name an app (``celery.app``, even empty) themselves."""
+    values = dict(values or {})
+    if "app" not in (values.get("celery") or {}):
+        values["celery"] = {**SAMPLE_APP["celery"], **(values.get("celery") or {})}
+    return values
+
+
 def render_manifests(values: dict | None = None, name: str = "rel", namespace: str = "apps") -> dict[str, str]:
-    """Template path -> rendered text, as ``helm template`` would produce (schema checked).
+    """Template path -> rendered text, as ``helm template`` would produce (schema checked), for
+    ``values`` with the sample app (:func:`with_app`).
 
     Raises:
         helm_python.HelmError: the values break the schema or a template fails.
     """
+    values = with_app(values)
     with helm.Chart.load(CHART) as chart:
         chart.validate_schema(values or {})
         return chart.render(values or {}, name=name, namespace=namespace, is_install=True)

@@ -7,7 +7,7 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
-from chart import CHART, KEDA_CRDS, KUBE_VERSION, MONITORING_CRDS, VALUES_FILES, load_values, notes, render_chart
+from chart import CHART, KEDA_CRDS, KUBE_VERSION, MONITORING_CRDS, VALUES_FILES, load_values, notes, render_chart, with_app
 
 SENTINEL = {"redis": {"enabled": False, "external": {"sentinel": {
     "enabled": True, "addresses": ["sentinel-0.sentinel:26379", "sentinel-1.sentinel:26379"], "masterName": "mymaster"}}}}
@@ -47,7 +47,7 @@ def test_renders_and_every_object_validates(values):
 
 @pytest.mark.parametrize("values", CASES)
 def test_helm_lint_strict_is_clean(values):
-    report = helm.lint(str(CHART), values, strict=True, kube_version=f"v{KUBE_VERSION}")
+    report = helm.lint(str(CHART), with_app(values), strict=True, kube_version=f"v{KUBE_VERSION}")
     assert report["errors"] == [] and report["messages"] == [], report
 
 
@@ -111,3 +111,12 @@ def test_the_chart_tests_need_nothing_beside_the_clone(tmp_path):
                            "-k", "every_object_validates or broken_scaledobject"], cwd=clone, capture_output=True, text=True)
     assert done.returncode == 0, done.stdout[-2000:]
     assert " passed" in done.stdout and "failed" not in done.stdout
+
+
+def test_a_render_without_an_app_says_so_in_one_line():
+    """The chart has no default app: an image would otherwise run one that is not its own."""
+    with pytest.raises(helm.HelmError) as raised:
+        render_chart({"celery": {"app": ""}})
+    message = str(raised.value)
+    assert "celery.app is required: your Celery app as module:attribute" in message
+    assert message.strip().count("\n") <= 2, message  # Helm's location line, then ours
