@@ -127,3 +127,43 @@ def test_a_far_future_eta_task_holds_no_replica_and_runs_on_time_once(tmp_path):
         assert int(client.get(f"myproject:completed:{far.id}")) == 1
         assert client.zcard("celery-autoscale:parked-eta") == 0 and client.hlen("celery-autoscale:parked") == 0
         print(f"far task back on its list {back:.1f}s after sending (ETA 14 s), started {started - sent:.1f}s")
+
+
+def test_a_sigkilled_workers_task_is_back_in_its_list_long_before_its_time_limit(tmp_path):
+    """Its lease expires: the reconciler restores the task within two lease lifetimes and a round,
+    although its time limit (600 s) and the visibility timeout (3600 s) are far away."""
+    with plain_stack(tmp_path, CELERY_HEARTBEAT_INTERVAL="1",
+                     CELERY_TASK_TIME_LIMIT="600") as (stack, settings, client, producer):
+        result = producer.send_task("myproject.daily_report", args=["d"], kwargs={"seconds": 30}, queue=QUEUE)
+        eventually(lambda: backlog(client, QUEUE, settings).in_flight == 1, 30, "task running")
+        assert client.exists("celery-autoscale:lease:" + json.loads(
+            client.hvals(f"celery-autoscale:in-flight-owner:{QUEUE}")[0])["worker"])
+        stack.start_reconciler("--interval", "1", app=APP)
+        kill(stack, "first")
+        killed = time.monotonic()
+        samples = []
+        while not client.llen(QUEUE) and time.monotonic() - killed < 60:
+            samples.append(keda_reads(client, settings))
+            time.sleep(0.2)
+        restored_after = time.monotonic() - killed
+        assert client.llen(QUEUE) == 1 and restored_after < 20, f"restored after {restored_after:.1f} s"
+        assert min(samples) >= 1, "the backlog KEDA reads never dropped to zero"
+        print(f"restored {restored_after:.1f}s after the SIGKILL (lease 5 s; time limit 600 s)")
+        stack.start_worker(WorkerSpec(QUEUE, "prefork", concurrency=1, app=APP), name="survivor")
+        assert result.get(timeout=90)["day"] == "d"
+        assert int(client.get(f"myproject:completed:{result.id}")) == 1
+
+
+def test_a_worker_in_warm_shutdown_keeps_its_lease_and_its_task_runs_once(tmp_path):
+    """SIGTERM: the consumer stops (and with it the ping's answer) while the task runs on for 12 s,
+    longer than two lease lifetimes; the lease is renewed throughout, so nothing is restored."""
+    with plain_stack(tmp_path, CELERY_HEARTBEAT_INTERVAL="1",
+                     CELERY_TASK_TIME_LIMIT="600") as (stack, settings, client, producer):
+        stack.start_reconciler("--interval", "0.5", app=APP)
+        result = producer.send_task("myproject.daily_report", args=["d"], kwargs={"seconds": 12}, queue=QUEUE)
+        eventually(lambda: backlog(client, QUEUE, settings).in_flight == 1, 30, "task running")
+        stack.procs["first"].send_signal(signal.SIGTERM)
+        stack.wait("first", timeout=60)
+        assert result.get(timeout=30)["day"] == "d"
+        assert int(client.get(f"myproject:completed:{result.id}")) == 1
+        assert client.llen(QUEUE) == 0 and not client.keys("celery-autoscale:lease:*"), "the lease ended with it"

@@ -19,6 +19,7 @@ name                                    type          what it holds
 ``celery-autoscale:in-flight-owner:<q>`` hash         task id -> ``{"worker", "deadline"}`` (JSON)
 ``celery-autoscale:scheduled:<q>``      sorted set    tasks a worker holds until their ETA (score: receipt)
 ``celery-autoscale:run:<task id>``      string        ``"<started>,<finished>"`` of a finished run
+``celery-autoscale:lease:<worker>``     string        renewed by a live worker's main process (expires)
 ``celery-autoscale:dead-letter``        list          tasks that failed for good, newest first (JSON)
 ``celery-autoscale:parked``             hash          task id -> kombu's ``[payload, exchange, routing_key]``
 ``celery-autoscale:parked-eta``         sorted set    task id -> ETA of a parked message
@@ -34,7 +35,7 @@ during an upgrade. It goes in the next release.
 
 from __future__ import annotations
 
-__all__ = ["PREFIX", "backlog_keys", "beat_prefix", "dead_letter_key", "in_flight_key", "legacy_scheduled_key",
+__all__ = ["PREFIX", "backlog_keys", "beat_prefix", "dead_letter_key", "in_flight_key", "lease_key", "legacy_scheduled_key",
            "owners_key", "parked_eta_key", "parked_key", "priority_lists", "roundtrip_reply_key",
            "roundtrip_results_key", "run_record_key", "scheduled_key", "unacked_key"]
 
@@ -80,6 +81,11 @@ def legacy_scheduled_key(queue: str, prefix: str = "") -> str:
 def run_record_key(task_id: str, prefix: str = "") -> str:
     """The string ``"<started>,<finished>"`` (Unix seconds) kept for a finished task."""
     return f"{prefix}{PREFIX}:run:{task_id}"
+
+
+def lease_key(worker: str, prefix: str = "") -> str:
+    """The string a live worker (its node name, ``queue@pod``) renews; it expires when the worker dies."""
+    return f"{prefix}{PREFIX}:lease:{worker}"
 
 
 def dead_letter_key(prefix: str = "") -> str:

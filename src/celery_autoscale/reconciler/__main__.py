@@ -84,10 +84,12 @@ def main(argv: list[str] | None = None) -> int:
                   BrokerCollector(settings, client))
         except OSError as exc:
             return error(f"--metrics-port {args.metrics_port}: {exc.strerror or exc}", EXIT_BAD_INPUT)
+    lost_since: dict[str, float] = {}  # worker -> when its lease was first seen missing (monotonic)
     while True:
         try:
             with app.connection_for_write() as connection:
-                done = reconcile(app, connection, client, margin=args.margin, ping_timeout=args.ping_timeout)
+                done = reconcile(app, connection, client, margin=args.margin, ping_timeout=args.ping_timeout,
+                                 lost_since=None if args.once else lost_since)
             if costs is not None:
                 try:
                     done.deletion_costs = costs.update(busy_by_pod(client, done.queues, settings.key_prefix))

@@ -8,8 +8,10 @@ something, one small always-on process for all queues. Each round:
 1. kombu's own restore (``restore_visible``, under kombu's ``unacked_mutex`` like the workers'
    sweeps): every message unacknowledged for longer than the visibility timeout goes back to
    its list, whichever queue it belongs to;
-2. for each queue with in-flight entries: an entry past its deadline (start + the run's hard
-   time limit) plus ``margin`` whose worker does not answer Celery's ``ping`` is a dead worker's;
+2. for each queue with in-flight entries: an entry whose worker does not answer Celery's
+   ``ping`` and is either past its deadline (start + the run's hard time limit) plus ``margin``, or
+   whose worker's lease (:mod:`celery_autoscale.worker._lease`) has been missing for its whole
+   lifetime in a row (a SIGKILLed, OOM-killed or deleted worker), is a dead worker's;
    its message, if kombu still holds it unacknowledged, goes back to the head of its list
    (kombu's ``restore_by_tag``, as a warm shutdown does) and the entry is removed. A worker
    that answers keeps its task: a pool without hard time limits (``threads``) may run past it;
@@ -65,21 +67,48 @@ def queues_with_entries(client, prefix: str) -> list[str]:
     return sorted(found)
 
 
-def _overdue(client, queue: str, prefix: str, now: float, margin: float) -> dict[str, str]:
-    """Task id -> worker of ``queue``'s entries past their deadline plus ``margin``."""
+def _owners(client, queue: str, prefix: str) -> dict[str, tuple[str, float, float | None]]:
+    """Task id -> (worker, deadline, lease seconds or None) of ``queue``'s running tasks; unreadable
+    entries are skipped. Workers of 0.2 record no lease."""
     out = {}
     for task_id, raw in client.hgetall(keys.owners_key(queue, prefix)).items():
         try:
             owner = json.loads(raw)
-            if float(owner["deadline"]) + margin < now:
-                out[as_text(task_id)] = str(owner["worker"])
-        except (ValueError, TypeError, KeyError):
+            lease = owner.get("lease")
+            out[as_text(task_id)] = (str(owner["worker"]), float(owner["deadline"]),
+                                     float(lease) if lease is not None else None)
+        except (ValueError, TypeError, KeyError, AttributeError):
             continue
     return out
 
 
+def _lease_lost(client, owners: dict, prefix: str, lost_since: dict[str, float], clock: float) -> set[str]:
+    """Workers whose lease has been missing for its whole lifetime in a row, by this caller's clock.
+
+    ``lost_since`` (worker -> when its lease was first seen missing) is the caller's, kept across
+    rounds; a worker seen with its lease again, or owning no task any more, leaves it."""
+    leased = {w: lease for found in owners.values() for w, _, lease in found.values() if lease is not None}
+    for worker in set(lost_since) - set(leased):
+        del lost_since[worker]
+    if not leased:
+        return set()
+    names = sorted(leased)
+    pipe = client.pipeline(transaction=False)
+    for worker in names:
+        pipe.exists(keys.lease_key(worker, prefix))
+    gone = set()
+    for worker, exists in zip(names, pipe.execute()):
+        if exists:
+            lost_since.pop(worker, None)
+            continue
+        first = lost_since.setdefault(worker, clock)
+        if clock - first >= leased[worker]:
+            gone.add(worker)
+    return gone
+
+
 def reconcile(app, connection, client, margin: float = 30.0, ping_timeout: float = 1.0,
-              now: float | None = None) -> Round:
+              now: float | None = None, lost_since: dict[str, float] | None = None) -> Round:
     """Run one round against ``app``'s broker (see the module docstring).
 
     Args:
@@ -89,6 +118,10 @@ def reconcile(app, connection, client, margin: float = 30.0, ping_timeout: float
             across rounds by the caller.
         margin: seconds past a task's deadline before its worker is asked if it is alive.
         ping_timeout: seconds to wait for ping replies (Celery's ``app.control.ping``).
+        lost_since: kept by the caller across rounds (worker -> when its lease was first seen
+            missing); with it, the tasks of a worker whose lease has been missing for its lifetime
+            in a row, and that does not answer a ping, go back to their lists at once, whatever
+            their deadline. None (``--once``): deadlines only.
 
     Raises:
         redis.RedisError, kombu.exceptions.OperationalError: the broker cannot be reached.
@@ -99,19 +132,24 @@ def reconcile(app, connection, client, margin: float = 30.0, ping_timeout: float
     qos.restore_visible(num=1000, interval=1)
     result = Round(queues=queues_with_entries(client, prefix))
     now = time.time() if now is None else now
-    overdue = {q: _overdue(client, q, prefix, now, margin) for q in result.queues}
-    if any(overdue.values()):
+    owners = {q: _owners(client, q, prefix) for q in result.queues}
+    lost = _lease_lost(client, owners, prefix, lost_since, time.monotonic()) if lost_since is not None else set()
+    suspects = {q: {t: w for t, (w, deadline, _) in found.items() if deadline + margin < now or w in lost}
+                for q, found in owners.items()}
+    if any(suspects.values()):
         alive = {name for reply in app.control.ping(timeout=ping_timeout) for name in reply}
         tags = unacked_tags(client, settings)
-        for queue, owners in overdue.items():
-            for task_id, worker in owners.items():
-                if worker in alive:
+        for queue, found in suspects.items():
+            for task_id, worker in found.items():
+                if worker in alive:  # a pool without hard time limits runs on; a lost lease with a live consumer
                     result.kept.append(task_id)
                     continue
                 if task_id in tags:
                     qos.restore_by_tag(tags[task_id], leftmost=True)
                     result.restored.append(task_id)
-                    logger.warning("restored task %s of queue %s: its worker %s is gone", task_id, queue, worker)
+                    why = "its lease expired" if worker in lost else "it is past its time limit"
+                    logger.warning("restored task %s of queue %s: its worker %s is gone (%s)", task_id, queue,
+                                   worker, why)
                 pipe = client.pipeline()
                 pipe.zrem(keys.in_flight_key(queue, prefix), task_id)
                 pipe.hdel(keys.owners_key(queue, prefix), task_id)
