@@ -157,12 +157,14 @@ def test_an_unreachable_broker_exits_3_and_never_shows_the_password(idle_stack):
     assert "redis://:***@127.0.0.1:1/0" in done.stderr and SECRET not in done.stderr
 
 
-def test_tasks_nobody_consumes_are_reported_lost_and_exit_1(idle_stack):
+def test_tasks_nobody_consumes_are_reported_unfinished_not_lost_and_exit_1(idle_stack):
+    """They are still waiting in Redis at --timeout: unfinished. Lost means in Redis nowhere."""
     done = run(idle_stack, "-m", "loadgen", "burst", "--count", "4", "--task", "tasks.io.transfer",
                "--queues", "nobody", "--wait", "--timeout", "2", "--json")
     assert done.returncode == 1, done.stderr
     summary = json.loads(done.stdout.strip().splitlines()[-1])
-    assert summary["submitted"] == 4 and summary["lost"] == 4 and summary["succeeded"] == 0
+    assert summary["submitted"] == 4 and summary["unfinished"] == 4 and summary["lost"] == 0
+    assert summary["succeeded"] == 0
     idle_stack.client().delete("nobody")
 
 
@@ -188,3 +190,66 @@ def test_help_is_the_reference():
                    "--task", "--args", "--kwargs", "--mix", "--timeout", "--json", "--plot", "--csv", "tasks/s",
                    "seconds", "Exit status"):
         assert option in text
+
+
+#: Passwords with every character a URL parser stops at, percent signs, spaces and non-ASCII; each
+#: 3-character run between them is distinct, so a leak of any part shows.
+HARD_PASSWORDS = ["Zq9#Kx7/Wm3?Tr5@Hy2", "Pd4%41Lc8;Gf6 Vb1", "Qa5;Nj2@Xe7#Ü-Os3"]
+
+
+def fragments(password: str) -> list[str]:
+    import re
+
+    return [f for f in re.split(r"[#/?@%;\s-]", password) if len(f) >= 3]
+
+
+def secret_commands(url: str) -> list[tuple[list[str], dict]]:
+    """Every command that takes a broker URL, pointed at ``url``."""
+    return [
+        (["-m", "loadgen", "burst", "--count", "2", "--broker", url], {}),
+        (["-m", "celery_autoscale.deadletter", "count"], {"CELERY_BROKER_URL": url}),
+        (["-m", "celery_autoscale.deadletter", "requeue"], {"CELERY_BROKER_URL": url}),
+        (["-m", "celery_autoscale.reconciler", "--once"], {"CELERY_BROKER_URL": url}),
+        (["-m", "celery_autoscale.roundtrip", "--queues", "cpu", "--timeout", "1"], {"CELERY_BROKER_URL": url}),
+    ]
+
+
+@pytest.mark.parametrize("password", HARD_PASSWORDS)
+def test_no_command_ever_prints_any_part_of_a_password_whatever_it_holds(idle_stack, password):
+    urls = [f"redis://:{password}@127.0.0.1:1/0", f"redis://user:{password}@127.0.0.1:1/0",
+            f"sentinel://127.0.0.1:1;sentinel://:{password}@127.0.0.1:2"]
+    for url in urls:
+        for argv, env in secret_commands(url):
+            env = {"CELERY_AUTOSCALE_APP": "tasks.app:app", "CELERY_SENTINEL_MASTER": "mymaster", **env}
+            done = run(idle_stack, *argv, **env)
+            seen = done.stdout + done.stderr
+            assert done.returncode in (2, 3), (argv, url, seen)
+            assert done.stderr.count("\n") == 1, (argv, seen)
+            assert password not in seen and not [f for f in fragments(password) if f in seen], (argv, seen)
+    assert queued(idle_stack) == 0
+
+
+def test_redact_hides_every_password_of_every_url_in_a_list():
+    from celery_autoscale import redact
+
+    for password in HARD_PASSWORDS:
+        text = redact(f"sentinel://:a@s1:26379;sentinel://u:{password}@s2:26379;redis://:{password}@h:6379/0")
+        assert text == "sentinel://:***@s1:26379;sentinel://u:***@s2:26379;redis://:***@h:6379/0"
+
+
+def test_a_dead_letter_entry_of_the_wrong_shape_is_skipped_and_blocks_nothing(idle_stack):
+    client = idle_stack.client()
+    key = "celery-autoscale:dead-letter"
+    good = {"task_id": "t1", "task": "tasks.io.transfer", "queue": "parked", "args": [], "kwargs": {},
+            "error": "TransientError: x", "retries": 2, "failed_at": 1.0, "traceback": ""}
+    wrong = [{**good, "failed_at": "yesterday"}, {**good, "args": "[1]"}, {**good, "queue": "unknown"},
+             {**good, "task": ""}, {**good, "kwargs": []}]
+    client.delete(key)
+    client.rpush(key, json.dumps(good), *map(json.dumps, wrong), "[" * 100_000)
+    listed = run(idle_stack, "-m", "celery_autoscale.deadletter", "list", CELERY_AUTOSCALE_APP="tasks.app:app")
+    assert listed.returncode == 1 and "tasks.io.transfer[t1]" in listed.stdout, listed.stderr
+    assert listed.stderr.strip() == "error: skipped 6 malformed entries at index 1, 2, 3, 4, 5, 6 (0: newest)"
+    requeued = run(idle_stack, "-m", "celery_autoscale.deadletter", "requeue", CELERY_AUTOSCALE_APP="tasks.app:app")
+    assert requeued.returncode == 1 and requeued.stdout.strip() == "requeued 1"
+    assert client.llen("parked") == 1 and client.llen("unknown") == 0 and client.llen(key) == 6
+    client.delete(key, "parked")

@@ -115,3 +115,39 @@ def test_loadgen_drives_the_users_tasks_with_priorities(plain_stack):
                         "--args", "[1, 1]", "--wait", "--timeout", "60", "--json")
     assert routed.returncode == 0, routed.stderr
     assert list(json.loads(routed.stdout.strip().splitlines()[-1])["queues"]) == ["celery"]  # the app's own routing
+
+
+def test_a_worker_of_the_wrong_app_dead_letters_the_users_tasks_and_requeue_runs_them_once(plain_stack):
+    """The worker runs our sample app on the user's queue: it knows none of the user's tasks. None is
+    dropped: each goes to the dead-letter list, whole, naming the worker and why; once a worker of
+    the user's app runs, ``deadletter requeue`` sends them again and each runs once."""
+    producer = plain_producer(plain_stack)
+    results = [producer.send_task("myproject.send_email", args=[f"u{i}@example.com"], queue="emails", priority=p)
+               for i, p in enumerate([0, 3, 9, 0, 6, 9])]
+    wrong = plain_stack.start_worker(WorkerSpec("emails", "threads", concurrency=2, app="tasks.app:app"), name="wrong")
+    client = plain_stack.client()
+    eventually(lambda: client.llen("celery-autoscale:dead-letter") == 6, 60, "six dead-lettered")
+    plain_stack.stop(wrong)
+    entries = [json.loads(raw) for raw in client.lrange("celery-autoscale:dead-letter", 0, -1)]
+    assert sorted(e["task_id"] for e in entries) == sorted(r.id for r in results)
+    assert {(e["task"], e["queue"], e["reason"]) for e in entries} == {("myproject.send_email", "emails", "unregistered")}
+    assert all(e["worker"].startswith("wrong@") and "NotRegistered" in e["error"] for e in entries)
+    assert sorted(e["args"][0] for e in entries) == sorted(f"u{i}@example.com" for i in range(6))
+    assert backlog(client, "emails", settings_of(Celery(broker=plain_stack.broker_url))).total == 0
+
+    requeued = run_module(plain_stack, "celery_autoscale.deadletter", "--app", APP, "requeue")
+    assert requeued.returncode == 0 and requeued.stdout.strip() == "requeued 6", requeued.stderr
+    plain_worker(plain_stack, "emails", "right")
+    eventually(lambda: client.llen("celery-autoscale:dead-letter") == 0 and backlog(
+        client, "emails", settings_of(Celery(broker=plain_stack.broker_url))).total == 0, 60, "drained")
+    runs = client.keys("myproject:completed:*")
+    assert len(runs) == 6 and all(int(client.get(k)) == 1 for k in runs)  # six new ids, each run once
+
+
+def test_a_worker_whose_app_has_no_task_refuses_to_start(plain_stack):
+    """No app named (CELERY_AUTOSCALE_APP empty): the wrapper's bare app knows no task of the user's."""
+    done = run_module(plain_stack, "celery", "-A", "celery_autoscale.worker", "worker", "-Q", "emails",
+                      CELERY_AUTOSCALE_APP="")
+    assert done.returncode == 2, done.stderr
+    assert "error: the app 'celery_autoscale' registers no task" in done.stderr
+    assert plain_stack.client().llen("emails") == 0

@@ -25,7 +25,7 @@ What an app calls is exported here. The package is laid out by where its code ru
   (``_metrics``).
 """
 
-from ._backlog import Backlog, backlog, backlog_keys, prune
+from ._backlog import Backlog, backlog, backlog_ids, backlog_keys, prune
 from ._install import REQUIRED, ROUNDTRIP_TASK, install
 from ._loader import AppLoadError, load_app
 from ._redis import connect
@@ -36,6 +36,6 @@ __version__ = "0.3.0"
 
 __all__ = [
     "ENVIRONMENT", "REQUIRED", "ROUNDTRIP_TASK", "AppLoadError", "Backlog", "ConfigError", "DeadLetterTask",
-    "Settings", "TransientError", "backlog", "backlog_keys", "connect", "install", "load_app", "prune", "redact",
+    "Settings", "TransientError", "backlog", "backlog_ids", "backlog_keys", "connect", "install", "load_app", "prune", "redact",
     "settings_of",
 ]

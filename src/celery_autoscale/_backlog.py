@@ -27,6 +27,7 @@ points one trigger at each key of :func:`~celery_autoscale.keys.backlog_keys` an
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 
@@ -34,7 +35,7 @@ from . import keys
 from ._redis import as_text, unacked_tags
 from ._settings import Settings
 
-__all__ = ["STALE_MARGIN", "Backlog", "Pruned", "backlog", "backlog_keys", "prune"]
+__all__ = ["STALE_MARGIN", "Backlog", "Pruned", "backlog", "backlog_ids", "backlog_keys", "prune"]
 
 #: Seconds past the task time limit after which an in-flight entry may be a dead worker's.
 STALE_MARGIN = 30
@@ -90,6 +91,28 @@ def backlog(client, queue: str, settings: Settings) -> Backlog:
     *lengths, running, scheduled, legacy = pipe.execute()
     return Backlog(queue=queue, waiting=dict(zip(lists, lengths)), in_flight=int(running),
                    scheduled=int(scheduled) + int(legacy))
+
+
+def backlog_ids(client, queue: str, settings: Settings) -> set[str]:
+    """The ids of the tasks in ``queue``'s backlog: waiting in a priority list (``LRANGE``; a
+    message's ``headers.id``), running, scheduled, or held unacknowledged by kombu for a worker of
+    any queue. Reads every message of the lists: for a run's end, not for each poll.
+
+    Raises:
+        redis.RedisError: Redis cannot be reached.
+    """
+    prefix = settings.key_prefix
+    found = set(unacked_tags(client, settings))
+    for name in keys.priority_lists(queue, settings.priority_steps, settings.separator, prefix):
+        for raw in client.lrange(name, 0, -1):
+            try:
+                found.add(json.loads(raw)["headers"]["id"])
+            except (ValueError, TypeError, KeyError):
+                continue
+    for key in (keys.in_flight_key(queue, prefix), keys.scheduled_key(queue, prefix),
+                keys.legacy_scheduled_key(queue, prefix)):
+        found.update(as_text(m) for m in client.zrange(key, 0, -1))
+    return found
 
 
 @dataclass(frozen=True)

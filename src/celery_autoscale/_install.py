@@ -19,7 +19,7 @@ from celery import signals
 
 from ._settings import SETTING, SETTINGS, ConfigError, environ_overrides, settings_of
 from .worker._heartbeat import Heartbeat
-from .worker._runtime import queue_of, runtime_of
+from .worker._runtime import LEGACY_ROUNDTRIP_TASK, ROUNDTRIP_TASK, queue_of, runtime_of
 
 __all__ = ["REQUIRED", "ROUNDTRIP_TASK", "install"]
 
@@ -42,12 +42,6 @@ CONSUMER = "celery_autoscale.worker._consumer:Consumer"
 #: Earlier releases' name of :data:`CONSUMER`, accepted in an app's configuration.
 LEGACY_CONSUMER = "celery_autoscale._consumer:Consumer"
 
-#: The task of the round trip (``python -m celery_autoscale.roundtrip``: the chart's helm test and
-#: canary) that every app with the runtime has: it answers at once on any queue.
-ROUNDTRIP_TASK = "celery_autoscale.roundtrip"
-#: Release 0.2's name of :data:`ROUNDTRIP_TASK`, still registered so that a round trip sent by 0.2
-#: during an upgrade is answered, not dropped as unknown.
-LEGACY_ROUNDTRIP_TASK = "celery_autoscale.probe"
 
 
 def _explicit(conf, key: str) -> bool:
@@ -173,6 +167,7 @@ def install(app, *, allow_unsafe: bool | None = None, environ: Mapping[str, str]
     signals.task_postrun.connect(runtime.task_finished, weak=False, dispatch_uid=f"{uid}.postrun")
     signals.worker_init.connect(runtime.worker_init, weak=False, dispatch_uid=f"{uid}.init")
     signals.worker_ready.connect(runtime.worker_ready, weak=False, dispatch_uid=f"{uid}.ready")
+    signals.worker_shutdown.connect(runtime.worker_shutdown, weak=False, dispatch_uid=f"{uid}.shutdown")
     app.steps["consumer"].add(Heartbeat)
 
     def roundtrip(self, token: str = "", reply_to: str = "") -> dict:

@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, make_dataclass
 from functools import partial
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 __all__ = ["DEFAULTS", "ENVIRONMENT", "SETTINGS", "ConfigError", "Setting", "Settings", "check_redis_url",
            "environ_overrides", "markdown_table", "redact", "settings_of"]
@@ -28,44 +29,70 @@ class ConfigError(ValueError):
     """A setting is malformed or breaks a guarantee; the message is one line, without secrets."""
 
 
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+
+
 def redact(url: str) -> str:
-    """``url`` with any password replaced by ``***``, safe to print or log."""
-    try:
-        parts = urlsplit(url)
-        if parts.password is None:
-            return url
-        host = parts.hostname or ""
-        if ":" in host:
-            host = f"[{host}]"
-        if parts.port:
-            host = f"{host}:{parts.port}"
-    except ValueError:  # a malformed URL: show only its scheme
-        return f"{url.split(':', 1)[0]}://***"
-    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
+    """``url`` with the password of every URL in it replaced by ``***``, safe to print or log.
+
+    It reads the text, before and independent of any URL parsing: after each ``scheme://``, the
+    text up to the last ``@`` before the next ``scheme://`` (URLs joined by ``;``, as Sentinel
+    lists are) is the userinfo, whatever characters the password holds (``#``, ``/``, ``?``,
+    ``@``, ``%``, ``;``, spaces, non-ASCII: ``urlsplit`` would end the host part early at some of
+    them). A user name before a ``:`` is kept; userinfo without ``:`` is hidden whole.
+    """
+    text = str(url)
+    found = list(_SCHEME.finditer(text))
+    if not found:
+        return text
+    out = [text[:found[0].start()]]
+    for k, match in enumerate(found):
+        end = found[k + 1].start() if k + 1 < len(found) else len(text)
+        segment = text[match.end():end]
+        at = segment.rfind("@")
+        if at >= 0:
+            userinfo = segment[:at]
+            user = f"{userinfo.split(':', 1)[0]}:***" if ":" in userinfo else "***"
+            segment = user + segment[at:]
+        out.append(match.group(0) + segment)
+    return "".join(out)
 
 
-def check_redis_url(url: str, what: str = "the broker URL") -> str:
+def check_redis_url(url: str, what: str = "the broker URL", context: str | None = None) -> str:
     """``url`` if it is a well-formed ``redis://``, ``rediss://`` or ``sentinel://`` URL.
 
     Sentinel URLs name one sentinel each, joined by ``;`` as Celery and kombu take them
     (``sentinel://s1:26379;sentinel://s2:26379``); every part is checked.
+
+    Args:
+        url: the URL.
+        what: how the message names it.
+        context: the whole text ``url`` was cut from (Celery's ``;``-separated failover list), so a
+            part cut inside a password is shown only as the whole text redacted.
 
     Raises:
         ConfigError: another scheme, a port that is not a number from 1 to 65535, or a broken
             IPv6 address; the message names ``what`` and never the password.
     """
     parts_of = url.split(";") if url.startswith("sentinel://") else [url]
+    whole = redact(url if context is None else context)
+
+    def shown(part: str) -> str:  # a part cut inside a password (one holding ";") shows as the whole URL
+        return redact(part) if redact(part) in whole else whole
+
     for part in parts_of:
         try:
             parts = urlsplit(part)
             port = parts.port
-        except ValueError as exc:
-            raise ConfigError(f"{what} {redact(part)} is malformed: {exc}") from None
+        except ValueError as exc:  # its text may quote part of a password: never shown
+            why = "its port is not a number from 0 to 65535" if "port" in str(exc).lower() else "a broken address"
+            raise ConfigError(f"{what} {shown(part)} is malformed ({why}; percent-encode any # / ? @ "
+                              f"in its password)") from None
         allowed = ("sentinel",) if len(parts_of) > 1 or parts.scheme == "sentinel" else ("redis", "rediss")
         if parts.scheme not in allowed:
-            raise ConfigError(f"{what} must be a redis://, rediss:// or sentinel:// URL, got {redact(part)}")
+            raise ConfigError(f"{what} must be a redis://, rediss:// or sentinel:// URL, got {shown(part)}")
         if port == 0:
-            raise ConfigError(f"{what} {redact(part)} has port 0")
+            raise ConfigError(f"{what} {shown(part)} has port 0")
     return url
 
 
@@ -257,7 +284,7 @@ def settings_of(app) -> Settings:
     url = conf.broker_write_url or conf.broker_url or "redis://localhost:6379/0"
     if isinstance(url, (list, tuple)):
         url = url[0]
-    url = check_redis_url(url if url.startswith("sentinel://") else url.split(";", 1)[0])
+    url = check_redis_url(url if url.startswith("sentinel://") else url.split(";", 1)[0], context=url)
     transport = dict(conf.broker_transport_options or {})
     if url.startswith("sentinel://") and not transport.get("master_name"):
         raise ConfigError("a sentinel:// broker URL needs the master name: broker_transport_options"

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 
@@ -35,11 +36,20 @@ class Entry(dict):
 
 
 def _parse(raw: bytes, index: int) -> Entry | None:
+    """One entry, or None when it is malformed: not a JSON object, a field missing, or a field of the
+    wrong type (a task or queue that names nothing, args not a list, kwargs not an object, a
+    ``failed_at`` that is not a time). A queue ``unknown`` (a task run outside a broker's delivery)
+    names no list a worker consumes: such an entry is reported, never sent there."""
     try:
         entry = Entry(json.loads(raw))
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, RecursionError):
         return None
     if not all(field in entry for field in FIELDS):
+        return None
+    named = all(isinstance(entry[f], str) and entry[f].strip() for f in ("task", "queue"))
+    if not (named and entry["queue"] != "unknown" and isinstance(entry["args"], list)
+            and isinstance(entry["kwargs"], dict) and isinstance(entry["failed_at"], (int, float))
+            and not isinstance(entry["failed_at"], bool) and math.isfinite(entry["failed_at"])):
         return None
     entry.index = index
     return entry
@@ -62,11 +72,14 @@ def entries(client, settings, limit: int | None = None) -> tuple[list[Entry], li
     return good, bad
 
 
-def requeue(client, app, settings, limit: int | None = None) -> tuple[int, list[int]]:
+def requeue(client, app, settings, limit: int | None = None, progress: list[int] | None = None) -> tuple[int, list[int]]:
     """Send dead-lettered tasks again to their queue, oldest first; return (sent, malformed indexes).
 
     Each entry is removed only after its task was published, so an error loses nothing; a
     malformed entry is left in place, reported, and does not stop the entries behind it.
+
+    ``progress``, when given, is a one-item list holding the count sent so far, so a caller can say
+    how many moved when Redis goes away mid-run.
 
     Raises:
         ValueError: ``limit`` is below 1.
@@ -74,6 +87,7 @@ def requeue(client, app, settings, limit: int | None = None) -> tuple[int, list[
     """
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be at least 1, got {limit}")
+    progress = [0] if progress is None else progress
     name = keys.dead_letter_key(settings.key_prefix)
     sent, bad = 0, []
     length = client.llen(name)
@@ -90,6 +104,7 @@ def requeue(client, app, settings, limit: int | None = None) -> tuple[int, list[
         app.send_task(entry["task"], args=entry["args"], kwargs=entry["kwargs"], queue=entry["queue"])
         client.lrem(name, -1, raw)
         sent += 1
+        progress[0] = sent
     return sent, bad
 
 
@@ -118,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         return error(exc, EXIT_BAD_INPUT)
     client = connect(settings)
     bad: list[int] = []
+    progress = [0]
     try:
         if args.command == "count":
             print(client.llen(keys.dead_letter_key(settings.key_prefix)))
@@ -131,12 +147,13 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"{when} {entry['queue']} {entry['task']}[{entry['task_id']}] "
                           f"after {entry['retries']} retries: {entry['error']}")
         elif args.command == "requeue":
-            sent, bad = requeue(client, app, settings, args.limit)
+            sent, bad = requeue(client, app, settings, args.limit, progress)
             print(f"requeued {sent}")
         else:
             print(f"purged {client.delete(keys.dead_letter_key(settings.key_prefix)) and 'all' or 'nothing'}")
     except Exception as exc:  # redis and kombu errors: say which broker, never its password
-        return error(f"{type(exc).__name__} talking to {redact(settings.broker_url)}", EXIT_BROKER)
+        moved = f" after requeueing {progress[0]}" if args.command == "requeue" else ""
+        return error(f"{type(exc).__name__} talking to {redact(settings.broker_url)}{moved}", EXIT_BROKER)
     if bad:
         return error(f"skipped {len(bad)} malformed entries at index {', '.join(map(str, bad))} (0: newest)",
                      EXIT_FAILED)

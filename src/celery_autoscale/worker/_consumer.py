@@ -22,20 +22,32 @@ the closed channel.
   client; if Redis is still down the ack fails like any ack (logged, redelivered later).
 
 It also parks far-future ETA tasks in Redis when the app has an ``autoscale_eta_horizon``
-(:mod:`celery_autoscale.worker._parking`), before Celery sees them.
+(:mod:`celery_autoscale.worker._parking`), before Celery sees them; and it drops no message it
+cannot run. Celery rejects a message whose task the app does not know (``on_unknown_task``: on
+Redis a reject without requeue deletes it; "Received unregistered task" is all that is left), or
+that is no task message at all (``on_unknown_message``, ``on_invalid_task``). Here each goes to the
+dead-letter list first, whole, with the worker and the reason
+(:func:`~celery_autoscale.worker._deadletter.record_message`), so ``python -m
+celery_autoscale.deadletter requeue`` sends it again once the right worker runs. While Redis
+cannot take the entry the message is not rejected: it stays unacknowledged and kombu restores it.
 
 ``install(app)`` selects it through Celery's ``worker_consumer`` setting.
 """
 
 from __future__ import annotations
 
+import logging
+
 from celery.worker.consumer import Consumer as CeleryConsumer
 from vine import promise
 
-from ._parking import park
 from .._settings import settings_of
+from ._deadletter import record_message
+from ._parking import park
 
 __all__ = ["Consumer"]
+
+logger = logging.getLogger(__name__)
 
 
 class Consumer(CeleryConsumer):
@@ -53,6 +65,28 @@ class Consumer(CeleryConsumer):
             return handler(message)
 
         return on_task_received
+
+    def _dead_letter(self, message, error: str) -> bool:
+        if record_message(self.app, message, error, self.hostname):
+            logger.error("dead-lettered a message of queue %s: %s (requeue it with python -m "
+                         "celery_autoscale.deadletter requeue once a worker that knows it runs)",
+                         (message.delivery_info or {}).get("routing_key"), error)
+            return True
+        logger.error("could not dead-letter a message (%s): left unacknowledged for kombu to restore", error)
+        return False
+
+    def on_unknown_task(self, body, message, exc):
+        name = (message.headers or {}).get("task") or "?"
+        if self._dead_letter(message, f"NotRegistered: {name!r} is not a task of the worker's app {self.app.main!r}"):
+            super().on_unknown_task(body, message, exc)
+
+    def on_unknown_message(self, body, message):
+        if self._dead_letter(message, "not a Celery task message"):
+            super().on_unknown_message(body, message)
+
+    def on_invalid_task(self, body, message, exc):
+        if self._dead_letter(message, f"invalid task message: {type(exc).__name__}: {exc}"):
+            super().on_invalid_task(body, message, exc)
 
     def on_connection_error_after_connected(self, exc):
         connection = self.connection

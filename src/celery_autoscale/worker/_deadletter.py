@@ -24,7 +24,7 @@ from .. import keys
 from .._settings import SETTING
 from ._runtime import queue_of, runtime_of
 
-__all__ = ["FIELDS", "MAX_ENTRIES", "DeadLetterTask", "TransientError", "record"]
+__all__ = ["FIELDS", "MAX_ENTRIES", "DeadLetterTask", "TransientError", "record", "record_message"]
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +82,12 @@ def record(task, exc, task_id, args, kwargs, einfo) -> None:
         "retries": task.request.retries,
         "failed_at": time.time(),
     }
+    if not _push(runtime, entry):
+        logger.exception("could not dead-letter task %s", task_id)
+
+
+def _push(runtime, entry: dict) -> bool:
+    """LPUSH one entry (and LTRIM to :data:`MAX_ENTRIES`); False when Redis cannot be reached."""
     name = keys.dead_letter_key(runtime.settings.key_prefix)
     try:
         pipe = runtime.client().pipeline()
@@ -89,4 +95,56 @@ def record(task, exc, task_id, args, kwargs, einfo) -> None:
         pipe.ltrim(name, 0, MAX_ENTRIES - 1)
         pipe.execute()
     except Exception:
-        logger.exception("could not dead-letter task %s", task_id)
+        return False
+    return True
+
+
+def _arguments(message) -> tuple[list, dict] | None:
+    """The args and kwargs of a Celery message (protocol 2 body ``[args, kwargs, embed]``, or
+    protocol 1's payload), or None when the body cannot be decoded."""
+    try:
+        body = message.decode()
+    except Exception:
+        return None
+    if isinstance(body, dict):  # protocol 1
+        return list(body.get("args") or ()), dict(body.get("kwargs") or {})
+    if isinstance(body, (list, tuple)) and len(body) >= 2 and isinstance(body[1], dict):
+        return list(body[0] or ()), dict(body[1])
+    return None
+
+
+def record_message(app, message, error: str, worker: str) -> bool:
+    """Dead-letter a message the worker cannot run (a task its app does not know, or no task at all).
+
+    The entry has the fields of :func:`record` plus ``worker`` and ``reason``, so ``python -m
+    celery_autoscale.deadletter requeue`` sends it again once a worker that knows the task runs. A
+    body that cannot be decoded is kept as ``body`` without ``args``: listed and reported as
+    malformed, never sent again blindly. Returns False when Redis cannot be reached; the caller then
+    leaves the message unacknowledged, for kombu to restore.
+    """
+    headers = message.headers or {}
+    payload = getattr(message, "payload", None) if not headers.get("task") else None
+    payload = payload if isinstance(payload, dict) else {}
+    entry = {
+        "task_id": headers.get("id") or payload.get("id") or "",
+        "task": headers.get("task") or payload.get("task") or "",
+        "queue": (message.delivery_info or {}).get("routing_key") or "",
+        "error": error,
+        "traceback": "",
+        "retries": headers.get("retries") or payload.get("retries") or 0,
+        "failed_at": time.time(),
+        "worker": worker,
+        "reason": "unregistered" if (headers.get("task") or payload.get("task")) else "not a task",
+    }
+    arguments = _arguments(message)
+    if arguments is not None and entry["task"]:
+        entry["args"], entry["kwargs"] = arguments
+    else:
+        raw = message.body
+        entry["body"] = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+    runtime = runtime_of(app)
+    if not _push(runtime, entry):
+        return False
+    if runtime.metrics is not None:
+        runtime.metrics.tasks.labels(entry["queue"] or "unknown", entry["task"] or "unknown", "unregistered").inc()
+    return True

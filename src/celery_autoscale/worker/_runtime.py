@@ -12,21 +12,31 @@ and workers:
 - ``task_postrun`` (sent after success, failure and retry alike): remove it, keep
   ``"<started>,<finished>"`` under :func:`~celery_autoscale.keys.run_record_key` for
   ``autoscale_run_record_ttl`` seconds (one pipeline), and count the run in Prometheus;
-- ``worker_init`` / ``worker_ready``: prepare the metrics folder, then serve ``/metrics``.
+- ``worker_init`` / ``worker_ready``: prepare the metrics folder, then serve ``/metrics`` and start
+  the worker's lease (:mod:`celery_autoscale.worker._lease`); ``worker_shutdown``: end the lease.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import sys
 import time
 
 from .. import keys
 from .._redis import connect
 from .._settings import settings_of
 from . import _metrics
+from ._lease import Lease, ttl
 
-__all__ = ["Runtime", "queue_of", "runtime_of"]
+__all__ = ["LEGACY_ROUNDTRIP_TASK", "ROUNDTRIP_TASK", "Runtime", "own_tasks", "queue_of", "runtime_of"]
+
+#: The task of the round trip (``python -m celery_autoscale.roundtrip``: the chart's helm test and
+#: canary) that :func:`celery_autoscale.install` registers on every app: it answers at once on any queue.
+ROUNDTRIP_TASK = "celery_autoscale.roundtrip"
+#: Release 0.2's name of :data:`ROUNDTRIP_TASK`, still registered so that a round trip sent by 0.2
+#: during an upgrade is answered, not dropped as unknown.
+LEGACY_ROUNDTRIP_TASK = "celery_autoscale.probe"
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +54,7 @@ class Runtime:
         self.app = app
         self._client = None
         self.started: dict[str, tuple[float, float, str]] = {}  # task id -> (time, perf_counter, queue)
+        self.lease = None  # the main process's Lease once the worker is ready
         self.metrics = None  # a worker._metrics.Metrics once the worker initialised them
 
     @property
@@ -91,7 +102,8 @@ class Runtime:
             pipe = self.client().pipeline(transaction=False)
             pipe.zadd(keys.in_flight_key(queue, prefix), {task_id: now})
             pipe.hset(keys.owners_key(queue, prefix), task_id,
-                      json.dumps({"worker": task.request.hostname, "deadline": now + self.time_limit(task)}))
+                      json.dumps({"worker": task.request.hostname, "deadline": now + self.time_limit(task),
+                                  "lease": ttl(self.settings.heartbeat_interval)}))
             pipe.zrem(keys.scheduled_key(queue, prefix), task_id)
             pipe.execute()
         except Exception:  # the record must never fail a task
@@ -121,18 +133,48 @@ class Runtime:
                 self.metrics.runtime.labels(queue, task.name).observe(time.perf_counter() - began)
 
     def worker_init(self, sender=None, **_):
-        """Before the pool forks: a clean multiprocess folder, and the metrics objects."""
-        if getattr(sender, "app", None) is not self.app or not self.settings.metrics_port:
+        """Before the pool forks: refuse an app without tasks; a clean multiprocess folder and the metrics.
+
+        Sent after Celery imported the app's task modules (``imports``, ``include``,
+        ``autodiscover_tasks``). A worker whose app registers no task of its own would take every
+        message of its queues only to dead-letter it: it stops with one line and exit status 2.
+        """
+        if getattr(sender, "app", None) is not self.app:
             return
-        self.metrics = _metrics.Metrics()
+        if not own_tasks(self.app):
+            print(f"error: the app {self.app.main!r} registers no task (is CELERY_AUTOSCALE_APP your app, with its "
+                  f"task modules in imports, include or autodiscover_tasks?); a worker would only dead-letter "
+                  f"what it takes", file=sys.stderr)
+            raise SystemExit(2)
+        if self.settings.metrics_port:
+            self.metrics = _metrics.Metrics()
 
     def worker_ready(self, sender=None, **_):
-        """Serve ``/metrics`` for the queues this worker consumes (main process only)."""
-        if getattr(sender, "app", None) is not self.app or self.metrics is None:
+        """Start the lease; serve ``/metrics`` for the queues this worker consumes (main process only)."""
+        if getattr(sender, "app", None) is not self.app:
+            return
+        if self.lease is None:
+            self.lease = Lease(self.client(), sender.hostname, self.settings.heartbeat_interval,
+                               self.settings.key_prefix)
+            self.lease.start()
+        if self.metrics is None:
             return
         consumer = sender.task_consumer
         queues = sorted(q.name for q in consumer.queues) if consumer else []
         self.metrics.serve(self.settings, queues, self.client())
+
+
+    def worker_shutdown(self, sender=None, **_):
+        """The worker stopped, its last task done: end the lease."""
+        if self.lease is not None and getattr(sender, "app", self.app) is self.app:
+            self.lease.stop()
+            self.lease = None
+
+
+def own_tasks(app) -> list[str]:
+    """The app's task names, less Celery's built-ins and the runtime's round-trip task."""
+    return sorted(name for name in app.tasks if not name.startswith("celery.")
+                  and name not in (ROUNDTRIP_TASK, LEGACY_ROUNDTRIP_TASK))
 
 
 def runtime_of(app) -> Runtime:

@@ -7,7 +7,7 @@ tasks are ``--task`` with ``--args``/``--kwargs`` (routed by the app, or sent to
 ``mixed`` tasks shaped by the profile options. Every input is checked, and the broker pinged,
 before anything is sent: an error is one line on stderr.
 
-Exit status: 0 ok; 1 tasks lost or failed (with ``--wait``) or the broker went away mid-run
+Exit status: 0 ok; 1 tasks unfinished, lost or failed (with ``--wait``) or the broker went away mid-run
 (the summary so far is printed); 2 bad input (nothing sent); 3 broker unreachable (nothing sent).
 """
 
@@ -54,7 +54,7 @@ def parser() -> argparse.ArgumentParser:
     p = Parser(
         prog="python -m loadgen",
         description="Send a shaped, open-loop load of Celery tasks to any app and summarize it.",
-        epilog="Exit status: 0 ok, 1 tasks lost or failed (with --wait) or broker lost mid-run, "
+        epilog="Exit status: 0 ok, 1 tasks unfinished, lost or failed (with --wait) or broker lost mid-run, "
                "2 bad input, 3 broker unreachable.",
     )
     p.add_argument("pattern", help=f"load shape: {', '.join(PATTERNS)}")
@@ -90,7 +90,8 @@ def parser() -> argparse.ArgumentParser:
                       help="seconds of simulated network wait (io, mixed)")
     prof.add_argument("--fail-rate", type=number(float, 0, 1), metavar="P", help="probability 0-1 of a transient fault per attempt")
     out = p.add_argument_group("outcome")
-    out.add_argument("--wait", action="store_true", help="wait for every task to end; lost or failed tasks exit 1")
+    out.add_argument("--wait", action="store_true", help="wait for every task to end; tasks unfinished (still in Redis at --timeout), lost (nowhere) or "
+                          "failed exit 1")
     out.add_argument("--timeout", type=number(float, 0, 7 * 86400, low_open=True), metavar="SECONDS", default=300.0,
                      help="seconds --wait waits (default 300)")
     out.add_argument("--json", action="store_true", help="print the summary as one JSON line, last")
@@ -288,4 +289,5 @@ def main(argv: list[str] | None = None) -> int:
         Console(width=max(Console().width, 120)).print(report.table(summary, f"{spec.pattern.name}: {len(outcome.sent)} tasks"))
     if outcome.error:
         print(f"error: {outcome.error}", file=sys.stderr)
-    return EXIT_FAILED if outcome.error or summary["lost"] or (args.wait and summary["failed"]) else 0
+    return EXIT_FAILED if outcome.error or summary["lost"] or summary["unfinished"] or (
+        args.wait and summary["failed"]) else 0

@@ -56,8 +56,8 @@ def main(argv: list[str] | None = None) -> int:
             plot = args.workdir / f"{name}.png"
             report.plot(outcome, str(plot))
             console.print(f"timeline: {plot}")
-            lost += summary["lost"]
-    console.print(f"\n{'[red]' if lost else '[green]'}{lost} tasks lost[/]; every process stopped.")
+            lost += summary["lost"] + summary["unfinished"]
+    console.print(f"\n{'[red]' if lost else '[green]'}{lost} tasks lost or unfinished[/]; every process stopped.")
     return 1 if lost else 0
 
 

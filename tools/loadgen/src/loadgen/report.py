@@ -3,7 +3,10 @@
 Definitions (all times in seconds, rates in tasks/s):
 
 - ``submitted``: tasks published. ``succeeded`` / ``failed``: ended in SUCCESS / FAILURE.
-- ``lost``: neither before the ``--timeout`` ran out (counted only with ``--wait``).
+- ``unfinished``: no outcome when the ``--timeout`` ran out, the task still in Redis (waiting in a
+  list, running, or held for its ETA); ``lost``: no outcome and in Redis nowhere (both only with
+  ``--wait``).
+- ``failures``: the exception type of each failed task, counted (``{"TransientError": 3}``).
 - ``unknown``: after the broker went away mid-run, the tasks whose outcome was not seen.
 - ``send_rate``: submitted ÷ seconds from the first send to the last.
 - ``throughput``: succeeded ÷ seconds from the first send to the last completion.
@@ -18,7 +21,7 @@ Definitions (all times in seconds, rates in tasks/s):
 from __future__ import annotations
 
 import statistics
-from collections import defaultdict
+from collections import Counter, defaultdict
 from datetime import datetime, timezone
 
 from celery import states
@@ -49,6 +52,16 @@ def finished_at(meta: dict, run: tuple[float, float] | None = None) -> float | N
     return run[1] if run else None
 
 
+def failure_type(meta: dict) -> str:
+    """The exception type of a failed task's result meta (Celery's ``exc_type``), else its state."""
+    result = meta.get("result")
+    if isinstance(result, dict) and result.get("exc_type"):
+        return str(result["exc_type"])
+    if isinstance(result, BaseException):
+        return type(result).__name__
+    return str(meta.get("status", "FAILURE"))
+
+
 def _group(outcome: Outcome, queue: str | None) -> dict:
     sent = [s for s in outcome.sent if queue is None or s.queue == queue]
     metas = [(s, outcome.results.get(s.task_id)) for s in sent]
@@ -58,12 +71,18 @@ def _group(outcome: Outcome, queue: str | None) -> dict:
     waits = [outcome.runs[s.task_id][0] - s.sent_at for s, _ in done if s.task_id in outcome.runs]
     latencies = [ends[s.task_id] - s.sent_at for s, _ in done if ends[s.task_id] is not None]
     open_ = len(sent) - len(done) - failed  # no outcome seen
+    unfinished = sum(1 for s, m in metas if m is None and s.task_id in outcome.in_redis)
+    counted = outcome.waited and not outcome.error
     group = {
         "submitted": len(sent),
         "succeeded": len(done),
         "failed": failed,
-        # Lost: not ended when --timeout ran out. After a broker outage nobody can tell: unknown.
-        "lost": open_ if outcome.waited and not outcome.error else None,
+        "failures": dict(sorted(Counter(failure_type(m) for _, m in metas
+                                        if m is not None and m["status"] != states.SUCCESS).items())),
+        # Not ended when --timeout ran out: still in Redis (unfinished) or nowhere (lost). After a
+        # broker outage nobody can tell: unknown.
+        "unfinished": unfinished if counted else None,
+        "lost": open_ - unfinished if counted else None,
         "unknown": open_ if outcome.error else 0,
         "queue_wait": percentiles(waits),
         "latency": percentiles(latencies),
@@ -98,12 +117,13 @@ def table(summary: dict, title: str = "load summary"):
     from rich.table import Table
 
     t = Table(title=title)
-    for column in ("queue", "submitted", "succeeded", "failed", "lost", "tasks/s",
+    for column in ("queue", "submitted", "succeeded", "failed", "unfinished", "lost", "tasks/s",
                    "wait p50/p95/p99 ms", "latency p50/p95/p99 ms"):
         t.add_column(column, justify="right" if column != "queue" else "left")
     rows = [*summary["queues"].items(), ("total", summary)]
     for name, g in rows:
         t.add_row(name, str(g["submitted"]), str(g["succeeded"]), str(g["failed"]),
+                  "-" if g["unfinished"] is None else str(g["unfinished"]),
                   "-" if g["lost"] is None else str(g["lost"]),
                   "-" if g["throughput"] is None else f"{g['throughput']:.1f}",
                   "/".join(_ms(g["queue_wait"][p]) for p in ("p50", "p95", "p99")),
@@ -112,6 +132,8 @@ def table(summary: dict, title: str = "load summary"):
     caption = [f"sent at {rate:.1f} tasks/s over {summary['send_seconds']:.1f}s"] if rate else []
     caption += [f"{q}: up to {r['peak_ready']} ready of {r['peak_desired']} replicas"
                 for q, r in summary.get("replicas", {}).items()]
+    caption += [f"failed: {', '.join(f'{n} {kind}' for kind, n in summary['failures'].items())}"] if summary[
+        "failures"] else []
     t.caption = "; ".join(caption) or None
     return t
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from celery import states
 from kombu.utils.uuid import uuid
 
-from celery_autoscale import backlog, connect, settings_of
+from celery_autoscale import backlog, backlog_ids, connect, settings_of
 from celery_autoscale.keys import run_record_key
 
 from .patterns import Pattern
@@ -74,6 +74,7 @@ class Outcome:
     waited: bool
     runs: dict[str, tuple[float, float]] = field(default_factory=dict)  # task id -> (started, finished), the runtime's record
     error: str | None = None  # what stopped the run early (the broker went away), else None
+    in_redis: set[str] = field(default_factory=set)  # ids of tasks without an outcome still in Redis at the end
 
 
 def send(app, spec: LoadSpec, on_sent: Callable[[int], None] | None = None,
@@ -222,6 +223,7 @@ def run(app, spec: LoadSpec, *, wait: bool, timeout: float, sample_interval: flo
     sent: list[Sent] = []
     results: dict[str, dict] = {}
     runs: dict[str, tuple[float, float]] = {}
+    in_redis: set[str] = set()
     error = None
     try:
         send(app, spec, on_sent, sent)
@@ -229,10 +231,13 @@ def run(app, spec: LoadSpec, *, wait: bool, timeout: float, sample_interval: flo
             results = collect(app, [s.task_id for s in sent], timeout,
                               (lambda n: progress("wait", n, len(sent))) if progress else None)
         runs = run_records(client, settings, [s.task_id for s in sent])
+        if wait and len(results) < len(sent):  # unfinished (still in Redis) or lost (nowhere)?
+            open_ids = {s.task_id for s in sent} - set(results)
+            in_redis = set().union(*(backlog_ids(client, q, settings) for q in spec.queues)) & open_ids
     except Exception as exc:
         results = getattr(exc, "partial", results)
         error = f"{type(exc).__name__} talking to the broker; the figures are what was seen before it"
     finally:
         timeline = sampler.stop()
     send_seconds = (sent[-1].sent_at - sent[0].sent_at) if sent else 0.0
-    return Outcome(sent, send_seconds, results, timeline, sampler.start_time, wait, runs, error)
+    return Outcome(sent, send_seconds, results, timeline, sampler.start_time, wait, runs, error, in_redis)
