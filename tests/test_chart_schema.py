@@ -39,10 +39,29 @@ def test_a_scaledobject_name_longer_than_63_characters_fails_the_render_as_kedas
     render_manifests({}, name=name)  # the default queues' names still fit
 
 
-@pytest.mark.parametrize("expression", ["8am", "0 8 * *", "0 8 * * 1-5 2026", "0 8 * * 1;5"])
+#: Out of each field's range, not a number or name of it, a zero step: what robfig/cron's ParseStandard
+#: (KEDA's cron scaler, Kubernetes CronJobs) refuses, and Celery's crontab for beat.
+BAD_CRON = ["8am", "0 8 * *", "0 8 * * 1-5 2026", "0 8 * * 1;5", "99 99 * * *", "a b c d e", "60 * * * *",
+            "0 24 * * *", "0 0 0 * *", "0 0 * 13 *", "0 0 * * 8", "*/0 * * * *", "@every 5m"]
+GOOD_CRON = ["0 8 * * 1-5", "*/5 * * * *", "0 8 * * MON-FRI", "30 2 1,15 * *", "0 0 ? * sun", "0 8-18/2 * JAN-MAR *",
+             "59 23 31 12 7", "@hourly"]
+
+
+@pytest.mark.parametrize("expression", BAD_CRON)
 def test_malformed_cron_expressions(expression):
     message = rejected({"queues": {"cpu": {"autoscaling": {"cron": [{**CRON, "start": expression}]}}}})
     assert "/queues/cpu/autoscaling/cron/0/start" in message and "does not match pattern" in message
+    assert "/canary/schedule" in rejected({"canary": {"enabled": True, "schedule": expression}})
+    assert "/beat/schedule/report/schedule" in rejected(
+        {"beat": {"enabled": True, "schedule": {"report": {"task": "tasks.io.transfer", "schedule": expression}}}})
+
+
+@pytest.mark.parametrize("expression", GOOD_CRON)
+def test_every_standard_cron_expression_is_accepted(expression):
+    render_manifests({"queues": {"cpu": {"autoscaling": {"cron": [{**CRON, "start": expression}]}}},
+                      "canary": {"enabled": True, "schedule": expression},
+                      "beat": {"enabled": True, "schedule": {"report": {"task": "tasks.io.transfer",
+                                                                         "schedule": expression}}}})
 
 
 def test_unknown_time_zone():
@@ -87,3 +106,17 @@ def test_sentinel_needs_an_address_and_no_tls():
     with pytest.raises(Exception, match="TLS to Sentinel is not supported"):
         render_chart({"redis": {"enabled": False, "external": {"tls": {"enabled": True},
                                                                "sentinel": {"enabled": True, "addresses": ["s:26379"]}}}})
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"reconciler": {"enabled": True, "etaHorizon": 3600}},
+     "reconciler.etaHorizon (3600 s) must be below celery.visibilityTimeout (3600 s)"),
+    ({"reconciler": {"enabled": False}, "celery": {"retryBackoffMax": 4000}},
+     "celery.retryBackoffMax (4000 s) must be below celery.visibilityTimeout (3600 s) unless the reconciler parks"),
+    ({"queues": {"io": {"probes": {"liveness": {"maxAge": 5}}}}},
+     "queues.io.probes.liveness.maxAge (5 s) must exceed probes.heartbeatInterval (10 s)"),
+    ({"queues": {"cpu": {"autoscaling": {"maxReplicaCount": 3, "cron": [{**CRON, "desiredReplicas": 4}]}}}},
+     "queues.cpu.autoscaling.cron[0].desiredReplicas (4) must not exceed maxReplicaCount (3)"),
+])
+def test_settings_that_break_a_guarantee_fail_the_render_naming_them(values, message):
+    assert message in rejected(values)
