@@ -101,3 +101,27 @@ def test_a_bad_schedule_is_one_line_and_exit_2(tmp_path, schedule, message):
     with LocalStack(tmp_path) as stack:
         done = run_module(stack, "celery_autoscale.beat", "--app", "tasks.app:app", "--schedule", str(path), timeout=60)
     assert done.returncode == 2 and message in done.stderr and len(done.stderr.strip().splitlines()) == 1, done
+
+
+@pytest.mark.parametrize("persist", [True, False], ids=["append-only file", "no persistence"])
+def test_beat_survives_a_redis_restart_and_fires_again_once_per_period(tmp_path, persist):
+    """Redis SIGKILLed for 4 s under a running beat: beat logs the outage in a line, sends nothing
+    meanwhile, and once Redis is back fires once per period again (its schedule written anew when
+    a Redis without persistence lost it)."""
+    with LocalStack(tmp_path) as stack:
+        stack.start_redis(persist=persist)
+        beat = start_beat(stack, tmp_path, "beat")
+        time.sleep(6)
+        proc = stack.procs.pop("redis")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+        time.sleep(4)
+        stack.start_redis(persist=persist)
+        back = time.time()
+        time.sleep(10)
+        assert beat.poll() is None, (tmp_path / "beat.log").read_text()[-3000:]
+        stop(beat)
+        after = [t for t in fires(stack) if t >= back]
+        assert_once_per_period(after, time.time() - back)
+        log = (tmp_path / "beat.log").read_text()
+        assert "Traceback" not in log and log.count("Redis unreachable") == 1, log[-3000:]

@@ -17,11 +17,18 @@ chart's ``beat.schedule``; an entry of the same name replaces the app's)::
 
 ``schedule`` is seconds (a number) or a 5-field cron expression (Celery's ``crontab``, in the
 app's ``timezone``). Exit status: 2 bad input (one line), else beat's own.
+
+Beat survives a Redis restart or failover as the workers do (:class:`Scheduler`, RedBeat's with
+three changes): a tick that cannot reach Redis sends nothing, logs one line per outage and tries
+again within a second; a lock that expired or was taken meanwhile is waited for, not assumed,
+so two schedulers never fire at once; and a schedule that a Redis without persistence lost is
+written again from the app and ``--schedule``.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import sys
 
@@ -31,9 +38,82 @@ from ._redis import connect
 from ._settings import ConfigError, settings_of
 from .cli import EXIT_BAD_INPUT, Parser, add_app_option, error, positive_seconds
 
-__all__ = ["entries", "main"]
+__all__ = ["SCHEDULER", "entries", "main"]
+
+#: Celery's ``--scheduler`` for :class:`Scheduler`.
+SCHEDULER = "celery_autoscale.beat:Scheduler"
 
 KEYS = {"task", "schedule", "args", "kwargs", "queue", "options"}
+
+logger = logging.getLogger(__name__)
+
+
+def _redbeat_scheduler():
+    """RedBeat's scheduler class (the ``beat`` extra), imported when beat runs."""
+    from redbeat import RedBeatScheduler
+
+    return RedBeatScheduler
+
+
+def __getattr__(name: str):  # PEP 562: Celery imports "celery_autoscale.beat:Scheduler" only when beat runs
+    if name != "Scheduler":
+        raise AttributeError(name)
+    globals()["Scheduler"] = scheduler = _make_scheduler(_redbeat_scheduler())
+    return scheduler
+
+
+def _make_scheduler(base):
+    import redis
+
+    class Scheduler(base):
+        """RedBeat's scheduler, surviving a Redis restart (see the module docs)."""
+
+        _outage = False  # a tick failed to reach Redis and has not succeeded since
+        _lost_lock = False  # our lock expired or was taken: wait until we hold it again
+
+        def tick(self, *args, **kwargs):
+            try:
+                if self._lost_lock and not self._reacquire():
+                    return self.max_interval
+                if self.app.redbeat_conf.schedule and not redis_client(self.app).exists(
+                        self.app.redbeat_conf.schedule_key):
+                    self.setup_schedule()  # a Redis without persistence came back empty
+                next_tick = super().tick(*args, **kwargs)
+            except redis.exceptions.LockError:
+                logger.warning("beat: lost its lock while Redis was away; sending nothing until it holds it again")
+                self._lost_lock = True
+                return self.max_interval
+            except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+                if not self._outage:
+                    logger.warning("beat: Redis unreachable (%s); sending nothing until it is back", type(exc).__name__)
+                self._outage = True
+                return min(1.0, self.max_interval)
+            if self._outage:
+                logger.warning("beat: Redis is back")
+                self._outage = False
+            return next_tick
+
+        def _reacquire(self) -> bool:
+            if self.lock is None or not self.lock.acquire(blocking=False):
+                return False
+            logger.warning("beat: holds its lock again")
+            self._lost_lock = False
+            return True
+
+        def close(self):
+            try:
+                super().close()
+            except (redis.ConnectionError, redis.TimeoutError, redis.exceptions.LockError, OSError):
+                logger.warning("beat: could not release its lock (Redis unreachable); it expires by itself")
+
+    return Scheduler
+
+
+def redis_client(app):
+    """RedBeat's Redis client of ``app`` (ours: :func:`main` sets it)."""
+    from redbeat.schedulers import get_redis
+
+    return get_redis(app)
 
 
 def _schedule(name: str, value):
@@ -108,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     app.conf.setdefault("redbeat_redis_url", settings.broker_url)
     app.conf.setdefault("redbeat_redis_options", {})
     app.redbeat_redis = connect(settings, decode_responses=True)
-    app.Beat(scheduler="redbeat.RedBeatScheduler", max_interval=args.max_interval, loglevel=args.loglevel).run()
+    app.Beat(scheduler=SCHEDULER, max_interval=args.max_interval, loglevel=args.loglevel).run()
     return 0
 
 
