@@ -24,6 +24,12 @@ def idle_stack(tmp_path_factory):
 
     with LocalStack(tmp_path_factory.mktemp("idle")) as s:
         s.start_redis()
+        # Apps that cannot be imported, beside where the commands run (their working directory).
+        (s.workdir / "raising_app.py").write_text("raise RuntimeError('the settings module is missing')\n")
+        (s.workdir / "broken_app.py").write_text("from celery import Celery\napp = Celery(\n")
+        (s.workdir / "latin1-password").write_bytes("mot-de-passe-\xe9t\xe9".encode("latin-1"))
+        (s.workdir / "a-file").write_text("not a folder\n")
+        (s.workdir / "deep.json").write_text("[" * 100_000)
         yield s
 
 
@@ -82,7 +88,7 @@ LOADGEN = [
     (["burst", "--count", "5", "--task", "x", "--work-units", "5"], {}, "shapes the sample app's tasks"),
     (["burst", "--count", "5", "--task", "x", "--args", '{"a": 1}'], {}, "--args: must be a JSON list"),
     (["burst", "--count", "5", "--task", "x", "--kwargs", "{oops"], {}, "--kwargs: not JSON"),
-    (["burst", "--count", "5", "--mix", '[{"task": 1}]'], {}, "needs a \"task\" and a \"queue\" string"),
+    (["burst", "--count", "5", "--mix", '[{"task": 1}]'], {}, "--mix: entry 0 needs a \"task\" name"),
     (["burst", "--count", "5", "--mix", "@/nonexistent.json"], {}, "--mix: cannot read /nonexistent.json"),
     (["burst", "--count", "5", "--kwargs", "{}"], {}, "--args and --kwargs go with --task"),
     (["burst", "--count", "5"], {"CELERY_VISIBILITY_TIMEOUT": "abc"}, "CELERY_VISIBILITY_TIMEOUT must be a whole number"),
@@ -92,6 +98,15 @@ LOADGEN = [
     (["burst", "--count", "5"], {"CELERY_METRICS_PORT": "70000"}, "CELERY_METRICS_PORT must be a whole number from 0 to 65535"),
     (["burst", "--count", "5"], {"CELERY_PRIORITY_STEPS": "3,6"}, "CELERY_PRIORITY_STEPS must start at 0"),
     (["burst", "--count", "5"], {"REDIS_PASSWORD_FILE": "/nonexistent/password"}, "cannot read REDIS_PASSWORD_FILE"),
+    (["steady", "--rate", "1e308"], {}, "--rate: must be finite and > 0 and <= 1e+06"),
+    (["steady", "--rate", "5", "--duration", "1e308"], {}, "--duration: must be finite and > 0 and <= 2.592e+06"),
+    (["burst", "--count", "5", "--task", "x", "--args", "@deep.json"], {}, "--args: JSON nested too deep"),
+    (["burst", "--count", "5", "--plot", "out.xyz"], {}, "--plot: cannot draw a .xyz"),
+    (["burst", "--count", "5", "--timeline", "/tmp"], {}, "--timeline: /tmp is a folder"),
+    (["burst", "--count", "5", "--queues", ""], {}, "--queues: empty"),
+    (["burst", "--count", "5", "--broker", ""], {}, "--broker: empty"),
+    (["burst", "--count", "5", "--task", " "], {}, "--task: empty"),
+    (["burst", "--count", "5", "--mix", '[{"task": "tasks.io.transfer", "queue": ""}]'], {}, '--mix: entry 0: "queue" must name a queue'),
 ]
 
 
@@ -137,6 +152,24 @@ OTHER_COMMANDS = [
      "CELERY_TASK_TIME_LIMIT must be a whole number at least 1"),
     (["-m", "celery", "-A", "celery_autoscale.worker", "worker", "-Q", "cpu"], {"CELERY_AUTOSCALE_APP": "tasks.work:QUEUES"}, 2,
      "does not name a Celery app"),
+    (["-m", "celery", "-A", "celery_autoscale.worker", "worker", "-Q", "cpu"], {"CELERY_METRICS_ADDRESS": "everywhere"}, 2,
+     "CELERY_METRICS_ADDRESS must be an IP address"),
+    (["-m", "celery", "-A", "celery_autoscale.worker", "worker", "-Q", "cpu"], {"CELERY_ETA_HORIZON": "4000"}, 2, "the ETA horizon (4000 s) must stay below the visibility timeout"),
+    (["-m", "celery", "-A", "celery_autoscale.worker", "worker", "-Q", "cpu"], {"CELERY_HEARTBEAT_FILE": "/nonexistent/folder/beat"}, 2, "the heartbeat file /nonexistent/folder/beat"),
+    (["-m", "celery", "-A", "celery_autoscale.worker", "worker", "-Q", "cpu"], {"CELERY_HEARTBEAT_FILE": "/tmp"}, 2, "the heartbeat file /tmp (CELERY_HEARTBEAT_FILE) cannot be written"),
+    (["-m", "celery", "-A", "celery_autoscale.worker", "worker", "-Q", "cpu"], {"CELERY_AUTOSCALE_APP": ":app"}, 2, "does not name a module"),
+    (["-m", "celery", "-A", "celery_autoscale.worker", "worker", "-Q", "cpu"], {"CELERY_AUTOSCALE_APP": ".tasks:app"}, 2, "does not name a module"),
+    (["-m", "celery", "-A", "celery_autoscale.worker", "worker", "-Q", "cpu"], {"CELERY_AUTOSCALE_APP": "raising_app:app"}, 2,
+     "cannot import the app module 'raising_app': it raised RuntimeError: the settings module is missing"),
+    (["-m", "celery", "-A", "celery_autoscale.worker", "worker", "-Q", "cpu"], {"CELERY_AUTOSCALE_APP": "broken_app:app"}, 2, "cannot import the app module 'broken_app': a syntax error"),
+    (["-m", "celery_autoscale.deadletter", "count"], {"CELERY_BROKER_URL": "redis://127.0.0.1:1/notadb"}, 2, "names no database"),
+    (["-m", "celery_autoscale.deadletter", "count"], {"CELERY_BROKER_URL": "redis://127.0.0.1:1/0?socket_timeout=abc"}, 2, "invalid query value socket_timeout"),
+    (["-m", "celery_autoscale.deadletter", "count"], {"REDIS_PASSWORD_FILE": "latin1-password"}, 2, "REDIS_PASSWORD_FILE latin1-password is not UTF-8 text"),
+    (["-m", "celery_autoscale.reconciler", "--once", "--heartbeat-file", "/nonexistent/folder/beat"], {}, 2,
+     "--heartbeat-file /nonexistent/folder/beat: cannot be written"),
+    (["-m", "celery_autoscale.health", "--file", "a-file/beat"], {}, 1, "unhealthy: cannot read the heartbeat file"),
+    (["-m", "celery_autoscale.health", "--file", "/tmp"], {}, 2, "--file /tmp is a folder"),
+    (["-m", "celery_autoscale.beat", "--max-interval", "1e308e"], {}, 2, "--max-interval: must be a number"),
 ]
 
 

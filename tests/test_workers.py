@@ -77,3 +77,22 @@ def test_a_worker_reads_the_redis_password_from_a_file_as_the_chart_mounts_it(tm
                             CELERY_RESULT_BACKEND="", REDIS_PASSWORD_FILE=str(tmp_path / "password"))
         result = producer(locked).send_task("tasks.cpu.hash_chain", kwargs={"work_units": 10}, queue="cpu")
         assert result.get(timeout=30)["worker"].startswith("filed@")
+
+
+def test_a_second_worker_on_a_taken_metrics_port_says_so_in_one_line_and_works_on(fresh_stack):
+    from loadgen.stack import WorkerSpec
+
+    first = fresh_stack.start_worker(WorkerSpec("io", "threads", concurrency=2), name="first",
+                                     CELERY_METRICS_ADDRESS="127.0.0.1")
+    port = fresh_stack.metrics_ports[first]
+    fresh_stack.start_worker(WorkerSpec("io", "threads", concurrency=2), name="second",
+                             CELERY_METRICS_PORT=str(port), CELERY_METRICS_ADDRESS="127.0.0.1")
+    app = producer(fresh_stack)
+    results = [app.send_task("tasks.io.transfer", kwargs={"size_bytes": 0}, queue="io") for _ in range(20)]
+    workers = {r.get(timeout=60)["worker"].split("@")[0] for r in results}
+    assert workers == {"first", "second"}, "both consume"
+    log = (fresh_stack.workdir / "second.log").read_text()
+    complaints = [line for line in log.splitlines() if "metrics" in line and "cannot listen" in line]
+    assert len(complaints) == 1 and f"127.0.0.1:{port}" in complaints[0], log[-2000:]
+    assert "Traceback" not in log
+    assert scrape(port), "the first worker still serves /metrics"

@@ -129,6 +129,13 @@ def install(app, *, allow_unsafe: bool | None = None, environ: Mapping[str, str]
         raise ConfigError(f"the task time limit ({limit:g} s) must stay below the visibility timeout "
                           f"({visibility} s), or a running task is delivered a second time")
     updates["task_time_limit"] = limit
+    # A worker holds a task with an ETA (a countdown, a retry's backoff) unacknowledged until it is
+    # due; held past the visibility timeout, kombu delivers it a second time (Celery's Redis caveat).
+    # (DeadLetterTask's retry backoff is kept below it: worker/_deadletter.py.)
+    horizon = env.get("eta_horizon", conf.get("autoscale_eta_horizon", SETTING["eta_horizon"].default))
+    if horizon and horizon >= visibility and not allow:
+        raise ConfigError(f"the ETA horizon ({horizon} s) must stay below the visibility timeout ({visibility} s): "
+                          f"a task held that long is delivered a second time")
     if "soft_shutdown" in env:
         updates["worker_soft_shutdown_timeout"] = env["soft_shutdown"]
         updates["worker_enable_soft_shutdown_on_idle"] = env["soft_shutdown"] > 0

@@ -38,10 +38,18 @@ def load_app(path: str | None = None):
     module_name, _, attribute = path.strip().partition(":")
     if os.getcwd() not in sys.path and "" not in sys.path:
         sys.path.insert(0, os.getcwd())  # as `celery -A` imports from the working directory
+    if not module_name or module_name.startswith("."):
+        raise AppLoadError(f"{path!r} does not name a module: give module:attribute, e.g. myproject.celery:app")
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise AppLoadError(f"cannot import the app module {module_name!r}: {exc}") from None
+    except SyntaxError as exc:
+        raise AppLoadError(f"cannot import the app module {module_name!r}: a syntax error in "
+                           f"{exc.filename}, line {exc.lineno}") from None
+    except Exception as exc:  # the user's module raised while it was imported: its error, in one line
+        raise AppLoadError(f"cannot import the app module {module_name!r}: it raised "
+                           f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}") from None
     names = [attribute] if attribute else ["app", "celery"]
     for name in names:
         found = getattr(module, name, None)

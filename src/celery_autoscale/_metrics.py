@@ -48,18 +48,20 @@ logger = logging.getLogger(__name__)
 BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 1800)
 
 
-def serve(port: int, *collectors):
-    """Serve ``collectors`` on ``/metrics`` at ``port`` (all interfaces) in a daemon thread.
+def serve(port: int, *collectors, address: str = "0.0.0.0"):
+    """Serve ``collectors`` on ``/metrics`` at ``address``:``port`` in a daemon thread.
 
-    Returns the registry, to which more collectors may be added. Raises ``OSError`` when the
-    port is taken.
+    Returns the registry, to which more collectors may be added.
+
+    Raises:
+        OSError: the port is taken (or the address is not this host's).
     """
     from prometheus_client import CollectorRegistry, start_http_server
 
     registry = CollectorRegistry()
     for collector in collectors:
         registry.register(collector)
-    start_http_server(port, registry=registry)
+    start_http_server(port, addr=address, registry=registry)
     return registry
 
 

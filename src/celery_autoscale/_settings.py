@@ -13,6 +13,7 @@ password. Importing this module imports neither Celery nor kombu (the health pro
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
 import re
@@ -20,6 +21,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, make_dataclass
 from functools import partial
 from urllib.parse import urlsplit
+
+from redis.connection import URL_QUERY_ARGUMENT_PARSERS
+from redis.connection import parse_url as redis_url_parts
 
 __all__ = ["DEFAULTS", "ENVIRONMENT", "SETTINGS", "ConfigError", "Setting", "Settings", "check_redis_url",
            "environ_overrides", "markdown_table", "redact", "settings_of"]
@@ -93,6 +97,16 @@ def check_redis_url(url: str, what: str = "the broker URL", context: str | None 
             raise ConfigError(f"{what} must be a redis://, rediss:// or sentinel:// URL, got {shown(part)}")
         if port == 0:
             raise ConfigError(f"{what} {shown(part)} has port 0")
+        if parts.path.strip("/") and not parts.path.strip("/").isdigit():
+            raise ConfigError(f"{what} {shown(part)} names no database: its path must be /0, /1, ... "
+                              f"(percent-encode any / in its password)")
+        if parts.scheme != "sentinel" and parts.query:
+            try:
+                redis_url_parts(part)  # redis-py's own reading of the query values
+            except ValueError as exc:  # the message names a known option, never the URL
+                known = [o for o in URL_QUERY_ARGUMENT_PARSERS if f"'{o}'" in str(exc)]
+                option = f" {known[0]}" if known else ""
+                raise ConfigError(f"{what} {shown(part)} has an invalid query value{option}") from None
     return url
 
 
@@ -120,6 +134,13 @@ def _steps(name: str, raw: str) -> list[int]:
 
 def _text(name: str, raw: str) -> str:
     return raw
+
+
+def _address(name: str, raw: str) -> str:
+    try:
+        return str(ipaddress.ip_address(raw))
+    except ValueError:
+        raise ConfigError(f"{name} must be an IP address to listen on (0.0.0.0, ::, 127.0.0.1), got {raw!r}") from None
 
 
 @dataclass(frozen=True)
@@ -170,6 +191,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("metrics_port", "autoscale_metrics_port", "CELERY_METRICS_PORT", 9808,
             partial(_number, kind=int, low=0, high=65535), "port of the worker's Prometheus `/metrics`, 0-65535; "
             "`0` turns it off", "`9808`"),
+    Setting("metrics_address", "autoscale_metrics_address", "CELERY_METRICS_ADDRESS", "0.0.0.0", _address,
+            "address `/metrics` listens on (the worker's and the reconciler's): `0.0.0.0` every IPv4 interface "
+            "(what a pod needs for Prometheus), `::` every interface, `127.0.0.1` loopback only", "`0.0.0.0`"),
     Setting("heartbeat_file", "autoscale_heartbeat_file", "CELERY_HEARTBEAT_FILE", "/tmp/celery-heartbeat", _text,
             "file the worker's consumer loop touches; `python -m celery_autoscale.health` reads it",
             "`/tmp/celery-heartbeat`"),
@@ -233,10 +257,12 @@ def environ_overrides(env: Mapping[str, str] | None = None) -> dict[str, object]
             out[setting.attr] = setting.parse(setting.env, raw)
     if path := out.pop("password_file", None):
         try:
-            with open(path) as handle:
+            with open(path, encoding="utf-8") as handle:
                 out["password"] = handle.read().strip()
         except OSError as exc:
             raise ConfigError(f"cannot read REDIS_PASSWORD_FILE {path}: {exc.strerror}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"REDIS_PASSWORD_FILE {path} is not UTF-8 text") from None
     if not out.get("password"):
         out.pop("password", None)
     return out

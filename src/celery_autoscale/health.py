@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from ._settings import SETTING
-from .cli import EXIT_FAILED, Parser, error, positive_seconds
+from .cli import EXIT_BAD_INPUT, EXIT_FAILED, Parser, error, positive_seconds
 
 __all__ = ["age", "main", "touch"]
 
@@ -55,10 +55,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="oldest acceptable heartbeat, seconds (default 60)")
     args = parser.parse_args(argv)
     path = heartbeat_file(args.file)
+    if os.path.isdir(path):
+        return error(f"--file {path} is a folder, not the heartbeat file", EXIT_BAD_INPUT)
     try:
         seconds = age(path)
     except FileNotFoundError:
         return error(f"unhealthy: no heartbeat file at {path} yet", EXIT_FAILED, prefix="")
+    except OSError as exc:  # a path through a regular file, no permission: no heartbeat can be there
+        return error(f"unhealthy: cannot read the heartbeat file {path}: {exc.strerror}", EXIT_FAILED, prefix="")
     if seconds > args.max_age:
         return error(f"unhealthy: last heartbeat {seconds:.0f}s ago (max {args.max_age:.0f}s)", EXIT_FAILED, prefix="")
     print(f"healthy: last heartbeat {seconds:.1f}s ago")

@@ -43,7 +43,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--deletion-cost-min-interval", type=positive_seconds, default=5.0, metavar="SECONDS",
                    help="seconds between two patches of one pod (default 5)")
     p.add_argument("--metrics-port", type=port, default=0, metavar="PORT",
-                   help="serve Prometheus /metrics on this port, all interfaces (default 0: off)")
+                   help="serve Prometheus /metrics on this port, at CELERY_METRICS_ADDRESS (default 0.0.0.0) (default 0: off)")
     p.add_argument("--queues", default="", metavar="Q,...",
                    help="comma-separated Celery queue names whose backlog the metrics report (default: none)")
     return p
@@ -71,6 +71,10 @@ def main(argv: list[str] | None = None) -> int:
     except (AppLoadError, ConfigError) as exc:
         return error(exc, EXIT_BAD_INPUT)
     heartbeat = heartbeat_file(args.heartbeat_file)
+    folder = os.path.dirname(os.path.abspath(heartbeat))
+    if os.path.isdir(heartbeat) or not (os.path.isdir(folder) and os.access(folder, os.W_OK)):
+        return error(f"--heartbeat-file {heartbeat}: cannot be written (a folder, or its folder is missing or "
+                     f"read-only)", EXIT_BAD_INPUT)
     log = logging.getLogger("celery_autoscale.reconciler")
     try:
         costs = _deletion_cost(args)
@@ -81,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.metrics_port:
         try:
             serve(args.metrics_port, BacklogCollector(settings, queue_names(args.queues), client),
-                  BrokerCollector(settings, client))
+                  BrokerCollector(settings, client), address=settings.metrics_address)
         except OSError as exc:
             return error(f"--metrics-port {args.metrics_port}: {exc.strerror or exc}", EXIT_BAD_INPUT)
     lost_since: dict[str, float] = {}  # worker -> when its lease was first seen missing (monotonic)

@@ -29,10 +29,13 @@ def __getattr__(name: str):
     import sys
 
     from .._loader import AppLoadError, load_app
-    from .._settings import ConfigError
+    from .._settings import ConfigError, settings_of
+    from ._runtime import check_files
 
     try:
         loaded = load_app()
+        if _celery_command(sys.argv[1:]) == "worker":  # before Celery prints anything of its own
+            check_files(settings_of(loaded))
     except (AppLoadError, ConfigError) as exc:
         # Celery would print a traceback for any error here: a process that cannot start says
         # why in one line and exits 2, as every command of this project does on bad input.
@@ -40,3 +43,20 @@ def __getattr__(name: str):
         sys.exit(2)
     globals()["app"] = loaded
     return loaded
+
+
+#: Celery's global options that take a value (``celery --help``).
+_VALUE_OPTIONS = {"-A", "--app", "-b", "--broker", "--result-backend", "--loader", "--config", "--workdir"}
+
+
+def _celery_command(argv: list[str]) -> str | None:
+    """The ``celery`` subcommand in ``argv`` (``worker``, ``flower``, ...), or None."""
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in _VALUE_OPTIONS:
+            skip = True
+        elif not arg.startswith("-"):
+            return arg
+    return None

@@ -21,7 +21,7 @@ import time
 from celery import Task
 
 from .. import keys
-from .._settings import SETTING
+from .._settings import SETTING, settings_of
 from ._runtime import queue_of, runtime_of
 
 __all__ = ["FIELDS", "MAX_ENTRIES", "DeadLetterTask", "TransientError", "record", "record_message"]
@@ -61,7 +61,12 @@ class DeadLetterTask(Task):
 
     @property
     def retry_backoff_max(self):
-        return self.app.conf.get("autoscale_retry_backoff_max", SETTING["retry_backoff_max"].default)
+        """``autoscale_retry_backoff_max``, kept below half the visibility timeout unless an ETA horizon
+        parks long waits: a worker holds a retry unacknowledged for its whole backoff, and one held
+        past the visibility timeout is delivered a second time (Celery's Redis caveat)."""
+        cap = self.app.conf.get("autoscale_retry_backoff_max", SETTING["retry_backoff_max"].default)
+        settings = settings_of(self.app)
+        return cap if settings.eta_horizon else min(cap, max(1, settings.visibility_timeout // 2))
 
     def on_failure(self, exc, task_id, args, kwargs, einfo):  # noqa: D401 - Celery hook
         """Celery calls this once a task has failed for good: record it in the dead-letter list."""

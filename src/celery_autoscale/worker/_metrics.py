@@ -50,13 +50,25 @@ class Metrics:
                                     buckets=BUCKETS, registry=None)
 
     def serve(self, settings, queues: list[str], client) -> None:
-        """Serve ``/metrics`` on ``settings.metrics_port`` (all interfaces) in a daemon thread."""
+        """Serve ``/metrics`` on ``settings.metrics_address``:``settings.metrics_port`` in a daemon thread.
+
+        A port already taken (a second worker on the same host with the same port) is one logged
+        line; the worker runs on and serves no ``/metrics``: give each worker its own
+        ``CELERY_METRICS_PORT``.
+        """
         from prometheus_client.multiprocess import MultiProcessCollector
 
-        registry = serve(settings.metrics_port, BacklogCollector(settings, queues, client),
-                         HeartbeatCollector(settings.heartbeat_file, queues))
+        try:
+            registry = serve(settings.metrics_port, BacklogCollector(settings, queues, client),
+                             HeartbeatCollector(settings.heartbeat_file, queues), address=settings.metrics_address)
+        except OSError as exc:
+            logger.error("metrics: cannot listen on %s:%d (%s); this worker serves no /metrics (give each worker "
+                         "its own CELERY_METRICS_PORT)", settings.metrics_address, settings.metrics_port,
+                         exc.strerror or type(exc).__name__)
+            return
         MultiProcessCollector(registry)
-        logger.info("metrics on port %d for queues %s", settings.metrics_port, ",".join(queues))
+        logger.info("metrics on %s:%d for queues %s", settings.metrics_address, settings.metrics_port,
+                    ",".join(queues))
 
 
 class HeartbeatCollector:

@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 
 from .. import keys
 from .._redis import connect
-from .._settings import settings_of
+from .._settings import ConfigError, settings_of
 from . import _metrics
 from ._lease import Lease, ttl
 
@@ -146,6 +147,11 @@ class Runtime:
                   f"task modules in imports, include or autodiscover_tasks?); a worker would only dead-letter "
                   f"what it takes", file=sys.stderr)
             raise SystemExit(2)
+        try:
+            check_files(self.settings)
+        except ConfigError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            raise SystemExit(2) from None
         if self.settings.metrics_port:
             self.metrics = _metrics.Metrics()
 
@@ -169,6 +175,19 @@ class Runtime:
         if self.lease is not None and getattr(sender, "app", self.app) is self.app:
             self.lease.stop()
             self.lease = None
+
+
+def check_files(settings) -> None:
+    """Refuse a heartbeat file the worker cannot write (a folder, or in a missing or read-only folder).
+
+    Raises:
+        ConfigError: one line naming the file.
+    """
+    beat = settings.heartbeat_file
+    folder = os.path.dirname(os.path.abspath(beat))
+    if os.path.isdir(beat) or not (os.path.isdir(folder) and os.access(folder, os.W_OK)):
+        raise ConfigError(f"the heartbeat file {beat} (CELERY_HEARTBEAT_FILE) cannot be written: a folder, or its "
+                          f"folder is missing or read-only")
 
 
 def own_tasks(app) -> list[str]:

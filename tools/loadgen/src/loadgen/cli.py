@@ -24,6 +24,11 @@ from celery_autoscale.cli import EXIT_BAD_INPUT, EXIT_BROKER, EXIT_FAILED, Parse
 
 from .patterns import PATTERNS, PatternError, build
 
+#: Upper bounds of the shape's numbers: tasks/s, seconds (30 days), tasks; beyond them a run cannot be
+#: sent from one process anyway, and the pattern's arithmetic would overflow.
+MAX_RATE, MAX_SECONDS, MAX_COUNT = 1e6, 30 * 86400, 10**9
+#: What ``--plot`` can write (matplotlib's file formats, by suffix).
+PLOT_SUFFIXES = {".png", ".pdf", ".svg", ".jpg", ".jpeg", ".eps", ".ps", ".tif", ".tiff", ".webp"}
 #: The sample app, loadgen's default.
 DEMO_APP = "tasks.app:app"
 
@@ -59,14 +64,14 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("pattern", help=f"load shape: {', '.join(PATTERNS)}")
     shape = p.add_argument_group("shape")
-    shape.add_argument("--rate", type=number(float, 0, low_open=True), metavar="TASKS/S",
+    shape.add_argument("--rate", type=number(float, 0, MAX_RATE, low_open=True), metavar="TASKS/S",
                        help="tasks/s: steady rate, ramp end rate, oscillate mean")
-    shape.add_argument("--duration", type=number(float, 0, low_open=True), metavar="SECONDS", default=60.0,
+    shape.add_argument("--duration", type=number(float, 0, MAX_SECONDS, low_open=True), metavar="SECONDS", default=60.0,
                        help="seconds of sending (default 60)")
-    shape.add_argument("--count", type=number(int, 1), metavar="N", help="tasks to send: burst size, or a cap for other patterns")
-    shape.add_argument("--start-rate", type=number(float, 0), metavar="TASKS/S", default=0.0, help="ramp start rate, tasks/s (default 0)")
-    shape.add_argument("--amplitude", type=number(float, 0), metavar="TASKS/S", help="oscillate amplitude, tasks/s (default rate/2)")
-    shape.add_argument("--period", type=number(float, 0, low_open=True), metavar="SECONDS", default=60.0,
+    shape.add_argument("--count", type=number(int, 1, MAX_COUNT), metavar="N", help="tasks to send: burst size, or a cap for other patterns")
+    shape.add_argument("--start-rate", type=number(float, 0, MAX_RATE), metavar="TASKS/S", default=0.0, help="ramp start rate, tasks/s (default 0)")
+    shape.add_argument("--amplitude", type=number(float, 0, MAX_RATE), metavar="TASKS/S", help="oscillate amplitude, tasks/s (default rate/2)")
+    shape.add_argument("--period", type=number(float, 0, MAX_SECONDS, low_open=True), metavar="SECONDS", default=60.0,
                        help="oscillate period, seconds (default 60)")
     shape.add_argument("--wave", default="sine", metavar="SHAPE", help="oscillate wave: sine or square (default sine)")
     shape.add_argument("--csv", type=Path, metavar="FILE", help="replay: CSV of seconds,tasks_per_second segments")
@@ -119,6 +124,8 @@ def _json(text: str, what: str, kind: type):
         value = json.loads(text)
     except ValueError as exc:
         raise InputError(f"--{what}: not JSON ({exc.msg} at position {exc.pos})") from None
+    except RecursionError:
+        raise InputError(f"--{what}: JSON nested too deep") from None
     if not isinstance(value, kind):
         raise InputError(f"--{what}: must be a JSON {'list' if kind is list else 'object'}")
     return value
@@ -140,14 +147,18 @@ def _plans(args, app):
     if args.mix:
         plans = []
         for i, item in enumerate(_json(args.mix, "mix", list)):
-            if not isinstance(item, dict) or not isinstance(item.get("task"), str) or not isinstance(item.get("queue"), str):
-                raise InputError(f"--mix: entry {i} needs a \"task\" and a \"queue\" string")
+            if not isinstance(item, dict) or not isinstance(item.get("task"), str) or not item["task"].strip():
+                raise InputError(f"--mix: entry {i} needs a \"task\" name")
+            if "queue" in item and not (isinstance(item["queue"], str) and item["queue"].strip()):
+                raise InputError(f"--mix: entry {i}: \"queue\" must name a queue (leave it out to route by the app)")
             weight = item.get("weight", 1)
             if not isinstance(weight, (int, float)) or not (math.isfinite(weight) and weight >= 0):
                 raise InputError(f"--mix: entry {i} has a weight that is not a finite number >= 0")
             if not isinstance(item.get("args", []), list) or not isinstance(item.get("kwargs", {}), dict):
                 raise InputError(f"--mix: entry {i}: args must be a list and kwargs an object")
-            plans.append(TaskPlan(item["task"], item["queue"], tuple(item.get("args", [])), item.get("kwargs", {}), weight))
+            call = (tuple(item.get("args", [])), item.get("kwargs", {}))
+            queue = item.get("queue") or app.amqp.router.route({}, item["task"], *call)["queue"].name
+            plans.append(TaskPlan(item["task"], queue, *call, weight))
         return [p for p in plans if p.weight > 0]
     if args.task:
         call = (tuple(_json(args.args, "args", list)) if args.args else (),
@@ -191,6 +202,16 @@ def build_spec(args: argparse.Namespace, app):
         path = getattr(args, option)
         if path is not None and not (path.resolve().parent.is_dir() and os.access(path.resolve().parent, os.W_OK)):
             raise InputError(f"--{option}: cannot write into {path.resolve().parent}")
+        if path is not None and path.is_dir():
+            raise InputError(f"--{option}: {path} is a folder; give a file name")
+    if args.plot is not None:
+        if args.plot.suffix.lower() not in PLOT_SUFFIXES:
+            raise InputError(f"--plot: cannot draw a {args.plot.suffix or 'file without a suffix'}; "
+                             f"give one of {', '.join(sorted(PLOT_SUFFIXES))}")
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise InputError("--plot needs matplotlib: pip install 'celery-autoscale-loadgen[plot]'") from None
     if (args.kubeconfig or args.namespace != "default") and not args.release:
         raise InputError("--kubeconfig and --namespace go with --release")
     pattern = build(args.pattern, rate=args.rate, duration=args.duration, count=args.count,
@@ -212,6 +233,10 @@ def load(args):
     from celery_autoscale import AppLoadError, load_app
     from celery_autoscale.cli import check_redis_url
 
+    for option in ("broker", "app", "task", "queues", "priorities", "mix"):
+        value = getattr(args, option, None)
+        if value is not None and not value.strip():
+            raise InputError(f"--{option}: empty; leave the option out for its default")
     if args.broker:
         check_redis_url(args.broker, "--broker")
         os.environ["CELERY_BROKER_URL"] = args.broker  # Celery prefers it to the app's configuration

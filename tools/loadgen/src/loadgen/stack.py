@@ -157,16 +157,16 @@ class LocalStack:
         heartbeat.unlink(missing_ok=True)
         metrics_dir = self.workdir / f"{name}.metrics"
         metrics_dir.mkdir(exist_ok=True)
-        self.metrics_ports[name] = port = free_port()
+        self.metrics_ports[name] = port = int(env.get("CELERY_METRICS_PORT") or free_port())
         argv = [sys.executable, "-m", "celery", "-A", "celery_autoscale.worker", "worker", "-Q", spec.queue,
                 "-n", f"{name}@%h", "--pool", spec.pool, "--loglevel", "INFO", "--without-mingle",
                 "--without-gossip"]
         argv += [f"--autoscale={spec.autoscale[0]},{spec.autoscale[1]}"] if spec.autoscale else \
                 ["--concurrency", str(spec.concurrency)]
-        self._spawn(name, argv, self.process_env(
-            CELERY_AUTOSCALE_APP=spec.app, CELERY_HEARTBEAT_FILE=str(heartbeat), CELERY_HEARTBEAT_INTERVAL="1",
-            CELERY_METRICS_PORT=str(port), PROMETHEUS_MULTIPROC_DIR=str(metrics_dir),
-            CELERY_WORK_DIR=str(self.workdir), **env), cwd=cwd)
+        self._spawn(name, argv, self.process_env(**{
+            "CELERY_AUTOSCALE_APP": spec.app, "CELERY_HEARTBEAT_FILE": str(heartbeat), "CELERY_HEARTBEAT_INTERVAL": "1",
+            "CELERY_METRICS_PORT": str(port), "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
+            "CELERY_WORK_DIR": str(self.workdir), **env}), cwd=cwd)  # env may override any of them
         wait_until(lambda: heartbeat.exists() or self._died(name), 60, f"worker {name}")
         if self._died(name):
             raise RuntimeError(f"worker {name} exited; see {self.workdir / (name + '.log')}")
