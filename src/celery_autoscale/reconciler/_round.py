@@ -20,8 +20,9 @@ something, one small always-on process for all queues. Each round:
 4. with an ETA horizon, parked far-future tasks due within half of it go back to their lists
    (:func:`~celery_autoscale.reconciler.unpark_due`).
 
-So a task of a dead worker is back in a list, where KEDA counts it, about ``margin`` seconds
-after its time limit instead of a visibility timeout later; at no moment does the queue's
+So a task of a dead worker is back in a list, where KEDA counts it, about two lease lifetimes
+after its worker died (or, for a 0.2 worker without a lease, ``margin`` seconds after its time
+limit) instead of a visibility timeout later; at no moment does the queue's
 backlog read zero while it is unfinished.
 """
 
@@ -49,7 +50,7 @@ class Round:
 
     queues: list[str] = field(default_factory=list)
     restored: list[str] = field(default_factory=list)  # task ids given back to their queue
-    kept: list[str] = field(default_factory=list)  # overdue tasks whose worker answered a ping
+    kept: list[str] = field(default_factory=list)  # suspects (overdue, or lease lost) whose worker answered a ping
     backlog: dict[str, int] = field(default_factory=dict)  # queue -> total after the round
     unparked: list[str] = field(default_factory=list)  # parked ETA tasks put back on their lists
     parked: int = 0  # ETA tasks still parked after the round
