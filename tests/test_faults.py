@@ -79,3 +79,48 @@ def test_a_threads_worker_with_idle_threads_survives_a_redis_stop_mid_task(tmp_p
         assert completions(stack, tasks) == [1] * 6
         assert stack.client().hlen("unacked") == 0
         assert "Unrecoverable error" not in (tmp_path / "worker.log").read_text()
+
+
+def test_a_requeue_interrupted_by_a_redis_crash_moves_each_entry_once_and_says_how_many(tmp_path):
+    """``deadletter requeue`` of 3,000 entries with Redis SIGKILLed mid-run: every entry is either
+    still dead-lettered or on its queue, never both and never twice; the CLI says how many it moved
+    (the move in flight at the crash may have landed: one more), and a second run finishes the job."""
+    import base64
+    import json
+    import subprocess
+    import sys
+
+    count = 3000
+    with LocalStack(tmp_path) as stack:
+        stack.start_redis(persist=True)
+        client = stack.client()
+        entry = {"task": "myproject.send_email", "queue": "emails", "args": [], "error": "TransientError: x",
+                 "retries": 3, "failed_at": 1.0, "traceback": ""}
+        client.rpush("celery-autoscale:dead-letter",
+                     *(json.dumps({**entry, "task_id": f"t{n}", "kwargs": {"to": f"u{n}"}}) for n in range(count)))
+
+        def numbers() -> tuple[list[int], list[int]]:
+            queued = [json.loads(base64.b64decode(json.loads(raw)["body"]))[1]["to"] for raw in client.lrange("emails", 0, -1)]
+            held = [json.loads(raw)["kwargs"]["to"] for raw in client.lrange("celery-autoscale:dead-letter", 0, -1)]
+            return [int(t[1:]) for t in queued], [int(t[1:]) for t in held]
+
+        def requeue() -> subprocess.Popen:
+            return subprocess.Popen([sys.executable, "-m", "celery_autoscale.deadletter", "--app", APP, "requeue"],
+                                    cwd=PLAIN, env=stack.process_env(), stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, text=True)
+
+        first = requeue()
+        eventually(lambda: client.llen("emails") >= 300, 60, "the requeue to be under way", interval=0.01)
+        stack.restart_redis(1, signal.SIGKILL)
+        out, err = first.communicate(timeout=60)
+        assert first.returncode == 3 and "ConnectionError talking to redis://" in err, (out, err)
+        reported = int(err.rsplit("after requeueing ", 1)[1].split()[0])
+        queued, held = numbers()
+        assert sorted(queued + held) == list(range(count))  # none lost, none twice
+        assert 300 <= reported <= len(queued) <= reported + 1 < count
+
+        second = requeue()
+        out, err = second.communicate(timeout=120)
+        assert second.returncode == 0 and out.strip() == f"requeued {count - len(queued)}", err
+        queued, held = numbers()
+        assert sorted(queued) == list(range(count)) and held == []

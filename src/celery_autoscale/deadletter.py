@@ -7,7 +7,8 @@
 
 Tasks of a :class:`~celery_autoscale.DeadLetterTask` that failed for good are kept in the
 Redis list ``celery-autoscale:dead-letter``. A malformed entry is reported by its index
-(0: newest) and skipped; it never blocks the others. Exit status: 0 ok, 1 some entries were
+(0: newest) and skipped; it never blocks the others. ``requeue`` moves each entry in one Redis
+transaction, so neither a Redis crash nor a concurrent ``requeue`` loses or doubles one. Exit status: 0 ok, 1 some entries were
 malformed, 2 bad input, 3 the broker cannot be reached.
 """
 
@@ -18,6 +19,8 @@ import json
 import math
 import sys
 import time
+
+import redis
 
 from . import keys
 from ._loader import AppLoadError, load_app
@@ -72,40 +75,82 @@ def entries(client, settings, limit: int | None = None) -> tuple[list[Entry], li
     return good, bad
 
 
-def requeue(client, app, settings, limit: int | None = None, progress: list[int] | None = None) -> tuple[int, list[int]]:
+class _Move:
+    """One entry's move as a kombu publish batch (kombu >= 5.7: ``Producer.batch`` asks the channel's
+    ``create_publish_batch`` for it): kombu routes the task and names its final Redis commands (the
+    priority list's ``LPUSH``), which join the entry's ``LREM`` in the pipeline's one MULTI/EXEC."""
+
+    def __init__(self, channel, pipe):
+        self.channel, self.pipe = channel, pipe
+
+    def publish(self, message, **kwargs):
+        return self.channel.basic_publish(message, _publish_batch=self, **kwargs)
+
+    def add(self, name, *args):
+        getattr(self.pipe, name)(*args)
+
+    def flush(self):
+        self.pipe.execute()  # redis.WatchError: the list changed since WATCH; nothing was applied
+
+    def discard(self):
+        self.pipe.reset()
+
+    def close(self):
+        pass
+
+
+def requeue(app, settings, limit: int | None = None, progress: list[int] | None = None) -> tuple[int, list[int]]:
     """Send dead-lettered tasks again to their queue, oldest first; return (sent, malformed indexes).
 
-    Each entry is removed only after its task was published, so an error loses nothing; a
-    malformed entry is left in place, reported, and does not stop the entries behind it.
+    Each entry moves atomically: its task's message is pushed onto the queue's list and the entry
+    removed in one Redis transaction (MULTI/EXEC under WATCH of the list), so neither a Redis crash
+    nor a second ``requeue`` running at the same time loses an entry or sends one twice. A malformed
+    entry is left in place, reported, and does not stop the entries behind it.
 
-    ``progress``, when given, is a one-item list holding the count sent so far, so a caller can say
-    how many moved when Redis goes away mid-run.
+    ``progress``, when given, is a one-item list holding the count moved so far, so a caller can say
+    how many moved when Redis goes away mid-run (the move in flight then may or may not have landed).
 
     Raises:
         ValueError: ``limit`` is below 1.
-        redis.RedisError, kombu errors: Redis cannot be reached (what was sent stays sent).
+        ConfigError: the broker connection retries writes (``retry_on_timeout``): a retried
+            transaction could send a task twice.
+        redis.RedisError, kombu errors: Redis cannot be reached (what was moved stays moved).
     """
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be at least 1, got {limit}")
     progress = [0] if progress is None else progress
     name = keys.dead_letter_key(settings.key_prefix)
-    sent, bad = 0, []
-    length = client.llen(name)
-    for index in range(length - 1, -1, -1):  # oldest first
-        if limit is not None and sent >= limit:
-            break
-        raw = client.lindex(name, index)
-        if raw is None:
-            continue
-        entry = _parse(raw, index)
-        if entry is None:
-            bad.append(index)
-            continue
-        app.send_task(entry["task"], args=entry["args"], kwargs=entry["kwargs"], queue=entry["queue"])
-        client.lrem(name, -1, raw)
-        sent += 1
-        progress[0] = sent
-    return sent, bad
+    sent, bad, position = 0, [], -1  # position: from the tail (the oldest); malformed entries stay behind it
+    with app.connection_for_write() as connection:
+        channel = connection.default_channel
+        if not channel.supports_batch_publish:
+            raise ConfigError("requeue needs a broker connection that does not retry writes "
+                              "(retry_on_timeout, retry_on_error): a retried move could send a task twice")
+        producer = app.amqp.Producer(channel)
+        while limit is None or sent < limit:
+            with channel.client.pipeline() as pipe:
+                pipe.watch(name)
+                raw, length = pipe.lindex(name, position), pipe.llen(name)
+                if raw is None:
+                    break
+                entry = _parse(raw, length + position)
+                if entry is None:
+                    bad.append(length + position)
+                    position -= 1
+                    continue
+                pipe.multi()
+                pipe.lrem(name, -1, raw)  # the nearest copy to the tail: this one (those behind are malformed)
+                move = _Move(channel, pipe)
+                channel.create_publish_batch = lambda max_size: move
+                try:
+                    with producer.batch():
+                        app.send_task(entry["task"], args=entry["args"], kwargs=entry["kwargs"],
+                                      queue=entry["queue"], producer=producer)
+                except redis.WatchError:
+                    continue  # a worker dead-lettered a task, or another requeue moved this one: read again
+            sent += 1
+            progress[0] = sent
+    return sent, sorted(bad)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -147,10 +192,12 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"{when} {entry['queue']} {entry['task']}[{entry['task_id']}] "
                           f"after {entry['retries']} retries: {entry['error']}")
         elif args.command == "requeue":
-            sent, bad = requeue(client, app, settings, args.limit, progress)
+            sent, bad = requeue(app, settings, args.limit, progress)
             print(f"requeued {sent}")
         else:
             print(f"purged {client.delete(keys.dead_letter_key(settings.key_prefix)) and 'all' or 'nothing'}")
+    except ConfigError as exc:
+        return error(exc, EXIT_BAD_INPUT)
     except Exception as exc:  # redis and kombu errors: say which broker, never its password
         moved = f" after requeueing {progress[0]}" if args.command == "requeue" else ""
         return error(f"{type(exc).__name__} talking to {redact(settings.broker_url)}{moved}", EXIT_BROKER)
