@@ -99,3 +99,40 @@ def test_a_broker_outage_mid_run_ends_with_the_summary_so_far(fresh_stack):
     assert summary["submitted"] >= 20 and summary["unknown"] == summary["submitted"] and summary["lost"] is None
     assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("error: ")
 
+
+
+def test_a_worker_in_warm_shutdown_takes_no_message_and_a_sigkill_then_loses_none(fresh_stack):
+    """SIGTERM to a busy prefork worker, then a task every 0.3 s while its pending ``BRPOP`` could
+    still take one (before the fix one was taken and held in no Redis key for 2.6 s, until the
+    SIGKILL lost it from the backlog). Now the worker gives back what that ``BRPOP`` brings and sends
+    no other: sampled every 5 ms, the backlog reads fewer than the unfinished tasks only for
+    kombu's pop-then-record moment of any delivery (under 50 ms), and the SIGKILL 3 s after the
+    SIGTERM (a grace period running out) loses nothing: every task runs once, on a later worker."""
+    fresh_stack.env.update(CELERY_VISIBILITY_TIMEOUT="10", CELERY_TASK_TIME_LIMIT="8")
+    app = producer(fresh_stack)
+    found = settings(fresh_stack)
+    client = fresh_stack.client()
+    doomed = fresh_stack.start_worker(WorkerSpec("io", "prefork", concurrency=2), name="doomed")
+    running = app.send_task("tasks.io.transfer", kwargs={"size_bytes": 1, "wait_seconds": 6}, queue="io")
+    eventually(lambda: backlog(client, "io", found).in_flight == 1, 20, "task running")
+
+    fresh_stack.signal(doomed, signal.SIGTERM)
+    sent, start, short_since, longest = [running], time.monotonic(), None, 0.0
+    while time.monotonic() < start + 3.0:
+        if len(sent) < 10 and time.monotonic() > start + 0.1 + 0.3 * (len(sent) - 1):
+            sent.append(app.send_task("tasks.io.transfer", kwargs={"size_bytes": 1, "wait_seconds": 0}, queue="io"))
+        total = backlog(client, "io", found).total  # first: a task ending before the count only lowers it
+        short = sum(not r.ready() for r in sent) > total
+        now = time.monotonic()
+        short_since = (short_since or now) if short else None
+        longest = max(longest, now - short_since) if short else longest
+        time.sleep(0.005)
+    os.killpg(fresh_stack.procs[doomed].pid, signal.SIGKILL)
+    fresh_stack.wait(doomed, timeout=10)
+    assert longest < 0.05, f"an unfinished task was in no Redis key for {longest:.3f} s"
+    assert client.llen("io") == 9, "the tasks sent after the SIGTERM wait in their list"
+
+    survivor = fresh_stack.start_worker(WorkerSpec("io", "threads", concurrency=2), name="survivor")
+    assert all(r.get(timeout=60)["worker"].startswith(survivor + "@") for r in sent)
+    eventually(lambda: backlog(client, "io", found).total == 0, 20, "backlog drained")
+    assert client.hlen("unacked") == 0
