@@ -8,6 +8,7 @@ chart starts them.
 import json
 import os
 import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ from celery_autoscale import backlog, settings_of
 from chart import by_kind, render_chart
 from helpers import eventually, run_module, scrape
 
-from loadgen.stack import LocalStack, WorkerSpec
+from loadgen.stack import LocalStack, WorkerSpec, free_port
 
 PLAIN = Path(__file__).resolve().parent / "plainapp"
 APP = "myproject.celery:app"
@@ -151,3 +152,24 @@ def test_a_worker_whose_app_has_no_task_refuses_to_start(plain_stack):
     assert done.returncode == 2, done.stderr
     assert "error: the app 'celery_autoscale' registers no task" in done.stderr
     assert plain_stack.client().llen("emails") == 0
+
+
+def test_a_queue_the_release_does_not_serve_is_logged_once_and_exported_by_the_reconciler(plain_stack):
+    """The user's producer writes ``reports`` and ``celery`` while the release serves ``reports.daily``
+    and ``emails``: the reconciler names both queues and their waiting tasks in one log line (not one
+    per round), and ``celery_autoscale_unserved_queue_tasks`` counts them across priority lists."""
+    producer = plain_producer(plain_stack)
+    for priority in range(10):
+        producer.send_task("myproject.daily_report", args=["2026-11-25"], queue="reports", priority=priority)
+    producer.send_task("myproject.add", args=[1, 2])  # Celery's default queue: celery
+    producer.send_task("myproject.send_email", args=["ops@example.com"], queue="emails")
+    port = free_port()
+    plain_stack.start_reconciler("--interval", "0.5", "--metrics-port", str(port), "--queues", "reports.daily,emails",
+                                 app=APP)
+    samples = eventually(lambda: {dict(labels)["queue"]: value for (name, labels), value in scrape(port).items()
+                                  if name == "celery_autoscale_unserved_queue_tasks"} or None, 30, "the metric")
+    assert samples == {"reports": 10, "celery": 1}
+    time.sleep(2)  # four more rounds
+    log = (plain_stack.workdir / "reconciler.log").read_text()
+    lines = [line for line in log.splitlines() if "no worker of this release serves" in line]
+    assert len(lines) == 1 and "celery (1), reports (10) (served: reports.daily, emails)" in lines[0], log

@@ -35,7 +35,7 @@ during an upgrade. It goes in the next release.
 
 from __future__ import annotations
 
-__all__ = ["PREFIX", "backlog_keys", "beat_prefix", "dead_letter_key", "in_flight_key", "lease_key", "legacy_scheduled_key",
+__all__ = ["binding_key", "PREFIX", "backlog_keys", "beat_prefix", "dead_letter_key", "in_flight_key", "lease_key", "legacy_scheduled_key",
            "owners_key", "parked_eta_key", "parked_key", "priority_lists", "roundtrip_reply_key",
            "roundtrip_results_key", "run_record_key", "scheduled_key", "unacked_key"]
 
@@ -56,6 +56,12 @@ def priority_lists(queue: str, steps: tuple[int, ...], separator: str, prefix: s
 def unacked_key(name: str = "unacked", prefix: str = "") -> str:
     """kombu's hash of unacknowledged messages (its ``unacked_key`` transport option is ``name``)."""
     return f"{prefix}{name}"
+
+
+def binding_key(exchange: str, prefix: str = "") -> str:
+    """kombu's set of ``exchange``'s bindings (``Channel.keyprefix_queue``); each member is
+    ``<routing key><sep><pattern><sep><queue>``: every queue a producer or worker declared."""
+    return f"{prefix}_kombu.binding.{exchange}"
 
 
 def in_flight_key(queue: str, prefix: str = "") -> str:

@@ -45,7 +45,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics-port", type=port, default=0, metavar="PORT",
                    help="serve Prometheus /metrics on this port, at CELERY_METRICS_ADDRESS (default 0.0.0.0) (default 0: off)")
     p.add_argument("--queues", default="", metavar="Q,...",
-                   help="comma-separated Celery queue names whose backlog the metrics report (default: none)")
+                   help="comma-separated Celery queue names the release serves: the metrics report their backlog, and "
+                        "a queue with waiting tasks that is none of them is logged and reported (default: none)")
     return p
 
 
@@ -82,18 +83,25 @@ def main(argv: list[str] | None = None) -> int:
         return error(f"cannot reach the Kubernetes API for --deletion-cost-selector: {type(exc).__name__}: {exc}",
                      EXIT_BAD_INPUT)
     client = connect(settings)
+    served = queue_names(args.queues)
     if args.metrics_port:
         try:
-            serve(args.metrics_port, BacklogCollector(settings, queue_names(args.queues), client),
-                  BrokerCollector(settings, client), address=settings.metrics_address)
+            serve(args.metrics_port, BacklogCollector(settings, served, client),
+                  BrokerCollector(settings, client, served), address=settings.metrics_address)
         except OSError as exc:
             return error(f"--metrics-port {args.metrics_port}: {exc.strerror or exc}", EXIT_BAD_INPUT)
     lost_since: dict[str, float] = {}  # worker -> when its lease was first seen missing (monotonic)
+    unserved_before: set[str] = set()
     while True:
         try:
             with app.connection_for_write() as connection:
                 done = reconcile(app, connection, client, margin=args.margin, ping_timeout=args.ping_timeout,
-                                 lost_since=None if args.once else lost_since)
+                                 lost_since=None if args.once else lost_since, served=served)
+            if set(done.unserved) - unserved_before:
+                log.warning("tasks wait in queues no worker of this release serves: %s (served: %s); "
+                            "name them in the chart's queues, or route the tasks to a served queue",
+                            ", ".join(f"{q} ({n})" for q, n in sorted(done.unserved.items())), ", ".join(served))
+            unserved_before = set(done.unserved)
             if costs is not None:
                 try:
                     done.deletion_costs = costs.update(busy_by_pod(client, done.queues, settings.key_prefix))

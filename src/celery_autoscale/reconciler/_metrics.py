@@ -6,6 +6,7 @@ import logging
 
 from .. import keys
 from ..roundtrip import results
+from ._unserved import unserved
 
 __all__ = ["BrokerCollector"]
 
@@ -13,10 +14,11 @@ logger = logging.getLogger(__name__)
 
 
 class BrokerCollector:
-    """Queue-wide state kept in Redis: parked ETA tasks, dead letters, the canary's results."""
+    """Queue-wide state kept in Redis: parked ETA tasks, dead letters, the canary's results and,
+    given the queues the release serves, the tasks waiting in queues it does not."""
 
-    def __init__(self, settings, client):
-        self.settings, self.client = settings, client
+    def __init__(self, settings, client, served: list[str] | None = None):
+        self.settings, self.client, self.served = settings, client, list(served or [])
 
     def collect(self):
         from prometheus_client.core import GaugeMetricFamily
@@ -28,12 +30,18 @@ class BrokerCollector:
             pipe.llen(keys.dead_letter_key(prefix))
             pipe.hgetall(keys.roundtrip_results_key(prefix))
             parked, dead, stored = pipe.execute()
+            others = unserved(self.client, self.served, self.settings) if self.served else {}
         except Exception as exc:  # a scrape must not fail because Redis blinked
             logger.warning("broker state unavailable: %s", type(exc).__name__)
             return
         yield GaugeMetricFamily("celery_autoscale_parked_tasks", "Far-future ETA tasks parked by the runtime.",
                                 value=parked)
         yield GaugeMetricFamily("celery_autoscale_dead_letter_tasks", "Entries in the dead-letter list.", value=dead)
+        waiting = GaugeMetricFamily("celery_autoscale_unserved_queue_tasks",
+                                    "Tasks waiting in a queue that no queue of the release is.", labels=["queue"])
+        for queue, count in sorted(others.items()):
+            waiting.add_metric([queue], count)
+        yield waiting
         families = {
             "last_run": GaugeMetricFamily("celery_autoscale_canary_last_run_timestamp_seconds",
                                           "Unix time the canary last sent to the queue.", labels=["queue"]),

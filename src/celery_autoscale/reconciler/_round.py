@@ -18,7 +18,9 @@ something, one small always-on process for all queues. Each round:
 3. :func:`~celery_autoscale.prune` removes the entries whose messages are gone, and the round
    reads each queue's backlog (:func:`~celery_autoscale.backlog`);
 4. with an ETA horizon, parked far-future tasks due within half of it go back to their lists
-   (:func:`~celery_autoscale.reconciler.unpark_due`).
+   (:func:`~celery_autoscale.reconciler.unpark_due`);
+5. given the queues the release serves, the queues with waiting tasks that none of them is
+   (:func:`~celery_autoscale.reconciler._unserved.unserved`).
 
 So a task of a dead worker is back in a list, where KEDA counts it, about two lease lifetimes
 after its worker died (or, for a 0.2 worker without a lease, ``margin`` seconds after its time
@@ -38,6 +40,7 @@ from .._backlog import backlog, prune
 from .._redis import as_text, unacked_tags
 from .._settings import settings_of
 from ._unpark import unpark_due
+from ._unserved import unserved
 
 __all__ = ["Round", "reconcile"]
 
@@ -55,6 +58,7 @@ class Round:
     unparked: list[str] = field(default_factory=list)  # parked ETA tasks put back on their lists
     parked: int = 0  # ETA tasks still parked after the round
     deletion_costs: dict[str, int] = field(default_factory=dict)  # pod -> cost patched this round
+    unserved: dict[str, int] = field(default_factory=dict)  # queue no release queue is -> tasks waiting in it
 
 
 def queues_with_entries(client, prefix: str) -> list[str]:
@@ -109,7 +113,8 @@ def _lease_lost(client, owners: dict, prefix: str, lost_since: dict[str, float],
 
 
 def reconcile(app, connection, client, margin: float = 30.0, ping_timeout: float = 1.0,
-              now: float | None = None, lost_since: dict[str, float] | None = None) -> Round:
+              now: float | None = None, lost_since: dict[str, float] | None = None,
+              served: list[str] | None = None) -> Round:
     """Run one round against ``app``'s broker (see the module docstring).
 
     Args:
@@ -123,6 +128,8 @@ def reconcile(app, connection, client, margin: float = 30.0, ping_timeout: float
             missing); with it, the tasks of a worker whose lease has been missing for its lifetime
             in a row, and that does not answer a ping, go back to their lists at once, whatever
             their deadline. None (``--once``): deadlines only.
+        served: the Celery queues the release's workers consume; with them the round also
+            reports the queues with waiting tasks that are none of these (``Round.unserved``).
 
     Raises:
         redis.RedisError, kombu.exceptions.OperationalError: the broker cannot be reached.
@@ -161,4 +168,6 @@ def reconcile(app, connection, client, margin: float = 30.0, ping_timeout: float
     if settings.eta_horizon:
         result.unparked = unpark_due(client, connection.default_channel, settings.eta_horizon, prefix, now)
         result.parked = int(client.zcard(keys.parked_eta_key(prefix)))
+    if served:
+        result.unserved = unserved(client, served, settings)
     return result

@@ -103,6 +103,15 @@ groups:
           summary: Tasks failed for good and went to the dead-letter list.
           description: '{{`{{ $value }}`}} more entries over {{ $al.deadLetterGrowing.window }}; read them with python -m celery_autoscale.deadletter list.'
       {{- end }}
+      {{- if $al.unservedQueue.enabled }}
+      - alert: CeleryAutoscaleUnservedQueue
+        expr: max by (namespace, queue) (celery_autoscale_unserved_queue_tasks{ {{- $sel -}} }) > 0
+        for: {{ $al.unservedQueue.for }}
+        labels: {severity: {{ $al.unservedQueue.severity }}}
+        annotations:
+          summary: Tasks wait in queue {{`{{ $labels.queue }}`}}, which no queue of this release serves.
+          description: '{{`{{ $value }}`}} tasks wait there: no trigger counts them and no worker takes them. Add the queue to the values (queues.<name>.queue) or route its tasks to a served queue.'
+      {{- end }}
       {{- if $al.kedaScalerErrors.enabled }}
 {{- $objects := list }}
 {{- range $queue, $cfg := .Values.queues }}
