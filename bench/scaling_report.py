@@ -438,7 +438,8 @@ def measure(release, patterns: list[str], configs: list[str]) -> dict:
     """Run every pattern under every configuration on ``release`` (restored to the chart after)."""
     from loadgen.kube import WorkerDeployments
 
-    os.environ.update(CELERY_BROKER_URL=release.redis.broker_url, CELERY_RESULT_BACKEND=release.redis.broker_url)
+    os.environ.update(CELERY_BROKER_URL=release.redis.broker_url, CELERY_RESULT_BACKEND=release.redis.broker_url,
+                      CELERY_AUTOSCALE_APP=release.redis.process_env()["CELERY_AUTOSCALE_APP"])
     deployments = WorkerDeployments(RELEASE, NAMESPACE, str(release.cluster.kubeconfig))
     runs = []
     began = time.time()

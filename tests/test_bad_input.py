@@ -30,6 +30,9 @@ def idle_stack(tmp_path_factory):
         (s.workdir / "latin1-password").write_bytes("mot-de-passe-\xe9t\xe9".encode("latin-1"))
         (s.workdir / "a-file").write_text("not a folder\n")
         (s.workdir / "deep.json").write_text("[" * 100_000)
+        (s.workdir / "options.json").write_text('{"nightly": {"task": "tasks.io.transfer", "schedule": 60, "options": "fast"}}')
+        (s.workdir / "priority.json").write_text('{"nightly": {"task": "tasks.io.transfer", "schedule": 60, '
+                                                 '"options": {"priority": 300}}}')
         yield s
 
 
@@ -107,6 +110,7 @@ LOADGEN = [
     (["burst", "--count", "5", "--broker", ""], {}, "--broker: empty"),
     (["burst", "--count", "5", "--task", " "], {}, "--task: empty"),
     (["burst", "--count", "5", "--mix", '[{"task": "tasks.io.transfer", "queue": ""}]'], {}, '--mix: entry 0: "queue" must name a queue'),
+    (["burst", "--count", "5"], {"CELERY_AUTOSCALE_APP": ""}, "--app: no app given"),
 ]
 
 
@@ -170,6 +174,20 @@ OTHER_COMMANDS = [
     (["-m", "celery_autoscale.health", "--file", "a-file/beat"], {}, 1, "unhealthy: cannot read the heartbeat file"),
     (["-m", "celery_autoscale.health", "--file", "/tmp"], {}, 2, "--file /tmp is a folder"),
     (["-m", "celery_autoscale.beat", "--max-interval", "1e308e"], {}, 2, "--max-interval: must be a number"),
+    (["-m", "celery_autoscale.beat", "--loglevel", "loud"], {}, 2, "--loglevel: invalid choice: 'LOUD'"),
+    (["-m", "celery_autoscale.beat", "--schedule", "options.json"], {}, 2, "nightly: options must be an object"),
+    (["-m", "celery_autoscale.beat", "--schedule", "priority.json"], {}, 2,
+     "nightly: options.priority must be a whole number from 0 to 255"),
+    (["-m", "celery_autoscale.flower", "--no-such-option=1"], {}, 2, "--no-such-option: not an option of Flower"),
+    (["-m", "celery_autoscale.flower", "--port=abc"], {}, 2, "--port: a malformed value"),
+    (["-m", "celery_autoscale.flower", "--port=70000"], {}, 2, "--port: must be from 1 to 65535"),
+    (["-m", "celery_autoscale.flower", f"--basic-auth=admin:{SECRET}", "--max-tasks=many"], {}, 2,
+     "--max-tasks: a malformed value"),
+    (["-m", "celery_autoscale.flower", "--port=5599"], {"BASIC_AUTH_DIR": "/nonexistent/auth"}, 2,
+     "BASIC_AUTH_DIR: cannot read /nonexistent/auth/username"),
+    (["-m", "celery_autoscale.deadletter", "count"], {"CELERY_BROKER_URL": "rediss://127.0.0.1:1/0",
+                                                      "REDIS_TLS_CA_FILE": "/nonexistent/ca.pem"}, 2,
+     "REDIS_TLS_CA_FILE /nonexistent/ca.pem: no readable file there"),
 ]
 
 
@@ -181,6 +199,40 @@ def test_every_other_command_says_what_is_wrong_in_one_line(idle_stack, argv, en
     assert done.stderr.count("\n") == 1 and message in done.stderr, done.stderr
     assert SECRET not in done.stderr + done.stdout
     assert queued(idle_stack) == 0
+
+
+REFUSED = [
+    ["-m", "celery", "-A", "celery_autoscale.worker", "worker", "-Q", "cpu"],
+    ["-m", "celery_autoscale.beat"],
+    ["-m", "celery_autoscale.flower", "--port=5599"],
+    ["-m", "celery_autoscale.reconciler"],
+    ["-m", "celery_autoscale.reconciler", "--once"],
+]
+
+
+@pytest.fixture(scope="module")
+def locked_stack(tmp_path_factory):
+    """A Redis that requires a password the commands do not have."""
+    from loadgen.stack import LocalStack
+
+    with LocalStack(tmp_path_factory.mktemp("locked"), redis_password="the-right-one") as s:
+        s.start_redis()
+        yield s
+
+
+@pytest.mark.parametrize("given", ["wrong", "none"])
+@pytest.mark.parametrize("argv", REFUSED, ids=[" ".join(a[1:]) for a in REFUSED])
+def test_a_refused_password_exits_3_at_once_with_one_line(locked_stack, argv, given):
+    """Celery would retry a refused password 100 times (a worker), beat print 825 lines: here every
+    long-running command stops before it starts, naming the broker but not the password."""
+    url = f"redis://{':' + SECRET + '@' if given == 'wrong' else ''}127.0.0.1:{locked_stack.redis_port}/0"
+    done = subprocess.run([sys.executable, *argv], capture_output=True, text=True, timeout=60, cwd=locked_stack.workdir,
+                          env=locked_stack.process_env(CELERY_BROKER_URL=url, CELERY_RESULT_BACKEND=url,
+                                                       CELERY_AUTOSCALE_APP="tasks.app:app"))
+    assert done.returncode == 3, done.stderr
+    why = "wrong username or password" if given == "wrong" else "it requires a password, none was given"
+    assert done.stderr.count("\n") == 1 and "refused the credentials: " + why in done.stderr, done.stderr
+    assert SECRET not in done.stderr + done.stdout and "the-right-one" not in done.stderr + done.stdout
 
 
 def test_an_unreachable_broker_exits_3_and_never_shows_the_password(idle_stack):

@@ -9,6 +9,7 @@ import sys
 from celery import Celery
 
 from ._install import install
+from ._settings import ConfigError
 
 __all__ = ["APP_VARIABLE", "AppLoadError", "load_app"]
 
@@ -47,6 +48,8 @@ def load_app(path: str | None = None):
     except SyntaxError as exc:
         raise AppLoadError(f"cannot import the app module {module_name!r}: a syntax error in "
                            f"{exc.filename}, line {exc.lineno}") from None
+    except ConfigError:  # install() in the user's module refused a setting: that line is the message
+        raise
     except Exception as exc:  # the user's module raised while it was imported: its error, in one line
         raise AppLoadError(f"cannot import the app module {module_name!r}: it raised "
                            f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}") from None

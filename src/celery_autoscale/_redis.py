@@ -11,7 +11,11 @@ from redis.sentinel import Sentinel
 from . import keys
 from ._settings import Settings
 
-__all__ = ["as_text", "connect", "unacked_tags"]
+__all__ = ["BrokerRefused", "as_text", "check_credentials", "connect", "unacked_tags"]
+
+
+class BrokerRefused(Exception):
+    """Redis refused the credentials (a wrong or missing password): retrying cannot help."""
 
 
 def connect(settings: Settings, decode_responses: bool = False) -> redis.Redis:
@@ -31,6 +35,35 @@ def connect(settings: Settings, decode_responses: bool = False) -> redis.Redis:
         return sentinel.master_for(settings.master_name, db=db, password=password, decode_responses=decode_responses)
     return redis.Redis.from_url(settings.broker_url, password=settings.password, decode_responses=decode_responses,
                                 **(settings.ssl or {}))
+
+
+def check_credentials(settings: Settings) -> None:
+    """``PING`` the broker once, before a long-running command starts.
+
+    Returns when Redis answers, and also when it cannot be reached (the caller retries that, as
+    workers and beat do while Redis restarts).
+
+    Raises:
+        BrokerRefused: Redis refused the password (``WRONGPASS``, ``NOAUTH``, or a password sent to a
+            Redis without one); the message names the broker with its password redacted.
+    """
+    from ._settings import redact
+
+    try:
+        connect(settings).ping()
+    except (redis.AuthenticationError, redis.ResponseError) as exc:
+        text = str(exc)
+        if isinstance(exc, redis.AuthenticationError) and not ("required" in text or "HELLO must be" in text):
+            why = "wrong username or password"
+        elif "NOAUTH" in text or "required" in text or "HELLO must be" in text:
+            why = "it requires a password, none was given (REDIS_PASSWORD_FILE, REDIS_PASSWORD or the URL)"
+        elif "WRONGPASS" in text:
+            why = "wrong username or password"
+        else:
+            return
+        raise BrokerRefused(f"the broker {redact(settings.broker_url)} refused the credentials: {why}") from None
+    except redis.RedisError:
+        return
 
 
 def as_text(value) -> str:

@@ -136,6 +136,12 @@ def _text(name: str, raw: str) -> str:
     return raw
 
 
+def _readable_file(name: str, raw: str) -> str:
+    if not (os.path.isfile(raw) and os.access(raw, os.R_OK)):
+        raise ConfigError(f"{name} {raw}: no readable file there")
+    return raw
+
+
 def _address(name: str, raw: str) -> str:
     try:
         return str(ipaddress.ip_address(raw))
@@ -218,7 +224,7 @@ SETTINGS: tuple[Setting, ...] = (
             "`broker_password`/`redis_password` for URLs that carry none", "unset"),
     Setting("password_file", "broker_password", "REDIS_PASSWORD_FILE", None, _text,
             "a file holding that password (the chart mounts it from a Secret)", "unset"),
-    Setting("tls_ca_file", "broker_use_ssl", "REDIS_TLS_CA_FILE", None, _text,
+    Setting("tls_ca_file", "broker_use_ssl", "REDIS_TLS_CA_FILE", None, _readable_file,
             "CA bundle for `rediss://`; certificates are always verified", "system CAs"),
 )
 

@@ -16,7 +16,8 @@ chart's ``beat.schedule``; an entry of the same name replaces the app's)::
                  "args": [1], "kwargs": {}, "queue": "reports.daily"}}
 
 ``schedule`` is seconds (a number) or a 5-field cron expression (Celery's ``crontab``, in the
-app's ``timezone``). Exit status: 2 bad input (one line), else beat's own.
+app's ``timezone``); ``options`` are Celery's ``apply_async`` options (``priority``, ``expires``, ...).
+Exit status: 2 bad input (one line), 3 the broker refused the password, else beat's own.
 
 Beat survives a Redis restart or failover as the workers do (:class:`Scheduler`, RedBeat's with
 three changes): a tick that cannot reach Redis sends nothing, logs one line per outage and tries
@@ -34,9 +35,9 @@ import sys
 
 from . import keys
 from ._loader import AppLoadError, load_app
-from ._redis import connect
+from ._redis import BrokerRefused, check_credentials, connect
 from ._settings import ConfigError, settings_of
-from .cli import EXIT_BAD_INPUT, Parser, add_app_option, error, positive_seconds
+from .cli import EXIT_BAD_INPUT, EXIT_BROKER, Parser, add_app_option, error, positive_seconds
 
 __all__ = ["SCHEDULER", "entries", "main"]
 
@@ -44,6 +45,8 @@ __all__ = ["SCHEDULER", "entries", "main"]
 SCHEDULER = "celery_autoscale.beat:Scheduler"
 
 KEYS = {"task", "schedule", "args", "kwargs", "queue", "options"}
+#: Celery's log levels (``celery beat --loglevel``).
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL", "FATAL")
 
 logger = logging.getLogger(__name__)
 
@@ -133,6 +136,24 @@ def _schedule(name: str, value):
     raise ValueError(f"{name}: schedule must be seconds or a 5-field cron expression, got {value!r}")
 
 
+def _options(name: str, raw) -> dict:
+    """An entry's ``options`` (Celery's ``apply_async`` options): an object; ``queue`` and
+    ``routing_key`` non-empty text, ``priority`` a whole number 0-255, ``expires`` and ``countdown``
+    seconds (positive, finite)."""
+    if not isinstance(raw, dict):
+        raise ValueError(f"{name}: options must be an object of apply_async options")
+    for key in ("queue", "routing_key", "exchange"):
+        if key in raw and not (isinstance(raw[key], str) and raw[key].strip()):
+            raise ValueError(f"{name}: options.{key} must be a non-empty name")
+    if "priority" in raw and not (type(raw["priority"]) is int and 0 <= raw["priority"] <= 255):
+        raise ValueError(f"{name}: options.priority must be a whole number from 0 to 255")
+    for key in ("expires", "countdown"):
+        value = raw.get(key)
+        if key in raw and not (type(value) in (int, float) and math.isfinite(value) and value > 0):
+            raise ValueError(f"{name}: options.{key} must be a positive number of seconds")
+    return dict(raw)
+
+
 def entries(raw) -> dict[str, dict]:
     """Celery ``beat_schedule`` entries from the ``--schedule`` JSON object.
 
@@ -143,14 +164,17 @@ def entries(raw) -> dict[str, dict]:
         raise ValueError("the schedule must be a JSON object of entries")
     out = {}
     for name, entry in raw.items():
-        if not isinstance(entry, dict) or not isinstance(entry.get("task"), str) or "schedule" not in entry:
+        if not isinstance(entry, dict) or not isinstance(entry.get("task"), str) or not entry["task"].strip() \
+                or "schedule" not in entry:
             raise ValueError(f"{name}: an entry needs a task name and a schedule")
         if unknown := set(entry) - KEYS:
             raise ValueError(f"{name}: unknown keys {sorted(unknown)}")
         if not isinstance(entry.get("args", []), list) or not isinstance(entry.get("kwargs", {}), dict):
             raise ValueError(f"{name}: args must be a list and kwargs an object")
-        options = dict(entry.get("options", {}))
+        options = _options(name, entry.get("options", {}))
         if "queue" in entry:
+            if not (isinstance(entry["queue"], str) and entry["queue"].strip()):
+                raise ValueError(f"{name}: queue must be a non-empty name")
             options["queue"] = entry["queue"]
         out[name] = {"task": entry["task"], "schedule": _schedule(name, entry["schedule"]),
                      "args": tuple(entry.get("args", [])), "kwargs": entry.get("kwargs", {}), "options": options}
@@ -159,13 +183,14 @@ def entries(raw) -> dict[str, dict]:
 
 def main(argv: list[str] | None = None) -> int:
     p = Parser(prog="python -m celery_autoscale.beat", description=__doc__.split("\n\n")[0],
-               epilog="Exit status: 2 bad input, else Celery beat's.")
+               epilog="Exit status: 2 bad input, 3 the broker refused the password, else Celery beat's.")
     add_app_option(p)
     p.add_argument("--schedule", metavar="FILE.json", default=None,
                    help="more schedule entries, a JSON object (see the module docs)")
     p.add_argument("--max-interval", type=positive_seconds, default=5.0, metavar="SECONDS",
                    help="most seconds between two looks at the schedule; the lock expires after 5 times it (default 5)")
-    p.add_argument("--loglevel", default="INFO", help="beat's log level (default INFO)")
+    p.add_argument("--loglevel", default="INFO", type=str.upper, choices=LOG_LEVELS,
+                   help=f"beat's log level, one of {', '.join(LOG_LEVELS)} (default INFO)")
     args = p.parse_args(argv)
     try:
         import redbeat  # noqa: F401
@@ -181,6 +206,10 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError, AppLoadError, ConfigError) as exc:  # json.JSONDecodeError is a ValueError
         return error(f"{args.schedule}: {exc}" if isinstance(exc, (OSError, json.JSONDecodeError)) else exc,
                      EXIT_BAD_INPUT)
+    try:
+        check_credentials(settings)
+    except BrokerRefused as exc:
+        return error(exc, EXIT_BROKER)
     app.conf.beat_schedule = {**(app.conf.beat_schedule or {}), **extra}
     if not app.conf.get("redbeat_key_prefix"):  # an app's own RedBeat keys are kept
         app.conf.redbeat_key_prefix = keys.beat_prefix(settings.key_prefix)

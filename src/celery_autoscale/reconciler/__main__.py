@@ -12,7 +12,7 @@ import time
 
 from .._loader import AppLoadError, load_app
 from .._metrics import BacklogCollector, serve
-from .._redis import connect
+from .._redis import BrokerRefused, check_credentials, connect
 from .._settings import ConfigError, redact, settings_of
 from ..cli import EXIT_BAD_INPUT, EXIT_BROKER, Parser, add_app_option, error, port, positive_seconds, queue_names
 from ..health import heartbeat_file, touch
@@ -82,6 +82,10 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # no kubernetes package, no credentials
         return error(f"cannot reach the Kubernetes API for --deletion-cost-selector: {type(exc).__name__}: {exc}",
                      EXIT_BAD_INPUT)
+    try:
+        check_credentials(settings)
+    except BrokerRefused as exc:
+        return error(exc, EXIT_BROKER)
     client = connect(settings)
     served = queue_names(args.queues)
     if args.metrics_port:

@@ -5,7 +5,8 @@ The app comes from ``CELERY_AUTOSCALE_APP`` (``module:attribute``, e.g.
 ``myproject.celery:app``). Importing this module does nothing; Celery's ``-A`` lookup reads its
 ``app`` attribute, which imports the user's app and calls :func:`celery_autoscale.install` on
 it (PEP 562 module ``__getattr__``). An app that already called ``install`` is not changed twice. A bad setting or app path stops
-the process with one line on stderr and exit status 2.
+the process with one line on stderr and exit status 2; a broker that refuses the password, with
+exit status 3 (Redis merely down is waited for, as Celery does).
 
 Why a wrapper module: Celery resolves ``-A`` to an attribute of a module and offers no hook that
 runs before the worker reads the configuration for an app it did not create; a preload option
@@ -29,6 +30,7 @@ def __getattr__(name: str):
     import sys
 
     from .._loader import AppLoadError, load_app
+    from .._redis import BrokerRefused, check_credentials
     from .._settings import ConfigError, settings_of
     from ._runtime import check_files
 
@@ -36,11 +38,15 @@ def __getattr__(name: str):
         loaded = load_app()
         if _celery_command(sys.argv[1:]) == "worker":  # before Celery prints anything of its own
             check_files(settings_of(loaded))
+            check_credentials(settings_of(loaded))
     except (AppLoadError, ConfigError) as exc:
         # Celery would print a traceback for any error here: a process that cannot start says
         # why in one line and exits 2, as every command of this project does on bad input.
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
+    except BrokerRefused as exc:  # Celery would retry a refused password 100 times
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(3)
     globals()["app"] = loaded
     return loaded
 

@@ -1,7 +1,7 @@
 """``python -m loadgen PATTERN [options]``: send a shaped load of Celery tasks to any app.
 
-The app comes from ``--app`` (default ``CELERY_AUTOSCALE_APP``, else the sample app
-``tasks.app:app``) and its broker from ``CELERY_BROKER_URL`` unless ``--broker`` is given. The
+The app comes from ``--app`` (default ``CELERY_AUTOSCALE_APP``; one of them is required, so a
+user's broker never gets our sample app's tasks by accident) and its broker from ``CELERY_BROKER_URL`` unless ``--broker`` is given. The
 tasks are ``--task`` with ``--args``/``--kwargs`` (routed by the app, or sent to each of
 ``--queues``), a weighted ``--mix``, or by default the sample app's ``cpu``, ``io`` and
 ``mixed`` tasks shaped by the profile options. Every input is checked, and the broker pinged,
@@ -77,7 +77,7 @@ def parser() -> argparse.ArgumentParser:
     shape.add_argument("--csv", type=Path, metavar="FILE", help="replay: CSV of seconds,tasks_per_second segments")
     tasks = p.add_argument_group("tasks (default: the sample app's cpu, io and mixed tasks)")
     tasks.add_argument("--app", metavar="MODULE:ATTR",
-                       help=f"the producer's Celery app (default: CELERY_AUTOSCALE_APP, else {DEMO_APP})")
+                       help=f"the producer's Celery app (default: CELERY_AUTOSCALE_APP; one is required; our sample app: {DEMO_APP})")
     tasks.add_argument("--task", metavar="NAME", help="send this task (routed by the app, or to each of --queues)")
     tasks.add_argument("--args", metavar="JSON", help="positional arguments of --task, a JSON list (default [])")
     tasks.add_argument("--kwargs", metavar="JSON", help="keyword arguments of --task, a JSON object (default {})")
@@ -240,8 +240,12 @@ def load(args):
     if args.broker:
         check_redis_url(args.broker, "--broker")
         os.environ["CELERY_BROKER_URL"] = args.broker  # Celery prefers it to the app's configuration
+    path = args.app or os.environ.get("CELERY_AUTOSCALE_APP", "").strip()
+    if not path:
+        raise InputError(f"--app: no app given: name the producer's app with --app MODULE:ATTR or "
+                         f"CELERY_AUTOSCALE_APP (our sample app: --app {DEMO_APP})")
     try:
-        return load_app(args.app or os.environ.get("CELERY_AUTOSCALE_APP") or DEMO_APP)
+        return load_app(path)
     except AppLoadError as exc:
         raise InputError(f"--app: {exc}") from None
 

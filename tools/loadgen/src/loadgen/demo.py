@@ -40,7 +40,8 @@ def main(argv: list[str] | None = None) -> int:
             console.print(f"worker {spec.queue}: pool {spec.pool}, metrics on :{stack.metrics_ports['worker-' + spec.queue]}")
         console.print(f"flower: {stack.start_flower(args.flower_port)}")
 
-        os.environ.update(CELERY_BROKER_URL=stack.broker_url, CELERY_RESULT_BACKEND=stack.broker_url)
+        os.environ.update(CELERY_BROKER_URL=stack.broker_url, CELERY_RESULT_BACKEND=stack.broker_url,
+                          CELERY_AUTOSCALE_APP=stack.process_env()["CELERY_AUTOSCALE_APP"])
         from . import report
         from .cli import build_spec, load, parser
         from .run import run

@@ -106,6 +106,7 @@ class LocalStack:
         env.update(CELERY_BROKER_URL=self.broker_url, CELERY_RESULT_BACKEND=self.broker_url)
         env.update(self.env)
         env.update(extra)
+        env.setdefault("CELERY_AUTOSCALE_APP", WorkerSpec.app)  # the stack runs the sample app unless told
         return env
 
     def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None,
