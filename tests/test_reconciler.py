@@ -29,12 +29,12 @@ def keda_reads(client, settings) -> int:
 
 
 @contextmanager
-def plain_stack(tmp_path, pool: str = "prefork", **env):
-    """A Redis, one worker ("first", concurrency 1) of the plain app and a plain producer:
-    yields ``(stack, settings, client, producer)``."""
+def plain_stack(tmp_path, pool: str = "prefork", worker_env: dict | None = None, **env):
+    """A Redis, one worker ("first", concurrency 1, its own ``worker_env``) of the plain app and a
+    plain producer: yields ``(stack, settings, client, producer)``."""
     with LocalStack(tmp_path, env={"PYTHONPATH": str(PLAIN), **env}) as stack:
         stack.start_redis()
-        stack.start_worker(WorkerSpec(QUEUE, pool, concurrency=1, app=APP), name="first")
+        stack.start_worker(WorkerSpec(QUEUE, pool, concurrency=1, app=APP), name="first", **(worker_env or {}))
         yield (stack, settings_of(stack.producer()), stack.client(),
                Celery("web", broker=stack.broker_url, backend=stack.broker_url))
 
@@ -130,7 +130,7 @@ def test_a_far_future_eta_task_holds_no_replica_and_runs_on_time_once(tmp_path):
 
 
 def test_a_sigkilled_workers_task_is_back_in_its_list_long_before_its_time_limit(tmp_path):
-    """Its lease expires: the reconciler restores the task within two lease lifetimes and a round,
+    """Its lease expires: the reconciler restores the task within a lease lifetime, a renewal interval and a round,
     although its time limit (600 s) and the visibility timeout (3600 s) are far away."""
     with plain_stack(tmp_path, CELERY_HEARTBEAT_INTERVAL="1",
                      CELERY_TASK_TIME_LIMIT="600") as (stack, settings, client, producer):
@@ -152,6 +152,27 @@ def test_a_sigkilled_workers_task_is_back_in_its_list_long_before_its_time_limit
         stack.start_worker(WorkerSpec(QUEUE, "prefork", concurrency=1, app=APP), name="survivor")
         assert result.get(timeout=90)["day"] == "d"
         assert int(client.get(f"myproject:completed:{result.id}")) == 1
+
+
+def test_with_the_default_values_a_sigkilled_workers_task_runs_again_within_a_minute(tmp_path):
+    """The chart's defaults: a heartbeat every 10 s (a lease of 20 s), a reconciler round every 10 s
+    with a margin of 30 s, a time limit of 1800 s and a visibility timeout of 3600 s. The task of a
+    SIGKILLed worker starts again on another worker within a minute of the kill, once."""
+    beat = {"CELERY_HEARTBEAT_INTERVAL": "10"}
+    with plain_stack(tmp_path, worker_env=beat) as (stack, settings, client, producer):
+        result = producer.send_task("myproject.daily_report", args=["d"], kwargs={"seconds": 30}, queue=QUEUE)
+        eventually(lambda: backlog(client, QUEUE, settings).in_flight == 1, 30, "task running")
+        stack.start_reconciler(app=APP)
+        stack.start_worker(WorkerSpec(QUEUE, "prefork", concurrency=1, app=APP), name="survivor", **beat)
+        kill(stack, "first")
+        killed = time.monotonic()
+        owner = f"celery-autoscale:in-flight-owner:{QUEUE}"
+        eventually(lambda: any(b"survivor@" in raw for raw in client.hvals(owner)), 90, "the task started again")
+        again = time.monotonic() - killed
+        assert again < 60, f"started again {again:.1f} s after the SIGKILL"
+        assert result.get(timeout=90)["day"] == "d"
+        assert int(client.get(f"myproject:completed:{result.id}")) == 1
+        print(f"started again {again:.1f}s after the SIGKILL (default values)")
 
 
 def test_a_worker_in_warm_shutdown_keeps_its_lease_and_its_task_runs_once(tmp_path):
