@@ -93,25 +93,27 @@ def backlog(client, queue: str, settings: Settings) -> Backlog:
                    scheduled=int(scheduled) + int(legacy))
 
 
-def backlog_ids(client, queue: str, settings: Settings) -> set[str]:
-    """The ids of the tasks in ``queue``'s backlog: waiting in a priority list (``LRANGE``; a
-    message's ``headers.id``), running, scheduled, or held unacknowledged by kombu for a worker of
-    any queue. Reads every message of the lists: for a run's end, not for each poll.
+def backlog_ids(client, queues: list[str], settings: Settings) -> set[str]:
+    """The ids of the tasks in the backlog of ``queues`` (Celery queue names): waiting in a priority
+    list (``LRANGE``; a message's ``headers.id``), running, scheduled, or held unacknowledged by
+    kombu for a worker of any queue (read once). Reads every message of the lists: for a run's
+    end, not for each poll.
 
     Raises:
         redis.RedisError: Redis cannot be reached.
     """
     prefix = settings.key_prefix
     found = set(unacked_tags(client, settings))
-    for name in keys.priority_lists(queue, settings.priority_steps, settings.separator, prefix):
-        for raw in client.lrange(name, 0, -1):
-            try:
-                found.add(json.loads(raw)["headers"]["id"])
-            except (ValueError, TypeError, KeyError):
-                continue
-    for key in (keys.in_flight_key(queue, prefix), keys.scheduled_key(queue, prefix),
-                keys.legacy_scheduled_key(queue, prefix)):
-        found.update(as_text(m) for m in client.zrange(key, 0, -1))
+    for queue in queues:
+        for name in keys.priority_lists(queue, settings.priority_steps, settings.separator, prefix):
+            for raw in client.lrange(name, 0, -1):
+                try:
+                    found.add(json.loads(raw)["headers"]["id"])
+                except (ValueError, TypeError, KeyError):
+                    continue
+        for key in (keys.in_flight_key(queue, prefix), keys.scheduled_key(queue, prefix),
+                    keys.legacy_scheduled_key(queue, prefix)):
+            found.update(as_text(m) for m in client.zrange(key, 0, -1))
     return found
 
 

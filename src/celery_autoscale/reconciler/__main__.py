@@ -15,7 +15,7 @@ from .._metrics import BacklogCollector, serve
 from .._redis import BrokerRefused, check_credentials, connect
 from .._settings import ConfigError, redact, settings_of
 from ..cli import EXIT_BAD_INPUT, EXIT_BROKER, Parser, add_app_option, error, port, positive_seconds, queue_names
-from ..health import heartbeat_file, touch
+from ..health import heartbeat_file, touch, writable
 from ._deletion_cost import DeletionCost, busy_by_pod, kubernetes_api
 from ._metrics import BrokerCollector
 from ._round import reconcile
@@ -72,8 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     except (AppLoadError, ConfigError) as exc:
         return error(exc, EXIT_BAD_INPUT)
     heartbeat = heartbeat_file(args.heartbeat_file)
-    folder = os.path.dirname(os.path.abspath(heartbeat))
-    if os.path.isdir(heartbeat) or not (os.path.isdir(folder) and os.access(folder, os.W_OK)):
+    if not writable(heartbeat):
         return error(f"--heartbeat-file {heartbeat}: cannot be written (a folder, or its folder is missing or "
                      f"read-only)", EXIT_BAD_INPUT)
     log = logging.getLogger("celery_autoscale.reconciler")

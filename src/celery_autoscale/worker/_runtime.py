@@ -20,12 +20,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 import time
 
 from .. import keys
 from .._redis import connect
+from ..health import writable
 from .._settings import ConfigError, settings_of
 from . import _metrics
 from ._lease import Lease, ttl
@@ -184,8 +184,7 @@ def check_files(settings) -> None:
         ConfigError: one line naming the file.
     """
     beat = settings.heartbeat_file
-    folder = os.path.dirname(os.path.abspath(beat))
-    if os.path.isdir(beat) or not (os.path.isdir(folder) and os.access(folder, os.W_OK)):
+    if not writable(beat):
         raise ConfigError(f"the heartbeat file {beat} (CELERY_HEARTBEAT_FILE) cannot be written: a folder, or its "
                           f"folder is missing or read-only")
 

@@ -233,7 +233,7 @@ def run(app, spec: LoadSpec, *, wait: bool, timeout: float, sample_interval: flo
         runs = run_records(client, settings, [s.task_id for s in sent])
         if wait and len(results) < len(sent):  # unfinished (still in Redis) or lost (nowhere)?
             open_ids = {s.task_id for s in sent} - set(results)
-            in_redis = set().union(*(backlog_ids(client, q, settings) for q in spec.queues)) & open_ids
+            in_redis = backlog_ids(client, list(spec.queues), settings) & open_ids
     except Exception as exc:
         results = getattr(exc, "partial", results)
         error = f"{type(exc).__name__} talking to the broker; the figures are what was seen before it"
