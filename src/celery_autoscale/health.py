@@ -29,12 +29,6 @@ def touch(path: str) -> None:
     Path(path).touch()
 
 
-def writable(path: str) -> bool:
-    """Whether a heartbeat file can be written at ``path``: not a folder, in a writable folder."""
-    folder = os.path.dirname(os.path.abspath(path))
-    return not os.path.isdir(path) and os.path.isdir(folder) and os.access(folder, os.W_OK)
-
-
 def age(path: str, now: float | None = None) -> float:
     """Seconds since ``path`` was last touched.
 

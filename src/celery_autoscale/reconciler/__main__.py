@@ -15,7 +15,8 @@ from .._metrics import BacklogCollector, serve
 from .._redis import BrokerRefused, check_credentials, connect
 from .._settings import ConfigError, redact, settings_of
 from ..cli import EXIT_BAD_INPUT, EXIT_BROKER, Parser, add_app_option, error, port, positive_seconds, queue_names
-from ..health import heartbeat_file, touch, writable
+from .._files import writable
+from ..health import heartbeat_file, touch
 from ._deletion_cost import DeletionCost, busy_by_pod, kubernetes_api
 from ._metrics import BrokerCollector
 from ._round import reconcile

@@ -24,8 +24,8 @@ import sys
 import time
 
 from .. import keys
+from .._files import writable
 from .._redis import connect
-from ..health import writable
 from .._settings import ConfigError, settings_of
 from . import _metrics
 from ._lease import Lease, ttl
