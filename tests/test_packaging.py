@@ -54,7 +54,7 @@ def test_the_runtime_wheel_holds_celery_autoscale_only_and_needs_no_tool(runtime
     assert "celery_autoscale/worker/__init__.py" in files and "celery_autoscale/reconciler/__main__.py" in files
     meta = metadata(runtime_wheel)
     base = sorted(r.split(">")[0].split("[")[0] for r in meta.get_all("Requires-Dist") if "extra ==" not in r)
-    assert base == ["celery", "prometheus-client", "redis"]
+    assert base == ["celery", "kombu", "prometheus-client", "redis"]
     assert not any(word in r for r in meta.get_all("Requires-Dist") for word in ("rich", "matplotlib"))
 
 

@@ -18,9 +18,9 @@ receivers = {name: len(getattr(signals, name).receivers) for name in
 import celery_autoscale, celery_autoscale.worker, celery_autoscale.health, celery_autoscale.deadletter
 import celery_autoscale.roundtrip, celery_autoscale.flower, celery_autoscale.beat, celery_autoscale.reconciler
 import celery_autoscale.reconciler.__main__
-from celery_autoscale import _backlog, _install, _loader, _metrics, _redis, _settings, cli, keys
+from celery_autoscale import _backlog, _files, _install, _loader, _metrics, _redis, _settings, cli, keys
 from celery_autoscale.worker import _consumer, _deadletter, _heartbeat, _metrics, _parking, _runtime
-from celery_autoscale.reconciler import _deletion_cost, _metrics, _round, _unpark
+from celery_autoscale.reconciler import _deletion_cost, _metrics, _round, _unpark, _unserved
 def link(fd):
     try:
         return os.readlink(f"/proc/self/fd/{fd}")
@@ -124,7 +124,9 @@ def test_the_mounted_password_reaches_broker_and_result_backend_but_no_url(tmp_p
     assert app.backend.connparams["password"] == "from-a-secret"
 
 
-def test_tls_urls_verify_certificates_with_the_mounted_ca():
-    app = install_with({"REDIS_TLS_CA_FILE": "/ca.pem"}, broker_url="rediss://redis:6380/0")
-    assert app.conf.broker_use_ssl == {"ssl_cert_reqs": ssl.CERT_REQUIRED, "ssl_ca_certs": "/ca.pem"}
+def test_tls_urls_verify_certificates_with_the_mounted_ca(tmp_path):
+    ca = tmp_path / "ca.pem"
+    ca.write_text("-----BEGIN CERTIFICATE-----\n")
+    app = install_with({"REDIS_TLS_CA_FILE": str(ca)}, broker_url="rediss://redis:6380/0")
+    assert app.conf.broker_use_ssl == {"ssl_cert_reqs": ssl.CERT_REQUIRED, "ssl_ca_certs": str(ca)}
     assert settings_of(app).ssl == app.conf.broker_use_ssl
