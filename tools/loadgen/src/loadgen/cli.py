@@ -22,7 +22,7 @@ from pathlib import Path
 
 from celery_autoscale.cli import EXIT_BAD_INPUT, EXIT_BROKER, EXIT_FAILED, Parser, number
 
-from .patterns import PATTERNS, PatternError, build
+from .patterns import ARRIVALS, PATTERNS, PatternError, build, poisson
 
 #: Upper bounds of the shape's numbers: tasks/s, seconds (30 days), tasks; beyond them a run cannot be
 #: sent from one process anyway, and the pattern's arithmetic would overflow.
@@ -75,6 +75,9 @@ def parser() -> argparse.ArgumentParser:
                        help="oscillate period, seconds (default 60)")
     shape.add_argument("--wave", default="sine", metavar="SHAPE", help="oscillate wave: sine or square (default sine)")
     shape.add_argument("--csv", type=Path, metavar="FILE", help="replay: CSV of seconds,tasks_per_second segments")
+    shape.add_argument("--arrivals", choices=ARRIVALS, default="uniform",
+                       help="uniform: the pattern's exact pacing; poisson: random send times at the same rate, "
+                            "seeded by --seed (default uniform)")
     tasks = p.add_argument_group("tasks (default: the sample app's cpu, io and mixed tasks)")
     tasks.add_argument("--app", metavar="MODULE:ATTR",
                        help=f"the producer's Celery app (default: CELERY_AUTOSCALE_APP; one is required; our sample app: {DEMO_APP})")
@@ -93,6 +96,9 @@ def parser() -> argparse.ArgumentParser:
     prof.add_argument("--size-bytes", type=number(int, 0), metavar="BYTES", help="bytes written, fsynced and read (io, mixed)")
     prof.add_argument("--wait-seconds", type=number(float, 0, 86400), metavar="SECONDS",
                       help="seconds of simulated network wait (io, mixed)")
+    prof.add_argument("--wait-sigma", type=number(float, 0, 5), metavar="S", default=0.0,
+                      help="draw each task's --wait-seconds from a log-normal of that mean and log-space "
+                           "standard deviation S, seeded by --seed (default 0: every task the same)")
     prof.add_argument("--fail-rate", type=number(float, 0, 1), metavar="P", help="probability 0-1 of a transient fault per attempt")
     out = p.add_argument_group("outcome")
     out.add_argument("--wait", action="store_true", help="wait for every task to end; tasks unfinished (still in Redis at --timeout), lost (nowhere) or "
@@ -217,11 +223,15 @@ def build_spec(args: argparse.Namespace, app):
     pattern = build(args.pattern, rate=args.rate, duration=args.duration, count=args.count,
                     start_rate=args.start_rate, amplitude=args.amplitude, period=args.period,
                     wave=args.wave, csv_path=args.csv)
+    if args.arrivals == "poisson":
+        pattern = poisson(pattern, args.seed)
+    if args.wait_sigma and args.wait_seconds is None:
+        raise InputError("--wait-sigma needs --wait-seconds, the mean run time it spreads")
     if pattern.total() == 0:
         raise InputError("this pattern sends no task; raise --rate or --duration")
     return LoadSpec(pattern, tuple(plans),
                     {p: w for p, w in priorities.items() if w > 0} if priorities else None,
-                    args.count, args.seed)
+                    args.count, args.seed, args.wait_sigma)
 
 
 def load(args):

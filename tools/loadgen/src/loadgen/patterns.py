@@ -11,17 +11,23 @@ fast tasks complete.
 - ``oscillate``: ``rate`` ± ``amplitude`` tasks/s, a sine or square wave of ``period`` seconds.
 - ``replay``: segments from a CSV of ``seconds,tasks_per_second`` rows: for ``seconds``
   seconds send ``tasks_per_second``, then the next row. A header line is allowed.
+
+Arrivals are ``uniform`` (the pattern's exact pacing) or ``poisson`` (:func:`poisson`): random
+times at the same rate, as independent producers send in production.
 """
 
 from __future__ import annotations
 
+import bisect
 import csv
 import math
+import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 PATTERNS = ("burst", "steady", "ramp", "oscillate", "replay")
+ARRIVALS = ("uniform", "poisson")
 
 
 class PatternError(ValueError):
@@ -117,6 +123,32 @@ def replay(segments: list[tuple[float, float]]) -> Pattern:
         return sent
 
     return Pattern("replay", duration, due)
+
+
+def poisson(pattern: Pattern, seed: int) -> Pattern:
+    """``pattern``'s load as Poisson arrivals: a non-homogeneous Poisson process whose rate at each
+    moment is the pattern's (``due'(t)``), seeded, so one seed always gives the same send times.
+
+    By time rescaling (Brown, Barbieri, Ventura, Kass and Frank, "The time-rescaling theorem and
+    its application to neural spike train data analysis", Neural Computation 14, 2002) the k-th
+    task is due when ``due(t)`` reaches ``E_k``, the sum of k unit exponential draws: gaps are
+    exponential at the rate of that moment, and the count over the run is Poisson with mean
+    ``due(duration)``.
+
+    Raises:
+        PatternError: the pattern has no duration (a burst is all at once).
+    """
+    if pattern.duration <= 0:
+        raise PatternError(f"--arrivals poisson needs a pattern that lasts (not {pattern.name})")
+    rng, marks = random.Random(seed), [0.0]
+
+    def due(t: float) -> float:
+        level = pattern.due(t)
+        while marks[-1] <= level:
+            marks.append(marks[-1] + rng.expovariate(1.0))
+        return float(bisect.bisect_right(marks, level) - 1)
+
+    return Pattern(pattern.name, pattern.duration, due)
 
 
 def build(name: str, *, rate: float | None, duration: float, count: int | None, start_rate: float = 0.0,

@@ -44,6 +44,7 @@ class LoadSpec:
     priorities: dict[int, float] | None = None  # Celery priority 0-9 -> relative weight
     count: int | None = None  # cap on tasks sent
     seed: int = 0
+    wait_sigma: float = 0.0  # > 0: each task's wait_seconds log-normal, its mean the plan's, this log-space sigma
 
     @property
     def queues(self) -> list[str]:
@@ -77,6 +78,15 @@ class Outcome:
     in_redis: set[str] = field(default_factory=set)  # ids of tasks without an outcome still in Redis at the end
 
 
+def _spread(kwargs: dict, sigma: float, rng: random.Random) -> dict:
+    """``kwargs`` with ``wait_seconds`` drawn from a log-normal of mean ``wait_seconds`` and log-space
+    standard deviation ``sigma`` (mu = ln(mean) - sigma²/2, so the mean is kept); unchanged at 0."""
+    mean = kwargs.get("wait_seconds")
+    if not sigma or not mean:
+        return kwargs
+    return {**kwargs, "wait_seconds": rng.lognormvariate(math.log(mean) - sigma * sigma / 2, sigma)}
+
+
 def send(app, spec: LoadSpec, on_sent: Callable[[int], None] | None = None,
          sent: list[Sent] | None = None) -> tuple[list[Sent], float]:
     """Publish ``spec``'s tasks on schedule; return them and the seconds sending took.
@@ -105,7 +115,8 @@ def send(app, spec: LoadSpec, on_sent: Callable[[int], None] | None = None,
                         plan = rng.choices(plans, weights)[0]
                         priority = rng.choices(prios, prio_weights)[0]
                         task_id = uuid()
-                        message = amqp.as_task_v2(task_id, plan.task, args=plan.args, kwargs=plan.kwargs)
+                        kwargs = _spread(plan.kwargs, spec.wait_sigma, rng)
+                        message = amqp.as_task_v2(task_id, plan.task, args=plan.args, kwargs=kwargs)
                         options = {} if priority is None else {"priority": priority}
                         amqp.send_task_message(producer, plan.task, message, queue=plan.queue, declare=[], **options)
                         sent.append(Sent(task_id, plan.queue, priority, time.time()))
