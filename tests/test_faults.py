@@ -51,6 +51,9 @@ def test_a_redis_restart_mid_task_loses_nothing_and_runs_nothing_twice(tmp_path,
         # The results were stored too (a fresh client: the producer's result subscription died with Redis).
         reader = Celery("reader", broker=stack.broker_url, backend=stack.broker_url)
         assert [reader.AsyncResult(r.id).state for r in tasks] == ["SUCCESS"] * 8
+        # The runtime's records too: a run record for each, no in-flight entry left over.
+        assert all(stack.client().exists(f"celery-autoscale:run:{r.id}") for r in tasks)
+        assert backlog(stack.client(), QUEUE, settings).total == 0
         assert stack.procs[worker].poll() is None, "the worker recovered by itself"
         print(f"{pool} after Redis {sig.name}: all 8 done {recovered_in:.1f}s after Redis was back")
 

@@ -11,7 +11,9 @@ and workers:
   (start + its hard time limit) in the owners hash, and take it out of the scheduled set;
 - ``task_postrun`` (sent after success, failure and retry alike): remove it, keep
   ``"<started>,<finished>"`` under :func:`~celery_autoscale.keys.run_record_key` for
-  ``autoscale_run_record_ttl`` seconds (one pipeline), and count the run in Prometheus;
+  ``autoscale_run_record_ttl`` seconds (one pipeline), and count the run in Prometheus. Both
+  records wait up to a minute for a Redis that is restarting (:meth:`Runtime.write`): a task
+  that ends in a Redis outage still leaves its run record, and no stale in-flight entry;
 - ``worker_init`` / ``worker_ready``: prepare the metrics folder, then serve ``/metrics`` and start
   the worker's lease (:mod:`celery_autoscale.worker._lease`); ``worker_shutdown``: end the lease.
 """
@@ -22,6 +24,8 @@ import json
 import logging
 import sys
 import time
+
+import redis
 
 from .. import keys
 from .._files import writable
@@ -38,6 +42,9 @@ ROUNDTRIP_TASK = "celery_autoscale.roundtrip"
 #: Release 0.2's name of :data:`ROUNDTRIP_TASK`, still registered so that a round trip sent by 0.2
 #: during an upgrade is answered, not dropped as unknown.
 LEGACY_ROUNDTRIP_TASK = "celery_autoscale.probe"
+
+#: Seconds a task's in-flight record and run record wait for an unreachable Redis.
+WRITE_RETRY_SECONDS = 60.0
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +74,27 @@ class Runtime:
         if self._client is None:
             self._client = connect(self.settings)
         return self._client
+
+    def write(self, fill) -> None:
+        """Send the commands ``fill(pipe)`` queues in one pipeline; while Redis cannot be reached,
+        again after 0.5 s, doubling to 5 s, for up to :data:`WRITE_RETRY_SECONDS` (as Celery's
+        ``result_backend_always_retry`` waits for the result backend in the same task).
+
+        Raises:
+            redis.RedisError: Redis still cannot be reached, or refused a command.
+        """
+        delay, deadline = 0.5, time.monotonic() + WRITE_RETRY_SECONDS
+        while True:
+            try:
+                pipe = self.client().pipeline(transaction=False)
+                fill(pipe)
+                pipe.execute()
+                return
+            except (redis.ConnectionError, redis.TimeoutError):
+                if time.monotonic() + delay > deadline:
+                    raise
+                time.sleep(delay)
+                delay = min(2 * delay, 5.0)
 
     def owns(self, task) -> bool:
         return task is not None and getattr(task, "app", None) is self.app
@@ -99,14 +127,12 @@ class Runtime:
         now = time.time()
         self.started[task_id] = (now, time.perf_counter(), queue)
         prefix = self.settings.key_prefix
+        owner = json.dumps({"worker": task.request.hostname, "deadline": now + self.time_limit(task),
+                            "lease": ttl(self.settings.heartbeat_interval)})
         try:
-            pipe = self.client().pipeline(transaction=False)
-            pipe.zadd(keys.in_flight_key(queue, prefix), {task_id: now})
-            pipe.hset(keys.owners_key(queue, prefix), task_id,
-                      json.dumps({"worker": task.request.hostname, "deadline": now + self.time_limit(task),
-                                  "lease": ttl(self.settings.heartbeat_interval)}))
-            pipe.zrem(keys.scheduled_key(queue, prefix), task_id)
-            pipe.execute()
+            self.write(lambda pipe: (pipe.zadd(keys.in_flight_key(queue, prefix), {task_id: now}),
+                                     pipe.hset(keys.owners_key(queue, prefix), task_id, owner),
+                                     pipe.zrem(keys.scheduled_key(queue, prefix), task_id)))
         except Exception:  # the record must never fail a task
             logger.exception("could not record task %s as in flight", task_id)
         published = getattr(task.request, "published_at", None)
@@ -118,14 +144,17 @@ class Runtime:
             return
         started, began, queue = self.started.pop(task_id, (None, None, queue_of(task.request)))
         settings = self.settings
-        try:
-            pipe = self.client().pipeline(transaction=False)
+        finished = time.time()
+
+        def clear(pipe):
             pipe.zrem(keys.in_flight_key(queue, settings.key_prefix), task_id)
             pipe.hdel(keys.owners_key(queue, settings.key_prefix), task_id)
             if started is not None and settings.run_record_ttl:
-                pipe.set(keys.run_record_key(task_id, settings.key_prefix), f"{started},{time.time()}",
+                pipe.set(keys.run_record_key(task_id, settings.key_prefix), f"{started},{finished}",
                          ex=settings.run_record_ttl)
-            pipe.execute()
+
+        try:
+            self.write(clear)
         except Exception:
             logger.exception("could not clear the in-flight entry of task %s", task_id)
         if self.metrics is not None:
