@@ -53,11 +53,9 @@ def check_credentials(settings: Settings) -> None:
         connect(settings).ping()
     except (redis.AuthenticationError, redis.ResponseError) as exc:
         text = str(exc)
-        if isinstance(exc, redis.AuthenticationError) and not ("required" in text or "HELLO must be" in text):
-            why = "wrong username or password"
-        elif "NOAUTH" in text or "required" in text or "HELLO must be" in text:
+        if any(sign in text for sign in ("NOAUTH", "required", "HELLO must be")):
             why = "it requires a password, none was given (REDIS_PASSWORD_FILE, REDIS_PASSWORD or the URL)"
-        elif "WRONGPASS" in text:
+        elif isinstance(exc, redis.AuthenticationError) or "WRONGPASS" in text:
             why = "wrong username or password"
         else:
             return

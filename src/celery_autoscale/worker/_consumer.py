@@ -99,7 +99,8 @@ class Consumer(CeleryConsumer):
 
     def create_task_handler(self, promise=promise):
         handler = super().create_task_handler(promise)
-        horizon, prefix = settings_of(self.app).eta_horizon, settings_of(self.app).key_prefix
+        settings = settings_of(self.app)
+        horizon, prefix = settings.eta_horizon, settings.key_prefix
 
         def on_task_received(message):
             if _stopping():
