@@ -129,8 +129,11 @@ def requeue(app, settings, limit: int | None = None, progress: list[int] | None 
         producer = app.amqp.Producer(channel)
         while limit is None or sent < limit:
             with channel.client.pipeline() as pipe:
-                pipe.watch(name)
-                raw, length = pipe.lindex(name, position), pipe.llen(name)
+                try:
+                    pipe.watch(name)
+                    raw, length = pipe.lindex(name, position), pipe.llen(name)
+                except redis.WatchError:  # redis-py's name for a connection lost while watching
+                    continue  # read again: a Redis that is down raises ConnectionError there
                 if raw is None:
                     break
                 entry = _parse(raw, length + position)
