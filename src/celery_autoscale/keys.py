@@ -19,6 +19,7 @@ name                                    type          what it holds
 ``celery-autoscale:in-flight-owner:<q>`` hash         task id -> ``{"worker", "deadline"}`` (JSON)
 ``celery-autoscale:scheduled:<q>``      sorted set    tasks a worker holds until their ETA (score: receipt)
 ``celery-autoscale:run:<task id>``      string        ``"<started>,<finished>"`` of a finished run
+``celery-autoscale:stats:<q>``          hash          ``runs``, ``run_seconds`` (counters), ``start_seconds``
 ``celery-autoscale:lease:<worker>``     string        renewed by a live worker's main process (expires)
 ``celery-autoscale:dead-letter``        list          tasks that failed for good, newest first (JSON)
 ``celery-autoscale:parked``             hash          task id -> kombu's ``[payload, exchange, routing_key]``
@@ -37,7 +38,7 @@ from __future__ import annotations
 
 __all__ = ["binding_key", "PREFIX", "backlog_keys", "beat_prefix", "dead_letter_key", "in_flight_key", "lease_key", "legacy_scheduled_key",
            "owners_key", "parked_eta_key", "parked_key", "priority_lists", "roundtrip_reply_key",
-           "roundtrip_results_key", "run_record_key", "scheduled_key", "unacked_key"]
+           "roundtrip_results_key", "run_record_key", "scheduled_key", "stats_key", "unacked_key"]
 
 #: The first part of every key the runtime writes (after kombu's ``global_keyprefix``).
 PREFIX = "celery-autoscale"
@@ -87,6 +88,12 @@ def legacy_scheduled_key(queue: str, prefix: str = "") -> str:
 def run_record_key(task_id: str, prefix: str = "") -> str:
     """The string ``"<started>,<finished>"`` (Unix seconds) kept for a finished task."""
     return f"{prefix}{PREFIX}:run:{task_id}"
+
+
+def stats_key(queue: str, prefix: str = "") -> str:
+    """The hash of ``queue``'s run counters, for sizing to a wait target: ``runs`` (runs ended),
+    ``run_seconds`` (their total run time, seconds) and ``start_seconds`` (the last worker's start)."""
+    return f"{prefix}{PREFIX}:stats:{queue}"
 
 
 def lease_key(worker: str, prefix: str = "") -> str:

@@ -18,7 +18,7 @@ from ..cli import EXIT_BAD_INPUT, EXIT_BROKER, Parser, add_app_option, error, po
 from .._files import writable
 from ..health import heartbeat_file, touch
 from ._deletion_cost import DeletionCost, busy_by_pod, kubernetes_api
-from ._metrics import BrokerCollector
+from ._metrics import BrokerCollector, SizingCollector
 from ._round import reconcile
 
 
@@ -48,7 +48,25 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--queues", default="", metavar="Q,...",
                    help="comma-separated Celery queue names the release serves: the metrics report their backlog, and "
                         "a queue with waiting tasks that is none of them is logged and reported (default: none)")
+    p.add_argument("--wait-targets", type=wait_targets, default={}, metavar="Q=SECONDS,...",
+                   help="queue-wait targets, seconds, per Celery queue: /metrics then serves each one's "
+                        "celery_autoscale_desired_processes, which the chart's KEDA trigger reads "
+                        "(needs --metrics-port) (default: none)")
     return p
+
+
+def wait_targets(text: str) -> dict[str, float]:
+    """``emails=10,reports=60`` as ``{"emails": 10.0, "reports": 60.0}``: each a positive number of seconds."""
+    out = {}
+    for item in queue_names(text):
+        queue, sep, value = item.partition("=")
+        if not sep or not queue.strip():
+            raise argparse.ArgumentTypeError(f"each item must be QUEUE=SECONDS, got {item!r}")
+        try:
+            out[queue.strip()] = positive_seconds(value.strip())
+        except argparse.ArgumentTypeError as exc:
+            raise argparse.ArgumentTypeError(f"{item}: {exc}") from None
+    return out
 
 
 def _deletion_cost(args):
@@ -64,7 +82,10 @@ def _deletion_cost(args):
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    p = parser()
+    args = p.parse_args(argv)
+    if args.wait_targets and not args.metrics_port:
+        p.error("--wait-targets needs --metrics-port: KEDA reads the desired processes from /metrics")
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
@@ -91,7 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.metrics_port:
         try:
             serve(args.metrics_port, BacklogCollector(settings, served, client),
-                  BrokerCollector(settings, client, served), address=settings.metrics_address)
+                  BrokerCollector(settings, client, served), SizingCollector(settings, client, args.wait_targets),
+                  address=settings.metrics_address)
         except OSError as exc:
             return error(f"--metrics-port {args.metrics_port}: {exc.strerror or exc}", EXIT_BAD_INPUT)
     lost_since: dict[str, float] = {}  # worker -> when its lease was first seen missing (monotonic)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+import threading
 
 from .. import keys
 from ..roundtrip import results
+from ._sizing import QueueSizer
 from ._unserved import unserved
 
-__all__ = ["BrokerCollector"]
+__all__ = ["BrokerCollector", "SizingCollector"]
 
 logger = logging.getLogger(__name__)
 
@@ -57,3 +59,49 @@ class BrokerCollector:
                 if result.get(name) is not None:
                     family.add_metric([queue], float(result[name]))
         yield from families.values()
+
+
+class SizingCollector:
+    """Each wait-target queue's :func:`~celery_autoscale.reconciler._sizing.wanted_processes` and its
+    inputs, read from Redis at each scrape (KEDA's ``metrics-api`` trigger reads the first). While
+    Redis cannot be read no series is served, so KEDA's trigger fails and its fallback applies.
+
+    Args:
+        settings: the app's settings; client: a ``redis.Redis`` for its broker;
+        targets: Celery queue name -> queue-wait target, seconds.
+    """
+
+    def __init__(self, settings, client, targets: dict[str, float]):
+        self.client = client
+        self.sizers = [QueueSizer(queue, target, settings) for queue, target in sorted(targets.items())]
+        self._lock = threading.Lock()  # scrapes arrive on several threads; the averages are shared
+
+    def collect(self):
+        from prometheus_client.core import GaugeMetricFamily
+
+        try:
+            with self._lock:
+                found = [sizer.read(self.client) for sizer in self.sizers]
+        except Exception as exc:  # no series: KEDA falls back to the true backlog
+            logger.warning("queue sizing unavailable: %s", type(exc).__name__)
+            return
+        families = [
+            ("processes", "celery_autoscale_desired_processes",
+             "Processes that keep the queue's wait under its target (reconciler._sizing)."),
+            ("target", "celery_autoscale_queue_wait_target_seconds", "The queue-wait target, seconds."),
+            ("oldest_wait", "celery_autoscale_queue_latency_seconds",
+             "Age of the oldest task waiting in any priority list of the queue, seconds."),
+            ("run_seconds", "celery_autoscale_task_run_seconds_average",
+             "Moving average of the queue's run times, seconds."),
+            ("arrival_rate", "celery_autoscale_arrival_rate_tasks_per_second",
+             "Moving average of the tasks arriving on the queue, tasks/s."),
+            ("start_seconds", "celery_autoscale_worker_start_seconds",
+             "Seconds the queue's last worker took from process start to ready."),
+        ]
+        for field, name, text in families:
+            family = GaugeMetricFamily(name, text, labels=["queue"])
+            for sizing in found:
+                value = getattr(sizing, field)
+                if value is not None:
+                    family.add_metric([sizing.queue], float(value))
+            yield family

@@ -145,6 +145,7 @@ class Runtime:
         started, began, queue = self.started.pop(task_id, (None, None, queue_of(task.request)))
         settings = self.settings
         finished = time.time()
+        took = time.perf_counter() - began if began is not None else None
 
         def clear(pipe):
             pipe.zrem(keys.in_flight_key(queue, settings.key_prefix), task_id)
@@ -152,6 +153,10 @@ class Runtime:
             if started is not None and settings.run_record_ttl:
                 pipe.set(keys.run_record_key(task_id, settings.key_prefix), f"{started},{finished}",
                          ex=settings.run_record_ttl)
+            if took is not None:  # for sizing to a wait target (reconciler._sizing)
+                stats = keys.stats_key(queue, settings.key_prefix)
+                pipe.hincrby(stats, "runs", 1)
+                pipe.hincrbyfloat(stats, "run_seconds", round(took, 6))
 
         try:
             self.write(clear)
@@ -159,8 +164,8 @@ class Runtime:
             logger.exception("could not clear the in-flight entry of task %s", task_id)
         if self.metrics is not None:
             self.metrics.tasks.labels(queue, task.name, (state or "unknown").lower()).inc()
-            if began is not None:
-                self.metrics.runtime.labels(queue, task.name).observe(time.perf_counter() - began)
+            if took is not None:
+                self.metrics.runtime.labels(queue, task.name).observe(took)
 
     def worker_init(self, sender=None, **_):
         """Before the pool forks: refuse an app without tasks; a clean multiprocess folder and the metrics.
@@ -192,11 +197,25 @@ class Runtime:
             self.lease = Lease(self.client(), sender.hostname, self.settings.heartbeat_interval,
                                self.settings.key_prefix)
             self.lease.start()
-        if self.metrics is None:
-            return
         consumer = sender.task_consumer
         queues = sorted(q.name for q in consumer.queues) if consumer else []
-        self.metrics.serve(self.settings, queues, self.client())
+        self.record_start(queues)
+        if self.metrics is not None:
+            self.metrics.serve(self.settings, queues, self.client())
+
+    def record_start(self, queues: list[str]) -> None:
+        """Record how long this worker took from its process start to ready, for sizing to a wait
+        target (``start_seconds`` of each queue's :func:`~celery_autoscale.keys.stats_key`)."""
+        took = process_age()
+        if took is None or not queues:
+            return
+        try:
+            pipe = self.client().pipeline(transaction=False)
+            for queue in queues:
+                pipe.hset(keys.stats_key(queue, self.settings.key_prefix), "start_seconds", round(took, 3))
+            pipe.execute()
+        except redis.RedisError:
+            logger.warning("could not record the worker's start time")
 
 
     def worker_shutdown(self, sender=None, **_):
@@ -216,6 +235,21 @@ def check_files(settings) -> None:
     if not writable(beat):
         raise ConfigError(f"the heartbeat file {beat} (CELERY_HEARTBEAT_FILE) cannot be written: a folder, or its "
                           f"folder is missing or read-only")
+
+
+def process_age() -> float | None:
+    """Seconds since this process started (Linux ``/proc``: ``starttime`` of ``/proc/self/stat``
+    after the boot time ``btime`` of ``/proc/stat``), or None where ``/proc`` cannot tell."""
+    import os
+
+    try:
+        with open("/proc/self/stat") as f:
+            started = int(f.read().rsplit(")", 1)[1].split()[19])  # field 22, after the command's name
+        with open("/proc/stat") as f:
+            boot = next(int(line.split()[1]) for line in f if line.startswith("btime "))
+        return max(0.0, time.time() - boot - started / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
 
 
 def own_tasks(app) -> list[str]:

@@ -1,0 +1,199 @@
+"""Size a queue to a queue-wait target: the processes that keep every task's wait under W seconds.
+
+The chart's default target is one task per process (KEDA's composite metric is the true backlog,
+its target the concurrency): any backlog is drained within one run time, whatever wait the user
+would accept. With ``autoscaling.targetQueueWaitSeconds`` (W) the queue instead gets the processes
+:func:`wanted_processes` computes from what the runtime measures in Redis:
+
+- ``busy`` (``B``): tasks running (the in-flight set), ``queued`` (``Q``): tasks waiting in every
+  priority list, ``scheduled``: tasks a worker holds for their ETA;
+- the mean run time ``R`` (seconds), an exponentially weighted moving average over the runs the
+  workers count in :func:`~celery_autoscale.keys.stats_key` (``runs``, ``run_seconds``), smoothed
+  with a time constant of :data:`SMOOTHING_SECONDS`, as the Linux load average smooths;
+- the arrival rate ``λ`` (tasks/s): runs ended plus the growth of the unfinished tasks, per second,
+  smoothed the same way (no producer cooperation needed);
+- the queue latency ``A`` (seconds): the age of the oldest waiting task across every priority list
+  (kombu pushes on the left and pops on the right, so each list's oldest message is its last,
+  ``LINDEX -1``), from the ``published_at`` header that producers with the runtime stamp; for a
+  message without it (a plain producer) the time this process first saw it at either end of a list
+  is used, a lower bound up to one poll late;
+- the worker start time ``S`` (seconds): what the last worker to start measured from its process
+  start to ``worker_ready`` (``start_seconds``), else :data:`DEFAULT_START_SECONDS`.
+
+The formula. Little's law (L = λW, Little 1961) gives the processes the arrivals keep busy in
+steady state: ``λ·R``. The backlog ``Q`` is ``Q·R`` process-seconds of work; to finish it within the
+time that is left, ``T``, takes ``Q·R/T`` processes more — AWS's rule for queue workers ("acceptable
+backlog per instance = acceptable latency / average processing time", Application Auto Scaling,
+*Scaling policy based on Amazon SQS*) is the same with ``T = W``. A process started now is useful
+only after ``S``, and the oldest task has already waited ``A``, so::
+
+    T = W - max(S, A)
+    N = max(B, ceil(λ·R + min(Q, Q·R/T)))      (T > R; with T <= R, Q·R/T is Q: a process per task)
+
+never fewer than the busy processes (a scale-down must not take a running task's process), never
+zero while any task is unfinished (``N >= 1`` with ``Q``, ``B`` or ``scheduled`` above zero), and 0
+with none (``λ`` decays slowly; the HPA's scale-down stabilization window and KEDA's
+``cooldownPeriod`` already keep replicas between the tasks of a steady stream). The
+``min(Q, ...)`` term is the correction as the oldest wait approaches the target: ``T`` shrinks, and at
+``T <= R`` every waiting task gets a process, which is the default target's one task per process.
+With no run measured yet (a queue's first tasks), ``R`` is unknown and the queue also gets one
+process per waiting task. Replicas are ``ceil(N / concurrency)``: KEDA divides the metric by its
+target, the concurrency.
+
+How it fails safe: the chart's formula reads this figure through a ``metrics-api`` trigger named
+``wait_target`` and falls back, with KEDA's ``fallback.behavior: scalingModifiers`` and ``??``, to the
+true backlog the Redis triggers read (one task per process) when the reconciler cannot be reached.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from .. import keys
+from .._redis import as_text
+
+__all__ = ["DEFAULT_START_SECONDS", "SMOOTHING_SECONDS", "QueueSizer", "Sizing", "wanted_processes"]
+
+#: Seconds a worker is assumed to take to start when none has measured it.
+DEFAULT_START_SECONDS = 10.0
+#: Time constant (seconds) of the moving averages of run time and arrival rate.
+SMOOTHING_SECONDS = 60.0
+#: Tasks whose first sighting each queue's sizer remembers (message ids without ``published_at``).
+SEEN_LIMIT = 4096
+
+
+def wanted_processes(target: float, busy: int, queued: int, scheduled: int, run_seconds: float | None,
+                     arrival_rate: float, oldest_wait: float, start_seconds: float) -> int:
+    """The processes a queue needs to keep every task's wait under ``target`` (see the module docs).
+
+    Args:
+        target: W, the queue-wait target, seconds (> 0).
+        busy: tasks running now.
+        queued: tasks waiting in every priority list.
+        scheduled: tasks held by workers for their ETA.
+        run_seconds: R, the mean run time, seconds; None if none was measured (then every waiting
+            task gets a process).
+        arrival_rate: λ, tasks/s (>= 0).
+        oldest_wait: A, the age of the oldest waiting task, seconds (0 with none).
+        start_seconds: S, a new worker's start time, seconds.
+
+    Returns:
+        N, processes: >= ``busy``, >= 1 while any task is unfinished, 0 with none.
+    """
+    if not (queued or busy or scheduled):
+        return 0  # nothing unfinished: KEDA's cooldownPeriod and the HPA's stabilization window decide
+    if run_seconds is None or run_seconds <= 0:
+        drain = float(queued)
+    else:
+        left = target - max(start_seconds, oldest_wait)
+        drain = float(queued) if left <= run_seconds else min(float(queued), queued * run_seconds / left)
+    steady = arrival_rate * run_seconds if run_seconds else 0.0
+    return max(busy, 1, math.ceil(round(steady + drain, 9)))
+
+
+@dataclass(frozen=True)
+class Sizing:
+    """One queue's inputs and its :func:`wanted_processes`, as one read found them."""
+
+    queue: str
+    target: float
+    busy: int
+    queued: int
+    scheduled: int
+    run_seconds: float | None
+    arrival_rate: float
+    oldest_wait: float
+    start_seconds: float
+    processes: int
+
+
+class QueueSizer:
+    """Reads one queue's state from Redis and keeps the moving averages between reads.
+
+    One per queue and process; :meth:`read` is called at each scrape (KEDA's poll, Prometheus).
+    Reads shorter than a second apart reuse the averages.
+    """
+
+    def __init__(self, queue: str, target: float, settings, clock=time.time):
+        self.queue, self.target, self.settings, self.clock = queue, float(target), settings, clock
+        self.run_seconds: float | None = None
+        self.arrival_rate = 0.0
+        self._last: tuple[float, int, float, int] | None = None  # (time, runs, run seconds, unfinished)
+        self._seen: OrderedDict[str, float] = OrderedDict()  # message id -> first seen (Unix seconds)
+
+    def read(self, client) -> Sizing:
+        """One pipeline: every list's length and oldest and newest message, the in-flight and
+        scheduled counts, the workers' run counters and start time.
+
+        Raises:
+            redis.RedisError: Redis cannot be reached (the averages are kept).
+        """
+        s, queue = self.settings, self.queue
+        lists = keys.priority_lists(queue, s.priority_steps, s.separator, s.key_prefix)
+        pipe = client.pipeline(transaction=False)
+        for name in lists:
+            pipe.llen(name)
+            pipe.lindex(name, -1)
+            pipe.lindex(name, 0)
+        pipe.zcard(keys.in_flight_key(queue, s.key_prefix))
+        pipe.zcard(keys.scheduled_key(queue, s.key_prefix))
+        pipe.hmget(keys.stats_key(queue, s.key_prefix), "runs", "run_seconds", "start_seconds")
+        *per_list, busy, scheduled, (runs, run_total, start) = pipe.execute()
+        now = self.clock()
+        queued, oldest = 0, None
+        for i in range(len(lists)):
+            length, tail, head = per_list[3 * i: 3 * i + 3]
+            queued += int(length)
+            self._published(head, now)  # seen at the newest end: a plain message's age counts from here
+            published = self._published(tail, now)
+            if published is not None:
+                oldest = published if oldest is None else min(oldest, published)
+        self._update(now, int(runs or 0), float(run_total or 0.0), queued + int(busy) + int(scheduled))
+        wait = max(0.0, now - oldest) if oldest is not None else 0.0
+        start_seconds = float(start) if start is not None else DEFAULT_START_SECONDS
+        processes = wanted_processes(self.target, int(busy), queued, int(scheduled), self.run_seconds,
+                                     self.arrival_rate, wait, start_seconds)
+        return Sizing(queue, self.target, int(busy), queued, int(scheduled), self.run_seconds, self.arrival_rate,
+                      wait, start_seconds, processes)
+
+    def _published(self, raw, now: float) -> float | None:
+        """When the message ``raw`` was published: its ``published_at`` header, else when first seen."""
+        if raw is None:
+            return None
+        try:
+            headers = json.loads(raw)["headers"]
+            stamp = headers.get("published_at")
+            if stamp is not None:
+                return float(stamp)
+            task_id = str(headers["id"])
+        except (ValueError, TypeError, KeyError, AttributeError):
+            task_id = as_text(raw)[:200]  # not a Celery message: remember it by its text
+        first = self._seen.get(task_id)
+        if first is None:
+            first = self._seen[task_id] = now
+            while len(self._seen) > SEEN_LIMIT:
+                self._seen.popitem(last=False)
+        return first
+
+    def _update(self, now: float, runs: int, run_total: float, unfinished: int) -> None:
+        """Fold the counters' change since the last read into the moving averages."""
+        last = self._last
+        if last is not None and now - last[0] < 1.0:
+            return
+        self._last = (now, runs, run_total, unfinished)
+        if last is None or runs < last[1]:  # the first read, or the counters were reset (Redis lost them)
+            if self.run_seconds is None and runs:
+                self.run_seconds = run_total / runs
+            return
+        elapsed = now - last[0]
+        weight = 1.0 - math.exp(-elapsed / SMOOTHING_SECONDS)
+        ended = runs - last[1]
+        if ended:
+            mean = max(0.0, run_total - last[2]) / ended
+            self.run_seconds = mean if self.run_seconds is None else self.run_seconds + weight * (mean - self.run_seconds)
+        rate = max(0.0, (ended + unfinished - last[3]) / elapsed)
+        self.arrival_rate += weight * (rate - self.arrival_rate)

@@ -1,0 +1,84 @@
+"""A queue sized to a queue-wait target: the formula, and the figures the reconciler serves KEDA.
+
+``reconciler._sizing.wanted_processes`` is the formula the README derives; the reconciler serves it
+per queue as ``celery_autoscale_desired_processes`` with its inputs, measured from a plain app's
+tasks (no ``published_at`` stamp) and the runtime's run counters.
+"""
+
+import time
+
+import pytest
+from celery_autoscale.reconciler._sizing import wanted_processes
+from helpers import eventually, scrape
+from test_plain_app import APP, plain_producer, plain_stack, plain_worker  # noqa: F401 (a fixture)
+
+from loadgen.stack import free_port
+
+
+def wanted(**given) -> int:
+    inputs = dict(target=10.0, busy=0, queued=0, scheduled=0, run_seconds=1.0, arrival_rate=0.0, oldest_wait=0.0,
+                  start_seconds=2.0)
+    return wanted_processes(**{**inputs, **given})
+
+
+def test_the_backlog_is_drained_within_the_time_left_after_a_worker_starts():
+    # 80 tasks of 1 s, W = 10 s, S = 2 s: 8 s are left, 80 process-seconds of work take 10 processes
+    assert wanted(queued=80) == 10
+    # AWS's rule (backlog per instance = latency / processing time) is the case S = 0, A = 0
+    assert wanted(queued=80, start_seconds=0) == 8
+    # Little's law: 3 tasks/s of 2 s keep 6 processes busy, whatever the backlog
+    assert wanted(arrival_rate=3.0, run_seconds=2.0, busy=6) == 6
+    assert wanted(arrival_rate=3.0, run_seconds=2.0, busy=6, queued=16) == 6 + 4  # 32 s of work in 8 s
+
+
+def test_as_the_oldest_wait_nears_the_target_every_waiting_task_gets_a_process():
+    counts = [wanted(queued=40, oldest_wait=age) for age in (0, 4, 6, 8, 9, 9.5, 12)]
+    assert counts == sorted(counts) and counts[0] == 5 and counts[-1] == 40
+    assert wanted(queued=40, oldest_wait=9.5) == 40  # 0.5 s left is less than one run: a process each
+
+
+def test_never_fewer_than_the_busy_processes_never_zero_with_an_unfinished_task():
+    assert wanted(busy=7) == 7  # idle arrivals do not scale a running task's process away
+    assert wanted(queued=1, run_seconds=0.01) == 1
+    assert wanted(scheduled=3) == 1  # an ETA task needs a live worker to hold it
+    assert wanted() == 0
+    assert wanted(queued=25, run_seconds=None) == 25  # nothing measured yet: the default target
+
+
+@pytest.mark.parametrize("given", [dict(target=1.0, queued=10, start_seconds=30.0), dict(queued=10, oldest_wait=100.0)])
+def test_a_target_that_cannot_be_met_asks_a_process_per_task_not_more(given):
+    assert wanted(**given) == 10
+
+
+def test_the_reconciler_serves_the_desired_processes_from_a_plain_apps_tasks(plain_stack):
+    """A plain producer (no ``published_at``) sends 12 tasks of 0.5 s to ``reports.daily``; one plain
+    worker of 2 threads runs them. The reconciler's /metrics, at each scrape: the queue latency
+    (first seen) grows while tasks wait, the average run time approaches 0.5 s, the worker's start
+    time is measured, and the desired processes are the formula of those inputs, never below busy."""
+    producer = plain_producer(plain_stack)
+    port = free_port()
+    plain_stack.start_reconciler("--interval", "1", "--metrics-port", str(port), "--queues", "reports.daily",
+                                 "--wait-targets", "reports.daily=3", app=APP)
+
+    def sizing():
+        samples = {name: value for (name, labels), value in scrape(port).items()
+                   if dict(labels).get("queue") == "reports.daily"}
+        return {name.removeprefix("celery_autoscale_"): value for name, value in samples.items()}
+
+    assert sizing()["desired_processes"] == 0
+    results = [producer.send_task("myproject.daily_report", args=[f"day-{i}"], kwargs={"seconds": 0.5},
+                                  queue="reports.daily") for i in range(12)]
+    first = sizing()
+    assert first["desired_processes"] == 12  # no run measured yet: a process per waiting task
+    time.sleep(1.5)
+    later = sizing()
+    assert later["queue_latency_seconds"] >= 1.4  # the oldest, first seen a scrape ago, still waits
+    plain_worker(plain_stack, "reports.daily", "sized")
+    while not all(r.ready() for r in results):
+        assert sizing()["desired_processes"] >= 1  # never zero while a task is unfinished
+        time.sleep(0.1)
+    assert [r.get(timeout=10)["day"] for r in results] == [f"day-{i}" for i in range(12)]
+    done = eventually(lambda: next((s for s in [sizing()] if s["desired_processes"] == 0), None), 30, "an idle queue")
+    assert 0.45 <= done["task_run_seconds_average"] <= 0.7, done
+    assert 0 < done["worker_start_seconds"] < 30, done
+    assert done["queue_wait_target_seconds"] == 3 and done["queue_latency_seconds"] == 0
