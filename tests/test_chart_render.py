@@ -11,8 +11,12 @@ from chart import CHART, KEDA_CRDS, KUBE_VERSION, MONITORING_CRDS, VALUES_FILES,
 
 SENTINEL = {"redis": {"enabled": False, "external": {"sentinel": {
     "enabled": True, "addresses": ["sentinel-0.sentinel:26379", "sentinel-1.sentinel:26379"], "masterName": "mymaster"}}}}
+#: A queue sized to a queue-wait target, one with a cron floor too (tests/test_wait_target.py).
+WAIT_TARGET = {"queues": {"cpu": {"autoscaling": {"targetQueueWaitSeconds": 30}},
+                          "io": {"autoscaling": {"targetQueueWaitSeconds": 2.5, "cron": [
+                              {"timezone": "UTC", "start": "0 8 * * 1-5", "end": "0 18 * * 1-5", "desiredReplicas": 2}]}}}}
 CASES = ([pytest.param({}, id="defaults")] + [pytest.param(load_values(p), id=p.name) for p in VALUES_FILES]
-         + [pytest.param(SENTINEL, id="external-sentinel")])
+         + [pytest.param(SENTINEL, id="external-sentinel"), pytest.param(WAIT_TARGET, id="wait-target")])
 
 
 @functools.cache

@@ -9,7 +9,10 @@ import time
 
 import pytest
 from celery_autoscale.reconciler._sizing import wanted_processes
+from chart import by_kind, render_chart
 from helpers import eventually, scrape
+from test_chart_render import WAIT_TARGET
+from test_chart_schema import rejected
 from test_plain_app import APP, plain_producer, plain_stack, plain_worker  # noqa: F401 (a fixture)
 
 from loadgen.stack import free_port
@@ -82,3 +85,47 @@ def test_the_reconciler_serves_the_desired_processes_from_a_plain_apps_tasks(pla
     assert 0.45 <= done["task_run_seconds_average"] <= 0.7, done
     assert 0 < done["worker_start_seconds"] < 30, done
     assert done["queue_wait_target_seconds"] == 3 and done["queue_latency_seconds"] == 0
+
+
+def test_the_chart_reads_the_reconcilers_figure_and_falls_back_to_the_true_backlog():
+    """``targetQueueWaitSeconds``: a ``metrics-api`` trigger reads the queue's desired processes from
+    the reconciler's Service, at ``concurrency`` per replica; KEDA's ``scalingModifiers`` fallback
+    turns a failing trigger into nil, so the formula falls back to the true backlog (one task per
+    process), and the running tasks are its floor. A queue without a target is unchanged."""
+    objects = render_chart(WAIT_TARGET)
+    scaled = by_kind(objects, "ScaledObject")
+    cpu, io, mixed = (scaled[f"rel-celery-autoscale-worker-{q}"]["spec"] for q in ("cpu", "io", "mixed"))
+    trigger = next(t for t in cpu["triggers"] if t["type"] == "metrics-api")
+    assert trigger == {"type": "metrics-api", "name": "wait_target", "useCachedMetrics": True, "metadata": {
+        "url": "http://rel-celery-autoscale-reconciler.apps.svc:9809/metrics", "format": "prometheus",
+        "valueLocation": 'celery_autoscale_desired_processes{queue="cpu"}', "targetValue": "2"}}
+    backlog = ("((queued_0 == nil || queued_3 == nil || queued_6 == nil || queued_9 == nil || in_flight == nil || "
+               "scheduled == nil) ? nil : queued_0 + queued_3 + queued_6 + queued_9 + in_flight + scheduled)")
+    assert cpu["advanced"]["scalingModifiers"]["formula"] == \
+        f"(wait_target == nil ? {backlog} : max(wait_target, in_flight ?? 0))"
+    assert cpu["advanced"]["scalingModifiers"]["target"] == "2" and cpu["fallback"]["behavior"] == "scalingModifiers"
+    assert io["advanced"]["scalingModifiers"]["formula"].endswith(", peak_0 * 16)")  # the cron floor, at concurrency
+    assert not any(t["type"] == "metrics-api" for t in mixed["triggers"])
+    assert mixed["fallback"]["behavior"] == "currentReplicasIfHigher"
+
+    reconciler = by_kind(objects, "Deployment")["rel-celery-autoscale-reconciler"]["spec"]["template"]
+    assert "--wait-targets=cpu=30,io=2.5" in reconciler["spec"]["containers"][0]["args"]
+    service = by_kind(objects, "Service")["rel-celery-autoscale-reconciler"]["spec"]
+    assert service["selector"].items() <= reconciler["metadata"]["labels"].items()
+    assert service["ports"] == [{"name": "metrics", "port": 9809, "targetPort": "metrics", "protocol": "TCP"}]
+    assert {"name": "metrics", "containerPort": 9809, "protocol": "TCP"} in reconciler["spec"]["containers"][0]["ports"]
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"listLength": 5}, "queues.io.autoscaling: targetQueueWaitSeconds and listLength cannot be combined"),
+    ({"fallback": {"enabled": False}}, "queues.io.autoscaling.targetQueueWaitSeconds needs autoscaling.fallback.enabled"),
+    ({"targetQueueWaitSeconds": 0}, "/queues/io/autoscaling/targetQueueWaitSeconds"),
+])
+def test_a_wait_target_that_cannot_work_fails_the_render(values, message):
+    assert message in rejected({"queues": {"io": {"autoscaling": {"targetQueueWaitSeconds": 5, **values}}}})
+
+
+@pytest.mark.parametrize("reconciler", [{"enabled": False}, {"metricsPort": 0}])
+def test_a_wait_target_needs_the_reconcilers_metrics(reconciler):
+    message = rejected({"reconciler": reconciler, "queues": {"io": {"autoscaling": {"targetQueueWaitSeconds": 5}}}})
+    assert "queues.io.autoscaling.targetQueueWaitSeconds needs the reconciler with reconciler.metricsPort" in message

@@ -32,6 +32,11 @@ series, which exist while a queue has no worker: the backlog of every queue it i
   ``celery_autoscale_canary_success{queue}`` (1 or 0, the last run) and
   ``celery_autoscale_canary_round_trip_seconds{queue}`` (the last success's): what
   ``python -m celery_autoscale.roundtrip --record`` (the chart's canary) wrote to Redis.
+- with ``--wait-targets``, per such queue: ``celery_autoscale_desired_processes{queue}`` (what
+  KEDA's ``metrics-api`` trigger reads) and its inputs, ``celery_autoscale_queue_wait_target_seconds``,
+  ``celery_autoscale_queue_latency_seconds`` (the oldest waiting task's age),
+  ``celery_autoscale_task_run_seconds_average``, ``celery_autoscale_arrival_rate_tasks_per_second``
+  and ``celery_autoscale_worker_start_seconds`` (:mod:`celery_autoscale.reconciler._sizing`).
 """
 
 from __future__ import annotations

@@ -20,3 +20,16 @@ $q.target (tasks per replica: listLength, else concurrency). Renders nothing.
 {{- $queues = append $queues $q.celeryQueue }}{{ end }}{{ end }}
 {{- join "," $queues }}
 {{- end }}
+
+{{/* The queue-wait targets of the autoscaled queues that have one, `<celery queue>=<seconds>,...`
+(the reconciler's --wait-targets); empty with none. */}}
+{{- define "celery-autoscale.waitTargets" -}}
+{{- $targets := list }}
+{{- range $queue, $cfg := .Values.queues }}{{ if kindIs "map" $cfg }}
+{{- $q := dict }}{{ include "celery-autoscale.queue" (dict "root" $ "key" $queue "cfg" $cfg "out" $q) }}
+{{- $a := $q.settings.autoscaling }}
+{{- if and $a.enabled $a.targetQueueWaitSeconds }}
+{{- $targets = append $targets (printf "%s=%v" $q.celeryQueue $a.targetQueueWaitSeconds) }}
+{{- end }}{{ end }}{{ end }}
+{{- join "," $targets }}
+{{- end }}

@@ -5,7 +5,7 @@ It runs apart from the workers, so it works while a queue has none:
     python -m celery_autoscale.reconciler [--app MODULE:ATTR] [--interval 10] [--margin 30]
                                           [--heartbeat-file /tmp/celery-heartbeat] [--once]
                                           [--deletion-cost-selector SELECTOR [--namespace NS]]
-                                          [--metrics-port 9809 --queues Q,...]
+                                          [--metrics-port 9809 --queues Q,... [--wait-targets Q=SECONDS,...]]
 
 Each round (every ``--interval`` seconds) restores, without any worker of the queue running:
 messages unacknowledged for longer than the visibility timeout (kombu's ``restore_visible``),
@@ -18,7 +18,9 @@ removes idle workers first (``_deletion_cost``; needs the ``kubernetes``
 extra and RBAC to get, list and patch pods). With ``--metrics-port`` it serves Prometheus
 ``/metrics`` that exist while a queue has no worker: the backlog of each of ``--queues``, the
 parked and dead-letter counts and the canary's results (``_metrics``),
-read from Redis at scrape time. Errors talking
+read from Redis at scrape time, and with ``--wait-targets`` each such queue's desired processes
+(``celery_autoscale_desired_processes``: :mod:`~celery_autoscale.reconciler._sizing`), which the
+chart's KEDA ``metrics-api`` trigger reads. Errors talking
 to Redis are logged and retried next round. Exit status (``--once``): 0 done, 2 bad input,
 3 the broker cannot be reached.
 """

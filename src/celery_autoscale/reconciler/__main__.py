@@ -59,7 +59,7 @@ def wait_targets(text: str) -> dict[str, float]:
     """``emails=10,reports=60`` as ``{"emails": 10.0, "reports": 60.0}``: each a positive number of seconds."""
     out = {}
     for item in queue_names(text):
-        queue, sep, value = item.partition("=")
+        queue, sep, value = item.rpartition("=")  # a queue name may hold "=", never a number
         if not sep or not queue.strip():
             raise argparse.ArgumentTypeError(f"each item must be QUEUE=SECONDS, got {item!r}")
         try:
