@@ -99,10 +99,11 @@ def test_the_chart_reads_the_reconcilers_figure_and_falls_back_to_the_true_backl
     assert trigger == {"type": "metrics-api", "name": "wait_target", "useCachedMetrics": True, "metadata": {
         "url": "http://rel-celery-autoscale-reconciler.apps.svc:9809/metrics", "format": "prometheus",
         "valueLocation": 'celery_autoscale_desired_processes{queue="cpu"}', "targetValue": "2"}}
-    backlog = ("((queued_0 == nil || queued_3 == nil || queued_6 == nil || queued_9 == nil || in_flight == nil || "
-               "scheduled == nil) ? nil : queued_0 + queued_3 + queued_6 + queued_9 + in_flight + scheduled)")
+    terms = ["queued_0", "queued_3", "queued_6", "queued_9", "in_flight", "scheduled"]
+    unread = " || ".join(f"({t} ?? -1) < 0" for t in terms)  # KEDA's nil, or its cached placeholder -1
+    backlog = f"(({unread}) ? nil : {' + '.join(terms)})"
     assert cpu["advanced"]["scalingModifiers"]["formula"] == \
-        f"(wait_target == nil ? {backlog} : max(wait_target, in_flight ?? 0))"
+        f"((wait_target ?? -1) < 0 ? {backlog} : max(wait_target, in_flight ?? 0))"
     assert cpu["advanced"]["scalingModifiers"]["target"] == "2" and cpu["fallback"]["behavior"] == "scalingModifiers"
     assert io["advanced"]["scalingModifiers"]["formula"].endswith(", peak_0 * 16)")  # the cron floor, at concurrency
     assert not any(t["type"] == "metrics-api" for t in mixed["triggers"])

@@ -13,7 +13,7 @@ Where a host differs from a pod, the bridge translates and says so here:
   (except ``PYTHONPATH``, which names code on this host: a user's image would hold that code);
 - ``%h`` in the args becomes the pod name (a pod's hostname is its name; here all share one host);
 - ``CELERY_METRICS_PORT`` and a ``--metrics-port=`` argument become a free port (pods have a
-  network namespace each; here they share one);
+  network namespace each; here they share one), but for a pod behind a Service;
 - ``celery`` and ``python`` run with this interpreter, where the package is installed;
 - a pod that mounts its service account token (``automountServiceAccountToken: true``) gets a
   token of that service account from the TokenRequest API in a kubeconfig named by
@@ -25,7 +25,7 @@ Where a host differs from a pod, the bridge translates and says so here:
   claim does; every other volume is new with each pod (``<workdir>/<pod>-<uid>/<volume>``);
 - a pod behind a Service listens on that Service's loopback address (:mod:`services`), which
   ``/etc/hosts`` names as cluster DNS would: ``redis-server`` gets ``--bind <address>``, Flower
-  ``--address=<address>``; any other pod that serves ports behind a Service fails loudly;
+  ``--address=<address>``, the reconciler ``CELERY_METRICS_ADDRESS=<address>``; any other pod that serves ports behind a Service fails loudly;
 - a pod that replaces one of the same name (a StatefulSet's) starts after the old process exited,
   as the kubelet guarantees for StatefulSet pods;
 - a Job's pod ends as its process does: the bridge sets the pod's phase ``Succeeded`` or
@@ -152,11 +152,12 @@ class PodBridge:
         argv = [a.replace("%h", name) for a in [*(container.command or []), *(container.args or [])]]
         argv = [VAR.sub(lambda m: env.get(m.group(1), m.group(0)), a) for a in argv]
         argv = [self._host_paths(a, mounts) for a in argv]
-        argv = [f"--metrics-port={free_port()}" if a.startswith("--metrics-port=") and a != "--metrics-port=0" else a
-                for a in argv]
         address = self.services.for_pod(pod) if self.services else None
         if address:
-            argv = self._bind(pod, argv, address)
+            argv = self._bind(pod, argv, address, env)
+        else:
+            argv = [f"--metrics-port={free_port()}" if a.startswith("--metrics-port=") and a != "--metrics-port=0"
+                    else a for a in argv]
         if argv and argv[0] == "celery":
             argv = [sys.executable, "-m", "celery", *argv[1:]]
         elif argv and argv[0] == "python":
@@ -184,12 +185,15 @@ class PodBridge:
         return re.sub(r"(?<![\w./-])(" + pattern + r")(?=[/\s\"')]|$)", lambda m: paths[m.group(1)], arg)
 
     @staticmethod
-    def _bind(pod: client.V1Pod, argv: list[str], address: str) -> list[str]:
-        """``argv`` listening on ``address``, the pod's Service address (see the module docs)."""
+    def _bind(pod: client.V1Pod, argv: list[str], address: str, env: dict[str, str]) -> list[str]:
+        """``argv`` (and ``env``) listening on ``address``, the pod's Service address (see the module docs)."""
         if argv[:2] == ["sh", "-c"] and "redis-server" in argv[2]:
             return [*argv[:2], f"{argv[2]} --bind {address}", *argv[3:]]
         if "celery_autoscale.flower" in argv:
             return [*argv, f"--address={address}"]
+        if "celery_autoscale.reconciler" in argv:  # its /metrics, on the Service's port
+            env["CELERY_METRICS_ADDRESS"] = address
+            return argv
         raise ValueError(f"the bridge cannot make pod {pod.metadata.name} listen on its Service address: {argv}")
 
     def _materialize_volumes(self, pod: client.V1Pod, home: Path) -> dict[str, Path]:

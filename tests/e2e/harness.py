@@ -89,6 +89,13 @@ class Release:
         return settings_of(self.redis.producer())
 
 
+def queue_backlog(release, queue: str) -> int:
+    """``queue``'s true backlog in the release's Redis (waiting, running, scheduled)."""
+    from celery_autoscale import backlog
+
+    return backlog(release.redis.client(), queue, release.settings()).total
+
+
 @contextmanager
 def environment(run_dir: Path = RUN_DIR):
     import helm_python as helm

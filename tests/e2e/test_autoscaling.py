@@ -11,25 +11,13 @@ import json
 import time
 
 import pytest
-from tests.e2e.harness import (CI_VALUES, KUBECONFIG, NAMESPACE, QUEUES, ROOT, merge, scale_down_with_busy_and_idle_pods,
-                     wait_for, worker)
+from tests.e2e.harness import (CI_VALUES, KUBECONFIG, NAMESPACE, QUEUES, ROOT, merge, queue_backlog,
+                               scale_down_with_busy_and_idle_pods, wait_for, worker)
 
 from celery_autoscale import backlog
 from celery_autoscale.keys import in_flight_key
 
 pytestmark = [pytest.mark.e2e, pytest.mark.k8s(provider="external", k8s_kubeconfig=str(KUBECONFIG))]
-
-
-def queue_backlog(release, queue: str) -> int:
-    return backlog(release.redis.client(), queue, release.settings()).total
-
-
-@pytest.fixture
-def idle(release):
-    """Every queue empty and at its minimum (0) before a test starts."""
-    wait_for(lambda: all(queue_backlog(release, q) == 0 and release.replicas(q) == 0 for q in QUEUES), 180,
-             "all queues idle at zero replicas", explain=lambda: "\n".join(release.explain(q) for q in QUEUES))
-    return release
 
 
 def condition(obj: dict, kind: str) -> dict:

@@ -1,0 +1,75 @@
+"""A queue sized to a queue-wait target on a real control plane with the real KEDA (`make e2e`).
+
+``io`` (concurrency 4, at most 4 replicas in values/ci.yaml) gets ``targetQueueWaitSeconds``: KEDA's
+``metrics-api`` trigger reads the reconciler's ``celery_autoscale_desired_processes`` through its
+Service, and falls back to the true backlog when the reconciler is gone.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import pytest
+from tests.e2e.harness import KUBECONFIG, NAMESPACE, RELEASE, worker
+
+from celery_autoscale import backlog
+
+pytestmark = [pytest.mark.e2e, pytest.mark.k8s(provider="external", k8s_kubeconfig=str(KUBECONFIG))]
+
+TARGET = 20  # seconds a task may wait
+RUN = 2.0  # seconds each task runs
+RECONCILER = f"{RELEASE}-celery-autoscale-reconciler"
+
+
+def send(producer, count: int) -> list[tuple[float, object]]:
+    return [(time.time(), producer.send_task("tasks.io.transfer", kwargs={"size_bytes": 0, "wait_seconds": RUN},
+                                             queue="io")) for _ in range(count)]
+
+
+def waits(sent) -> list[float]:
+    """Seconds each task waited: its start (the task's own clock) less when it was sent."""
+    return [r.get(timeout=300)["started_at"] - at for at, r in sent]
+
+
+def watch(release, until, seconds: float) -> list[tuple[int, int]]:
+    """(replicas, running tasks) of io every half second until ``until()`` or ``seconds`` pass."""
+    client, settings, seen = release.redis.client(), release.settings(), []
+    deadline = time.monotonic() + seconds
+    while not until() and time.monotonic() < deadline:
+        seen.append((release.replicas("io"), backlog(client, "io", settings).in_flight))
+        time.sleep(0.5)
+    return seen
+
+
+def test_a_wait_target_sizes_io_cheaper_within_the_target_and_a_reconciler_outage_falls_back(idle, producer):
+    """With a 20 s target, 24 tasks of 2 s (48 process-seconds) need one replica of 4 processes, where
+    one task per process asks for all 4: every task starts within the target on fewer replicas.
+    Then the reconciler is scaled to zero and 60 tasks sent: KEDA's trigger fails, the formula falls back to
+    the true backlog (one task per process: 4 replicas), the replicas never drop below what the
+    running tasks hold, and every task succeeds."""
+    release = idle
+    try:
+        release.upgrade({"queues": {"io": {"autoscaling": {"targetQueueWaitSeconds": TARGET}}}})
+        scaled = release.get("scaledobject", worker("io"))
+        assert any(t["type"] == "metrics-api" for t in scaled["spec"]["triggers"])
+        for _, r in send(producer, 4):  # a first run time measured
+            r.get(timeout=180)
+
+        burst = send(producer, 24)
+        seen = watch(release, lambda: all(r.ready() for _, r in burst), 240)
+        took = waits(burst)
+        print(f"wait target {TARGET}s: max wait {max(took):.1f}s, replicas seen {sorted({r for r, _ in seen})}")
+        assert max(took) <= TARGET, took
+        assert max(r for r, _ in seen) <= 2, "one task per process would have asked for 4 replicas"
+
+        release.cluster.kubectl("scale", "deployment", RECONCILER, "-n", NAMESPACE, "--replicas=0")
+        outage = send(producer, 60)  # 30 s on one replica: KEDA gives up on the trigger after 3 polls
+        seen = watch(release, lambda: all(r.ready() for _, r in outage), 240)
+        assert [r.get(timeout=60)["bytes"] for _, r in outage] == [0] * 60
+        print(f"reconciler down: replicas seen {sorted({r for r, _ in seen})}")
+        assert max(r for r, _ in seen) == 4, "the true backlog at one task per process, capped at 4"
+        assert all(replicas >= math.ceil(running / 4) for replicas, running in seen), seen
+    finally:
+        release.cluster.kubectl("scale", "deployment", RECONCILER, "-n", NAMESPACE, "--replicas=1")
+        release.upgrade({})
