@@ -2,6 +2,7 @@
 # (`celery -A celery_autoscale.worker worker` with CELERY_AUTOSCALE_APP=tasks.app:app), Flower
 # (`python -m celery_autoscale.flower`) and the helm test (`python -m celery_autoscale.roundtrip`).
 # Your own image needs only the runtime beside your app: `pip install "celery-autoscale[flower,kubernetes,beat]"`
+# (and `gevent` for `pool: gevent`)
 # from a wheel built here (`make dist`) or the repository (`kubernetes`: the reconciler's pod deletion cost).
 
 # ---- build: wheels of the runtime and its dependencies (the wheel holds celery_autoscale only) ----
@@ -9,7 +10,7 @@ FROM python:3.11.11-slim-bookworm AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY src/celery_autoscale ./src/celery_autoscale
-RUN pip wheel --no-cache-dir --wheel-dir /wheels ".[flower,kubernetes,beat]"
+RUN pip wheel --no-cache-dir --wheel-dir /wheels ".[flower,kubernetes,beat,gevent]"
 
 # ---- runtime: no compiler, no pip cache, a numeric non-root user ---------------------------
 FROM python:3.11.11-slim-bookworm
@@ -17,7 +18,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 COPY --from=build /wheels /wheels
-RUN pip install --no-cache-dir --no-index --find-links=/wheels "celery-autoscale[flower,kubernetes,beat]==0.3.0" \
+RUN pip install --no-cache-dir --no-index --find-links=/wheels "celery-autoscale[flower,kubernetes,beat,gevent]==0.3.0" \
     && rm -rf /wheels \
     && groupadd --gid 10001 celery \
     && useradd --uid 10001 --gid 10001 --no-create-home --home-dir /tmp --shell /usr/sbin/nologin celery

@@ -65,4 +65,4 @@ def test_dockerfile_installs_the_version_pyproject_declares():
     import tomllib
 
     version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
-    assert f'"celery-autoscale[flower,kubernetes,beat]=={version}"' in (ROOT / "Dockerfile").read_text()
+    assert f'"celery-autoscale[flower,kubernetes,beat,gevent]=={version}"' in (ROOT / "Dockerfile").read_text()
