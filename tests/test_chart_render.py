@@ -16,7 +16,9 @@ WAIT_TARGET = {"queues": {"cpu": {"autoscaling": {"targetQueueWaitSeconds": 30}}
                           "io": {"autoscaling": {"targetQueueWaitSeconds": 2.5, "cron": [
                               {"timezone": "UTC", "start": "0 8 * * 1-5", "end": "0 18 * * 1-5", "desiredReplicas": 2}]}}}}
 CASES = ([pytest.param({}, id="defaults")] + [pytest.param(load_values(p), id=p.name) for p in VALUES_FILES]
-         + [pytest.param(SENTINEL, id="external-sentinel"), pytest.param(WAIT_TARGET, id="wait-target")])
+         + [pytest.param(SENTINEL, id="external-sentinel"), pytest.param(WAIT_TARGET, id="wait-target"),
+            pytest.param({"queues": {"io": {"autoscaling": {"cpuUtilization": 70, "memoryUtilization": 80}}}},
+                         id="cpu-and-memory-triggers")])
 
 
 @functools.cache

@@ -107,6 +107,21 @@ def test_cron_triggers_only_when_configured_and_inside_the_formula():
         "max(queued_0 + queued_3 + queued_6 + queued_9 + in_flight + scheduled, peak_0 * 4)"
 
 
+def test_cpu_and_memory_triggers_only_when_configured_outside_the_formula_and_only_with_requests():
+    """KEDA's webhook admits no resource trigger in the formula; the HPA runs the largest count."""
+    objects = render_chart({"queues": {"io": {"autoscaling": {"cpuUtilization": 70, "memoryUtilization": 80}}}})
+    scaled = {queue_of(o): o["spec"] for o in objects if o["kind"] == "ScaledObject"}
+    resource = [t for t in scaled["io"]["triggers"] if t["type"] in ("cpu", "memory")]
+    assert resource == [{"type": "cpu", "name": "cpu", "metricType": "Utilization", "metadata": {"value": "70"}},
+                        {"type": "memory", "name": "memory", "metricType": "Utilization", "metadata": {"value": "80"}}]
+    assert "cpu" not in scaled["io"]["advanced"]["scalingModifiers"]["formula"]
+    assert not [t for t in scaled["cpu"]["triggers"] if t["type"] in ("cpu", "memory")]
+    with pytest.raises(Exception, match=r"queues.mixed.autoscaling.cpuUtilization needs "
+                                        r"queues.mixed.resources.requests.cpu"):
+        render_chart({"workerDefaults": {"resources": {"requests": {"cpu": None}}},
+                      "queues": {"mixed": {"autoscaling": {"cpuUtilization": 70}}}})
+
+
 def test_keda_owns_replicas_unless_autoscaling_is_off():
     objects = render_chart({"queues": {"io": {"autoscaling": {"enabled": False}, "replicas": 3}}})
     deployments = by_kind(objects, "Deployment")

@@ -60,3 +60,26 @@ def test_what_kedas_webhooks_refuse_the_chart_refuses_first_with_a_readable_mess
         done.stderr
     with pytest.raises(helm.HelmError, match=f"the ScaledObject name {name} is longer than 63 characters"):
         render_chart({"queues": {"notifications-digest": {"concurrency": 2}}}, name="payments-team-eu-west-1")
+
+
+def test_a_cpu_trigger_is_admitted_beside_the_backlog_and_becomes_an_hpa_resource_metric(release):
+    """A real apply (KEDA's webhook skips its resource-request check in dry runs): ``io`` with
+    ``cpuUtilization`` 70 and its CPU request is admitted, and its HPA holds the pods' cpu
+    Utilization metric beside the composite backlog metric (the HPA runs the larger count)."""
+    import subprocess
+
+    from tests.e2e.harness import wait_for, worker
+
+    def resource_metrics():
+        try:  # KEDA replaces the HPA when its metrics change
+            return [m for m in release.get("hpa", worker("io"))["spec"]["metrics"] if m["type"] != "External"]
+        except subprocess.CalledProcessError:
+            return None
+
+    try:
+        release.upgrade({"queues": {"io": {"autoscaling": {"cpuUtilization": 70}}}})
+        metrics = wait_for(resource_metrics, 60, "the cpu metric on the HPA")
+        assert metrics == [{"type": "Resource", "resource": {  # a containerName's ContainerResource KEDA drops
+            "name": "cpu", "target": {"type": "Utilization", "averageUtilization": 70}}}]
+    finally:
+        release.upgrade({})
