@@ -14,6 +14,8 @@ cooldownPeriod 10 s, the HPA behaviour: scale-up window 0 s, scale-down stabiliz
 
 - ``chart``: this chart as shipped: one trigger per priority list, plus the tasks running and
   held for an ETA, summed; target 4 tasks per replica (the concurrency).
+- ``chart-wait``: this chart with ``targetQueueWaitSeconds`` :data:`WAIT_TARGET` (the reconciler
+  sizes the queue to that queue wait; its figure falls back to the true backlog).
 - ``listlength-5`` / ``listlength-50``: the ScaledObject everyone copies: one KEDA ``redis``
   trigger on the queue's list (``listName: io``) with ``listLength`` 5 / 50, no formula.
 - ``fixed-1`` / ``fixed-4``: no autoscaler, 1 replica (the least that serves a task) and 4
@@ -58,10 +60,24 @@ PATTERNS = {
                   "square wave 0 ↔ 4 tasks/s, 30 s period, 90 s, tasks of 4 s"),
     "long-tasks": (["steady", "--rate", "0.1", "--duration", "60", "--wait-seconds", "30", *TASK], None,
                    "1 task every 10 s for 60 s, each 30 s long (longer than the cooldownPeriod)"),
+    # Loads like production: short tasks of varying length, arriving at random.
+    "burst-short": (["burst", "--count", "400", "--wait-seconds", "0.5", *TASK], None,
+                    "400 tasks of 0.5 s at once"),
+    "poisson-short": (["steady", "--rate", "6", "--duration", "60", "--arrivals", "poisson", "--wait-seconds", "0.3",
+                       "--wait-sigma", "0.8", *TASK], None,
+                      "Poisson arrivals at 6 tasks/s for 60 s, log-normal run times of mean 0.3 s (σ 0.8)"),
+    "compressed-day": (["replay", "--csv", str(ROOT / "bench" / "loads" / "compressed-day.csv"), "--arrivals", "poisson",
+                        "--wait-seconds", "1", "--wait-sigma", "0.5", *TASK], None,
+                       "a day in 240 s (bench/loads/compressed-day.csv): a quiet night, a morning peak of 8 tasks/s, "
+                       "Poisson arrivals, log-normal run times of mean 1 s"),
 }
+
+#: The queue-wait target of the ``chart-wait`` configuration and of the headline, seconds.
+WAIT_TARGET = 5
 
 CONFIGS = {
     "chart": "this chart as shipped: every priority list + running + ETA-held, target 4",
+    "chart-wait": f"this chart with targetQueueWaitSeconds {WAIT_TARGET}: the reconciler sizes the queue",
     "listlength-5": "one redis trigger on the queue's list, listLength 5",
     "listlength-50": "one redis trigger on the queue's list, listLength 50",
     "fixed-1": "no autoscaler, 1 replica",
@@ -101,6 +117,8 @@ def configure(release, config: str) -> int:
                             "--ignore-not-found", "--wait=true")
     if config == "chart":
         release.upgrade({})
+    elif config == "chart-wait":
+        release.upgrade({"queues": {QUEUE: {"autoscaling": {"targetQueueWaitSeconds": WAIT_TARGET}}}})
     elif config.startswith("listlength-"):
         release.upgrade({"queues": {QUEUE: {"replicas": 0, "autoscaling": {"enabled": False}}}})
         release.cluster.apply(list_length_scaledobject(int(config.split("-")[1])))
@@ -223,7 +241,7 @@ def run_once(release, deployments, config: str, pattern: str, floor: int) -> dic
             for line in path.read_text(errors="replace").splitlines()]
     waits = [outcome.runs[s.task_id][0] - s.sent_at for s in outcome.sent if s.task_id in outcome.runs]
     return {
-        "config": config, "pattern": pattern, "samples": samples,
+        "config": config, "pattern": pattern, "samples": samples, "measured": time.strftime("%Y-%m-%d"),
         "last_sent_s": max(s.sent_at for s in outcome.sent) - first_sent,
         "period_s": period, "sent": summary["submitted"], "succeeded": summary["succeeded"],
         "failed": summary["failed"], "lost": summary["lost"], "stranded": stranded,
@@ -365,7 +383,15 @@ def markdown(result: dict, plots: dict[str, str]) -> str:
         "",
     ]
     for pattern, by_config in result["figures"].items():
-        lines += [f"## {pattern}", "", PATTERNS[pattern][2] + ".", "",
+        verdict = result["headline"].get(pattern, {}).get("wait_target") or meets_wait_target(by_config)
+        within = [f"`{c}`" for c, ok in verdict["met"].items() if ok]
+        judged = ("" if verdict["chart_wait_cheapest"] is None else
+                  f" `chart-wait` {'met it at no more replica-seconds than' if verdict['chart_wait_cheapest'] else 'did not meet it at the replica-seconds of'}"
+                  f" the cheapest other that did{'' if verdict['cheapest_other'] is None else ' (`' + verdict['cheapest_other'] + '`)'}.")
+        measured = next((r.get("measured") for r in result["runs"] if r["pattern"] == pattern and r.get("measured")),
+                        None)
+        lines += [f"## {pattern}", "", PATTERNS[pattern][2] + "." + (f" Measured {measured}." if measured else ""), "",
+                  f"p95 queue wait within {verdict['target_s']} s: {', '.join(within) or 'none'}.{judged}", "",
                   "| figure | " + " | ".join(f"`{c}`" for c in by_config) + " |",
                   "| --- |" + " ---: |" * len(by_config)]
         lines += [f"| {name} | " + " | ".join(cell(f) for f in by_config.values()) + " |" for name, cell in ROWS]
@@ -403,20 +429,38 @@ def markdown(result: dict, plots: dict[str, str]) -> str:
     return "\n".join(lines)
 
 
+def meets_wait_target(by_config: dict, target: float = WAIT_TARGET) -> dict:
+    """Per pattern and wait target W: which configurations kept the p95 queue wait within W, the
+    cheapest of the others that did (replica-seconds), and whether ``chart-wait`` met W at no more
+    replica-seconds than it (None when ``chart-wait`` did not run)."""
+    met = {c: f["queue_wait_s"]["p95"] is not None and f["queue_wait_s"]["p95"] <= target and not f["lost"]
+           for c, f in by_config.items()}
+    others = [c for c in by_config if c != "chart-wait" and met[c]]
+    cheapest = min(others, key=lambda c: by_config[c]["replica_seconds"], default=None)
+    wait = by_config.get("chart-wait")
+    verdict = None
+    if wait is not None:
+        verdict = met["chart-wait"] and (cheapest is None or
+                                         wait["replica_seconds"] <= by_config[cheapest]["replica_seconds"])
+    return {"target_s": target, "met": met, "cheapest_other": cheapest, "chart_wait_cheapest": verdict}
+
+
 def headline(result: dict) -> dict:
-    """Ratios of this chart to list length only (listLength 5), over every pattern both ran."""
+    """Ratios of this chart to list length only (listLength 5), over every pattern both ran, and
+    the wait-target verdict (:func:`meets_wait_target`) of every pattern."""
     out = {}
     for pattern, by_config in result["figures"].items():
+        out[pattern] = {"wait_target": meets_wait_target(by_config)}
         chart, other = by_config.get("chart"), by_config.get("listlength-5")
         if not chart or not other:
             continue
         p95 = (chart["queue_wait_s"]["p95"], other["queue_wait_s"]["p95"])
-        out[pattern] = {
+        out[pattern].update({
             "p95_wait_ratio": round(p95[0] / p95[1], 2) if p95[1] else None,
             "replica_seconds_ratio": round(chart["replica_seconds"] / other["replica_seconds"], 2)
             if other["replica_seconds"] else None,
             "busy_terminated": [chart["busy_terminated"], other["busy_terminated"]],
-        }
+        })
     return out
 
 
@@ -470,6 +514,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="the Markdown report; plots go to scaling/ beside it (default docs/scaling-report.md)")
     p.add_argument("--rewrite", action="store_true",
                    help="no cluster: recompute the figures and rewrite the report from --results")
+    p.add_argument("--keep", action="store_true",
+                   help="keep the runs of --results for the patterns not measured now (the report says when each "
+                        "pattern was measured)")
     args = p.parse_args(argv)
     if args.rewrite:
         result = json.loads(args.results.read_text())
@@ -483,8 +530,15 @@ def main(argv: list[str] | None = None) -> int:
         unknown = [x for x in given if x not in known]
         if unknown or not given:
             p.error(f"unknown {what} {unknown[0]!r}; choose from {', '.join(known)}" if unknown else f"no {what} given")
+    kept = []
+    if args.keep and args.results.exists():
+        kept = [r for r in json.loads(args.results.read_text())["runs"] if r["pattern"] not in patterns]
     with environment() as release:
         result = measure(release, patterns, configs)
+    if kept:
+        result["runs"] = kept + result["runs"]
+        result["figures"] = analyse(result["runs"])
+        result["headline"] = headline(result)
     write(result, args.results, args.report)
     print(json.dumps({"benchmark": "scaling_report", "headline": result["headline"], "seconds": result["seconds"],
                       "report": str(args.report)}))
