@@ -8,6 +8,7 @@ tasks (no ``published_at`` stamp) and the runtime's run counters.
 import time
 
 import pytest
+from celery_autoscale.keys import run_record_key
 from celery_autoscale.reconciler._sizing import wanted_processes
 from chart import by_kind, render_chart
 from helpers import eventually, scrape
@@ -77,8 +78,14 @@ def test_the_reconciler_serves_the_desired_processes_from_a_plain_apps_tasks(pla
     later = sizing()
     assert later["queue_latency_seconds"] >= 1.4  # the oldest, first seen a scrape ago, still waits
     plain_worker(plain_stack, "reports.daily", "sized")
-    while not all(r.ready() for r in results):
-        assert sizing()["desired_processes"] >= 1  # never zero while a task is unfinished
+    client = plain_stack.client()
+
+    def finished() -> bool:  # a run record is written with the in-flight entry's removal
+        return all(client.exists(run_record_key(r.id)) for r in results)
+
+    while not finished():
+        if sizing()["desired_processes"] == 0:  # never zero while a task is unfinished
+            assert finished(), "the desired processes read 0 before every task had ended"
         time.sleep(0.1)
     assert [r.get(timeout=10)["day"] for r in results] == [f"day-{i}" for i in range(12)]
     done = eventually(lambda: next((s for s in [sizing()] if s["desired_processes"] == 0), None), 30, "an idle queue")
