@@ -358,8 +358,15 @@ def plot(pattern: str, runs: list[dict], path: Path, window: float) -> None:
     plt.close(fig)
 
 
+def unmeasured(result: dict) -> dict[str, list[str]]:
+    """Pattern -> the configurations this result has no run of (every one, for a pattern not run)."""
+    return {pattern: missing for pattern in PATTERNS
+            if (missing := [c for c in CONFIGS if c not in result["figures"].get(pattern, {})])}
+
+
 def markdown(result: dict, plots: dict[str, str]) -> str:
     configs = list(dict.fromkeys(c for p in result["figures"].values() for c in p))
+    missing = unmeasured(result)
     lines = [
         "# Scaling report",
         "",
@@ -382,6 +389,10 @@ def markdown(result: dict, plots: dict[str, str]) -> str:
         f"{result['machine']['cpus']} CPUs, {result['machine']['memory_gib']} GiB, {result['machine']['machine']}.",
         "",
     ]
+    if missing:
+        lines += ["Not measured in this report: " + "; ".join(
+            f"`{pattern}` ({'every configuration' if len(cs) == len(CONFIGS) else ', '.join(f'`{c}`' for c in cs)})"
+            for pattern, cs in missing.items()) + ".", ""]
     for pattern, by_config in result["figures"].items():
         verdict = result["headline"].get(pattern, {}).get("wait_target") or meets_wait_target(by_config)
         within = [f"`{c}`" for c, ok in verdict["met"].items() if ok]
