@@ -54,6 +54,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 from .. import keys
+from .._backlog import backlog
 from .._redis import as_text
 
 __all__ = ["DEFAULT_START_SECONDS", "SMOOTHING_SECONDS", "QueueSizer", "Sizing", "wanted_processes"]
@@ -126,39 +127,33 @@ class QueueSizer:
         self._seen: OrderedDict[str, float] = OrderedDict()  # message id -> first seen (Unix seconds)
 
     def read(self, client) -> Sizing:
-        """One pipeline: every list's length and oldest and newest message, the in-flight and
-        scheduled counts, the workers' run counters and start time.
+        """The queue's :func:`~celery_autoscale.backlog` (the counts KEDA reads), then one pipeline of
+        each list's oldest and newest message and the workers' run counters and start time.
 
         Raises:
             redis.RedisError: Redis cannot be reached (the averages are kept).
         """
-        s, queue = self.settings, self.queue
-        lists = keys.priority_lists(queue, s.priority_steps, s.separator, s.key_prefix)
+        found = backlog(client, self.queue, self.settings)
         pipe = client.pipeline(transaction=False)
-        for name in lists:
-            pipe.llen(name)
+        for name in found.waiting:
             pipe.lindex(name, -1)
             pipe.lindex(name, 0)
-        pipe.zcard(keys.in_flight_key(queue, s.key_prefix))
-        pipe.zcard(keys.scheduled_key(queue, s.key_prefix))
-        pipe.hmget(keys.stats_key(queue, s.key_prefix), "runs", "run_seconds", "start_seconds")
-        *per_list, busy, scheduled, (runs, run_total, start) = pipe.execute()
+        pipe.hmget(keys.stats_key(self.queue, self.settings.key_prefix), "runs", "run_seconds", "start_seconds")
+        *ends, (runs, run_total, start) = pipe.execute()
         now = self.clock()
-        queued, oldest = 0, None
-        for i in range(len(lists)):
-            length, tail, head = per_list[3 * i: 3 * i + 3]
-            queued += int(length)
+        oldest = None
+        for tail, head in zip(ends[::2], ends[1::2]):
             self._published(head, now)  # seen at the newest end: a plain message's age counts from here
             published = self._published(tail, now)
             if published is not None:
                 oldest = published if oldest is None else min(oldest, published)
-        self._update(now, int(runs or 0), float(run_total or 0.0), queued + int(busy) + int(scheduled))
+        self._update(now, int(runs or 0), float(run_total or 0.0), found.total)
         wait = max(0.0, now - oldest) if oldest is not None else 0.0
         start_seconds = float(start) if start is not None else DEFAULT_START_SECONDS
-        processes = wanted_processes(self.target, int(busy), queued, int(scheduled), self.run_seconds,
+        processes = wanted_processes(self.target, found.in_flight, found.queued, found.scheduled, self.run_seconds,
                                      self.arrival_rate, wait, start_seconds)
-        return Sizing(queue, self.target, int(busy), queued, int(scheduled), self.run_seconds, self.arrival_rate,
-                      wait, start_seconds, processes)
+        return Sizing(self.queue, self.target, found.in_flight, found.queued, found.scheduled, self.run_seconds,
+                      self.arrival_rate, wait, start_seconds, processes)
 
     def _published(self, raw, now: float) -> float | None:
         """When the message ``raw`` was published: its ``published_at`` header, else when first seen."""

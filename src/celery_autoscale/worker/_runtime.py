@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 
@@ -240,8 +241,6 @@ def check_files(settings) -> None:
 def process_age() -> float | None:
     """Seconds since this process started (Linux ``/proc``: ``starttime`` of ``/proc/self/stat``
     after the boot time ``btime`` of ``/proc/stat``), or None where ``/proc`` cannot tell."""
-    import os
-
     try:
         with open("/proc/self/stat") as f:
             started = int(f.read().rsplit(")", 1)[1].split()[19])  # field 22, after the command's name
