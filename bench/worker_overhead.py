@@ -7,9 +7,11 @@ On a Redis server of its own, for each row (no-op and 10 ms tasks; ``prefork`` c
 app, Celery's defaults) on one queue for one started worker, and times from the first push to the
 last task's end, once under ``celery -A bench.overhead_app worker`` (plain Celery) and once under
 ``celery -A celery_autoscale.worker worker`` with ``CELERY_AUTOSCALE_APP=bench.overhead_app:app``
-(the runtime), alternating, ``--repeat`` times; the best of each counts. Per row:
+(the runtime), alternating, ``--repeat`` times; the fastest of each counts. Per row:
 
 - ``plain_tasks_per_s``, ``runtime_tasks_per_s`` and ``ratio`` (runtime ÷ plain; goal >= 0.95);
+- ``plain_worker_cpu_ms_per_task``, ``runtime_worker_cpu_ms_per_task``: the worker's CPU time (its
+  main process and its pool's processes, user + system) per task in that fastest run, milliseconds;
 - ``plain_redis_commands_per_task``, ``runtime_redis_commands_per_task``: Redis commands
   (``INFO commandstats``, every client) per task, the bench's own counting ``INCR`` included in
   both, its polling ``GET`` and ``INFO`` not; ``*_commands`` list them by name (those of at least
@@ -33,6 +35,21 @@ from celery import Celery
 ROOT = Path(__file__).resolve().parents[1]
 QUEUE = "overhead"
 ROWS = [("prefork", 2, 0.0), ("prefork", 2, 0.01), ("threads", 16, 0.0), ("threads", 16, 0.01)]
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU seconds (user + system) used so far by process ``pid`` and its live descendants (Linux ``/proc``)."""
+    total, pending = 0.0, [pid]
+    while pending:
+        current = pending.pop()
+        try:
+            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            for task in Path(f"/proc/{current}/task").iterdir():
+                pending += [int(c) for c in (task / "children").read_text().split()]
+        except (OSError, ValueError):
+            continue
+    return total
 
 
 def commandstats(client) -> dict[str, int]:
@@ -66,6 +83,7 @@ def one_run(kind: str, pool: str, concurrency: int, seconds: float, count: int, 
                 raise RuntimeError(f"the {kind} worker did not start; see {log}")
         messages = [producer.amqp.as_task_v2(f"t{i}", "overhead.work", kwargs={"seconds": seconds}) for i in range(count)]
         before = commandstats(client)
+        cpu_before = cpu_seconds(proc.pid)
         start = time.perf_counter()
         with producer.producer_or_acquire() as p:
             with p.batch():
@@ -74,8 +92,9 @@ def one_run(kind: str, pool: str, concurrency: int, seconds: float, count: int, 
         while int(client.get("overhead:done") or 0) < count:
             if proc.poll() is not None:
                 raise RuntimeError(f"the {kind} worker exited; see {log}")
-            time.sleep(0.002)
+            time.sleep(0.01)
         elapsed = time.perf_counter() - start
+        cpu = cpu_seconds(proc.pid) - cpu_before
         after = commandstats(client)
     finally:
         proc.terminate()
@@ -83,13 +102,15 @@ def one_run(kind: str, pool: str, concurrency: int, seconds: float, count: int, 
     calls = {name: after[name] - before.get(name, 0) for name in after if after[name] - before.get(name, 0)}
     calls.pop("info", None)
     calls.pop("get", None)  # the bench's own polling of the done counter
-    return {"tasks_per_s": count / elapsed, "calls": calls}
+    return {"tasks_per_s": count / elapsed, "cpu_ms_per_task": 1000 * cpu / count, "calls": calls}
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.worker_overhead", description=__doc__.split("\n\n")[0])
     p.add_argument("--count", type=int, default=2000, help="tasks per run (default 2000)")
-    p.add_argument("--repeat", type=int, default=3, help="runs per configuration; the best counts (default 3)")
+    p.add_argument("--repeat", type=int, default=5,
+                   help="runs per configuration, alternating; the fastest counts (default 5: a shared 2-core machine's "
+                        "speed varies by up to 40%% from run to run, for both alike)")
     args = p.parse_args(argv)
     from loadgen.stack import LocalStack
 
@@ -111,6 +132,8 @@ def main(argv: list[str] | None = None) -> int:
                 "plain_tasks_per_s": round(best["plain"]["tasks_per_s"], 1),
                 "runtime_tasks_per_s": round(best["runtime"]["tasks_per_s"], 1),
                 "ratio": round(best["runtime"]["tasks_per_s"] / best["plain"]["tasks_per_s"], 3),
+                "plain_worker_cpu_ms_per_task": round(best["plain"]["cpu_ms_per_task"], 3),
+                "runtime_worker_cpu_ms_per_task": round(best["runtime"]["cpu_ms_per_task"], 3),
                 "plain_redis_commands_per_task": round(sum(per_task["plain"].values()), 2),
                 "runtime_redis_commands_per_task": round(sum(per_task["runtime"].values()), 2),
                 "plain_commands": per_task["plain"], "runtime_commands": per_task["runtime"],

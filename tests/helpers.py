@@ -64,6 +64,18 @@ def eventually(check, timeout: float, what: str, interval: float = 0.2):
     raise AssertionError(f"{what}: still {last!r} after {timeout}s")
 
 
+def wait_started(app, count: int, timeout: float = 30) -> int:
+    """Wait until Celery's ``inspect active`` (through ``app``'s broker) lists at least ``count`` tasks
+    started in a pool process; return how many. The in-flight record starts when a worker takes a
+    task's message, a moment before its process starts it; a test that stops the worker mid-task
+    waits for this."""
+    def started():
+        active = app.control.inspect(timeout=0.5).active() or {}
+        return sum(len(tasks) for tasks in active.values()) >= count and sum(len(t) for t in active.values())
+
+    return eventually(started, timeout, f"{count} tasks started")
+
+
 def producer(stack, **conf):
     """``stack``'s plain producer app (:meth:`loadgen.stack.LocalStack.producer`)."""
     return stack.producer(**conf)

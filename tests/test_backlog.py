@@ -54,7 +54,61 @@ def test_running_tasks_count_as_in_flight_and_waiting_ones_stay_in_redis(fresh_s
     assert gauge == {"queued": 5.0, "in_flight": 2.0, "scheduled": 0.0}
     for r in results:
         r.get(timeout=60)
-    assert backlog(client, "io", settings(fresh_stack)).total == 0
+    # A result is stored before its message is acknowledged, which removes the in-flight entry.
+    eventually(lambda: backlog(client, "io", settings(fresh_stack)).total == 0, 10, "every entry acknowledged")
+
+
+@pytest.mark.parametrize("pool", ["prefork", "threads"])
+def test_the_in_flight_record_rides_in_kombus_own_delivery_and_ack_transactions(fresh_stack, pool):
+    """Redis's MONITOR, while a worker runs 3 tasks: each task's in-flight entry and owner are
+    written in the MULTI/EXEC in which kombu records its message as unacknowledged, and removed in
+    the one in which kombu acknowledges it, with the run record; the run counters count all 3."""
+    import threading
+
+    app = producer(fresh_stack)
+    client = fresh_stack.client()
+    fresh_stack.start_worker(WorkerSpec("io", pool, concurrency=2))
+    seen, stop = [], threading.Event()
+
+    def watch():
+        with client.monitor() as monitor:
+            ready.set()
+            while not stop.is_set():
+                seen.append(monitor.next_command())
+
+    ready = threading.Event()
+    threading.Thread(target=watch, daemon=True).start()
+    ready.wait(5)
+    results = [app.send_task("tasks.io.transfer", kwargs={"size_bytes": 0, "wait_seconds": 0.2}, queue="io")
+               for _ in range(3)]
+    ids = {r.id for r in results}
+    assert all(r.get(timeout=30) for r in results)
+    eventually(lambda: client.hget("celery-autoscale:stats:io", "runs") == b"3", 10, "3 runs counted")
+    app.send_task("tasks.io.transfer", kwargs={"size_bytes": 0, "wait_seconds": 0}, queue="io").get(timeout=30)
+    stop.set()
+
+    transactions, outside, open_ = [], [], {}
+    for entry in seen:  # MONITOR lists a transaction's commands at its EXEC, after its MULTI
+        words, who = entry["command"].split(), (entry["client_address"], entry["client_port"])
+        if words[0] == "MULTI":
+            open_[who] = []
+        elif words[0] == "EXEC" and who in open_:
+            transactions.append(open_.pop(who))
+        else:
+            (open_[who] if who in open_ else outside).append(words)
+
+    def written(cmd: str, key: str, where) -> set[str]:
+        return {w[2 if cmd != "ZADD" else 3] for t in where for w in t if w[0] == cmd and w[1] == key}
+
+    delivered = [t for t in transactions if any(w[:2] == ["HSET", "unacked"] for w in t)]
+    acked = [t for t in transactions if any(w[:2] == ["HDEL", "unacked"] for w in t)]
+    assert written("ZADD", "celery-autoscale:in-flight:io", delivered) >= ids
+    assert written("HSET", "celery-autoscale:in-flight-owner:io", delivered) >= ids
+    assert written("ZREM", "celery-autoscale:in-flight:io", acked) >= ids
+    assert written("HDEL", "celery-autoscale:in-flight-owner:io", acked) >= ids
+    assert {w[1] for t in acked for w in t if w[0] == "SET"} >= {f"celery-autoscale:run:{i}" for i in ids}
+    assert not [w for w in outside if w[0] in ("ZADD", "ZREM", "HSET", "HDEL") and w[1].startswith("celery-autoscale:in-flight")]
+    eventually(lambda: backlog(client, "io", settings(fresh_stack)).total == 0, 10, "every entry acknowledged")
 
 
 def test_stale_in_flight_entries_of_dead_workers_are_pruned(fresh_stack):

@@ -18,7 +18,7 @@ import pytest
 from celery import Celery
 from celery_autoscale import backlog, settings_of
 from chart import render_chart
-from helpers import eventually
+from helpers import eventually, wait_started
 from test_chart_schema import rejected
 from test_plain_app import APP, PLAIN, completed
 
@@ -47,6 +47,7 @@ def test_a_greenlet_worker_records_its_tasks_finishes_them_on_sigterm_and_loses_
         first = stack.start_worker(WorkerSpec(QUEUE, pool, concurrency=4, app=APP), name="first")
         busy = [report(producer, f"a{i}", 3) for i in range(6)]
         eventually(lambda: backlog(client, QUEUE, settings).in_flight == 4, 20, "four greenlets running")
+        wait_started(producer, 4)
         assert backlog(client, QUEUE, settings).total == 6
         stack.signal(first, signal.SIGTERM)  # warm shutdown: the four finish, the two wait
         stack.wait(first, timeout=30)
@@ -56,6 +57,7 @@ def test_a_greenlet_worker_records_its_tasks_finishes_them_on_sigterm_and_loses_
         doomed = stack.start_worker(WorkerSpec(QUEUE, pool, concurrency=4, app=APP), name="doomed")
         more = [report(producer, f"b{i}", 4) for i in range(2)]
         eventually(lambda: backlog(client, QUEUE, settings).in_flight == 4, 20, "the rest running")
+        wait_started(producer, 4)
         os.killpg(stack.procs[doomed].pid, signal.SIGKILL)
         stack.wait(doomed, timeout=10)
         assert backlog(client, QUEUE, settings).total == 4  # nothing looks finished
@@ -75,6 +77,7 @@ def test_a_redis_crash_mid_task_under_a_greenlet_pool_loses_nothing_and_runs_not
         settings = settings_of(stack.producer())
         running = [report(producer, f"a{i}", 3) for i in range(4)]
         eventually(lambda: backlog(stack.client(), QUEUE, settings).in_flight == 2, 30, "two tasks running")
+        wait_started(producer, 2)
         stack.restart_redis(3, signal.SIGKILL)
         tasks = running + [report(producer, f"b{i}", 0.5) for i in range(4)]
         eventually(lambda: all(completed(stack, tasks)), 120, "every task completed", interval=0.5)

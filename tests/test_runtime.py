@@ -19,7 +19,7 @@ import celery_autoscale, celery_autoscale.worker, celery_autoscale.health, celer
 import celery_autoscale.roundtrip, celery_autoscale.flower, celery_autoscale.beat, celery_autoscale.reconciler
 import celery_autoscale.reconciler.__main__
 from celery_autoscale import _backlog, _files, _install, _loader, _metrics, _redis, _settings, cli, keys
-from celery_autoscale.worker import _consumer, _deadletter, _heartbeat, _metrics, _parking, _runtime
+from celery_autoscale.worker import _consumer, _deadletter, _delivery, _heartbeat, _metrics, _parking, _runtime
 from celery_autoscale.reconciler import _deletion_cost, _metrics, _round, _unpark, _unserved
 def link(fd):
     try:

@@ -11,7 +11,7 @@ from celery import states
 from celery_autoscale import deadletter
 from celery_autoscale.keys import dead_letter_key
 from celery_autoscale import backlog
-from helpers import eventually, producer, run_module, settings
+from helpers import eventually, producer, run_module, settings, wait_started
 
 from loadgen.stack import WorkerSpec
 
@@ -24,6 +24,7 @@ def test_sigterm_lets_running_tasks_finish_before_the_worker_exits(fresh_stack):
     results = [app.send_task("tasks.mixed.pipeline", kwargs={"wait_seconds": 3, "work_units": 1000}, queue="mixed")
                for _ in range(3)]
     eventually(lambda: backlog(fresh_stack.client(), "mixed", found).in_flight == 3, 20, "3 running")
+    wait_started(app, 3)
 
     fresh_stack.signal(name, signal.SIGTERM)
 
@@ -43,6 +44,7 @@ def test_sigkill_mid_task_redelivers_it_after_the_visibility_timeout(fresh_stack
     doomed = fresh_stack.start_worker(WorkerSpec("io", "threads", concurrency=2), name="doomed")
     result = app.send_task("tasks.io.transfer", kwargs={"size_bytes": 1024, "wait_seconds": 2}, queue="io")
     eventually(lambda: backlog(fresh_stack.client(), "io", found).in_flight == 1, 20, "task running")
+    wait_started(app, 1)
 
     os.killpg(fresh_stack.procs[doomed].pid, signal.SIGKILL)
     fresh_stack.wait(doomed, timeout=10)
@@ -115,6 +117,7 @@ def test_a_worker_in_warm_shutdown_takes_no_message_and_a_sigkill_then_loses_non
     doomed = fresh_stack.start_worker(WorkerSpec("io", "prefork", concurrency=2), name="doomed")
     running = app.send_task("tasks.io.transfer", kwargs={"size_bytes": 1, "wait_seconds": 6}, queue="io")
     eventually(lambda: backlog(client, "io", found).in_flight == 1, 20, "task running")
+    wait_started(app, 1)
 
     fresh_stack.signal(doomed, signal.SIGTERM)
     sent, start, short_since, longest = [running], time.monotonic(), None, 0.0

@@ -14,7 +14,8 @@ something, one small always-on process for all queues. Each round:
    interval in a row (half its lifetime: a live worker would have renewed it; a SIGKILLed,
    OOM-killed or deleted worker did not), is a dead worker's;
    its message, if kombu still holds it unacknowledged, goes back to the head of its list
-   (kombu's ``restore_by_tag``, as a warm shutdown does) and the entry is removed. A worker
+   (kombu's ``restore_by_tag``, as a warm shutdown does) and the entry is removed unless a
+   worker has taken the message again meanwhile (its own entry stays; :func:`_forget`). A worker
    that answers keeps its task: a pool without hard time limits (``threads``) may run past it;
 3. :func:`~celery_autoscale.prune` removes the entries whose messages are gone, and the round
    reads each queue's backlog (:func:`~celery_autoscale.backlog`);
@@ -74,19 +75,39 @@ def queues_with_entries(client, prefix: str) -> list[str]:
     return sorted(found)
 
 
+def _owner(raw) -> tuple[str, float, float | None] | None:
+    """``(worker, deadline, lease seconds or None)`` of an owners-hash value; None if unreadable."""
+    try:
+        owner = json.loads(raw)
+        lease = owner.get("lease")
+        return str(owner["worker"]), float(owner["deadline"]), float(lease) if lease is not None else None
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return None
+
+
 def _owners(client, queue: str, prefix: str) -> dict[str, tuple[str, float, float | None]]:
     """Task id -> (worker, deadline, lease seconds or None) of ``queue``'s running tasks; unreadable
     entries are skipped. Workers of 0.2 record no lease."""
-    out = {}
-    for task_id, raw in client.hgetall(keys.owners_key(queue, prefix)).items():
-        try:
-            owner = json.loads(raw)
-            lease = owner.get("lease")
-            out[as_text(task_id)] = (str(owner["worker"]), float(owner["deadline"]),
-                                     float(lease) if lease is not None else None)
-        except (ValueError, TypeError, KeyError, AttributeError):
-            continue
-    return out
+    found = ((as_text(task_id), _owner(raw)) for task_id, raw in client.hgetall(keys.owners_key(queue, prefix)).items())
+    return {task_id: owner for task_id, owner in found if owner is not None}
+
+
+def _forget(client, queue: str, prefix: str, task_id: str, owner: tuple) -> None:
+    """Remove ``task_id``'s in-flight entry and owner if its owner is still ``owner`` (as
+    :func:`_owners` read it). A worker that took the restored message meanwhile (it can, within
+    milliseconds: its records are written when it takes the message) has written its own
+    entry, which must stay. One transaction, watching the owners hash."""
+    owners_key = keys.owners_key(queue, prefix)
+
+    def forget(pipe):
+        raw = pipe.hget(owners_key, task_id)
+        if raw is not None and _owner(raw) != owner:
+            return
+        pipe.multi()
+        pipe.zrem(keys.in_flight_key(queue, prefix), task_id)
+        pipe.hdel(owners_key, task_id)
+
+    client.transaction(forget, owners_key)
 
 
 def _lease_lost(client, owners: dict, prefix: str, lost_since: dict[str, float], clock: float) -> set[str]:
@@ -162,10 +183,7 @@ def reconcile(app, connection, client, margin: float = 30.0, ping_timeout: float
                     why = "its lease expired" if worker in lost else "it is past its time limit"
                     logger.warning("restored task %s of queue %s: its worker %s is gone (%s)", task_id, queue,
                                    worker, why)
-                pipe = client.pipeline()
-                pipe.zrem(keys.in_flight_key(queue, prefix), task_id)
-                pipe.hdel(keys.owners_key(queue, prefix), task_id)
-                pipe.execute()
+                _forget(client, queue, prefix, task_id, owners[queue][task_id])
     for queue in result.queues:
         prune(client, queue, settings)
         result.backlog[queue] = backlog(client, queue, settings).total

@@ -41,6 +41,9 @@ at once (kombu's reject with requeue puts it on its list), kombu is told to send
 ``BRPOP`` (``qos.can_consume``), and a ``BRPOP`` still pending when the loop ends is read then,
 not at close.
 
+And each time its event loop starts it has kombu write the in-flight record of the tasks it takes
+in kombu's own delivery and acknowledgement transactions (:mod:`~celery_autoscale.worker._delivery`).
+
 ``install(app)`` selects it through Celery's ``worker_consumer`` setting.
 """
 
@@ -56,7 +59,9 @@ from vine import promise
 
 from .._settings import settings_of
 from ._deadletter import record_message
+from ._delivery import record_in
 from ._parking import park
+from ._runtime import runtime_of
 
 __all__ = ["Consumer"]
 
@@ -89,6 +94,9 @@ class Consumer(CeleryConsumer):
         loop = self.loop  # Celery's asynloop or synloop
 
         def run_loop(*loop_args):
+            runtime = runtime_of(self.app)
+            if runtime.records_at_delivery:  # the in-flight record in kombu's transactions
+                record_in(self.task_consumer.channel, runtime, self.hostname)
             try:
                 return loop(*loop_args)
             except (WorkerShutdown, WorkerTerminate):

@@ -7,13 +7,18 @@ and workers:
 - ``before_task_publish``: stamp each message with a ``published_at`` header (Unix seconds);
 - ``task_received`` (worker main process): a task with an ETA (countdown, retry backoff) is
   recorded in its queue's scheduled sorted set until it starts;
-- ``task_prerun``: record the task in its queue's in-flight sorted set, its worker and deadline
-  (start + its hard time limit) in the owners hash, and take it out of the scheduled set;
-- ``task_postrun`` (sent after success, failure and retry alike): remove it, keep
-  ``"<started>,<finished>"`` under :func:`~celery_autoscale.keys.run_record_key` for
-  ``autoscale_run_record_ttl`` seconds (one pipeline), and count the run in Prometheus. Both
-  records wait up to a minute for a Redis that is restarting (:meth:`Runtime.write`): a task
-  that ends in a Redis outage still leaves its run record, and no stale in-flight entry;
+- ``task_prerun``: for a task with an ETA (or under a ``broker_transport`` other than kombu's Redis
+  one, :data:`KOMBU_REDIS`), record the task in its queue's in-flight sorted set, its worker and
+  deadline (start + its hard time limit) in the owners hash, and take it out of the scheduled set;
+  any other task was recorded when the worker took its message, in kombu's own transaction
+  (:mod:`~celery_autoscale.worker._delivery`, with the helpers :meth:`Runtime.start_commands` and
+  :meth:`Runtime.end_commands`);
+- ``task_postrun`` (sent after success, failure and retry alike): for those same tasks, remove it,
+  keep ``"<started>,<finished>"`` under :func:`~celery_autoscale.keys.run_record_key` for
+  ``autoscale_run_record_ttl`` seconds and add the run to the queue's counters (one pipeline); for
+  every task, count the run in Prometheus. The records wait up to a minute for a Redis that is
+  restarting (:func:`retrying`): a task that ends in a Redis outage still leaves its run record,
+  and no stale in-flight entry;
 - ``worker_init`` / ``worker_ready``: prepare the metrics folder, then serve ``/metrics`` and start
   the worker's lease (:mod:`celery_autoscale.worker._lease`); ``worker_shutdown``: end the lease.
 """
@@ -35,7 +40,7 @@ from .._settings import ConfigError, settings_of
 from . import _metrics
 from ._lease import Lease, ttl
 
-__all__ = ["LEGACY_ROUNDTRIP_TASK", "ROUNDTRIP_TASK", "Runtime", "own_tasks", "queue_of", "runtime_of"]
+__all__ = ["LEGACY_ROUNDTRIP_TASK", "ROUNDTRIP_TASK", "Runtime", "own_tasks", "queue_of", "retrying", "runtime_of"]
 
 #: The task of the round trip (``python -m celery_autoscale.roundtrip``: the chart's helm test and
 #: canary) that :func:`celery_autoscale.install` registers on every app: it answers at once on any queue.
@@ -43,6 +48,10 @@ ROUNDTRIP_TASK = "celery_autoscale.roundtrip"
 #: Release 0.2's name of :data:`ROUNDTRIP_TASK`, still registered so that a round trip sent by 0.2
 #: during an upgrade is answered, not dropped as unknown.
 LEGACY_ROUNDTRIP_TASK = "celery_autoscale.probe"
+
+#: ``broker_transport`` values that leave a ``redis://``, ``rediss://`` or ``sentinel://`` broker URL to
+#: kombu's own Redis transport, whose QoS :mod:`~celery_autoscale.worker._delivery` extends.
+KOMBU_REDIS = (None, "", "redis", "rediss", "sentinel")
 
 #: Seconds a task's in-flight record and run record wait for an unreachable Redis.
 WRITE_RETRY_SECONDS = 60.0
@@ -65,6 +74,7 @@ class Runtime:
         self.started: dict[str, tuple[float, float, str]] = {}  # task id -> (time, perf_counter, queue)
         self.lease = None  # the main process's Lease once the worker is ready
         self.metrics = None  # a worker._metrics.Metrics once the worker initialised them
+        self._at_delivery = None  # records_at_delivery, once asked
 
     @property
     def settings(self):
@@ -77,25 +87,18 @@ class Runtime:
         return self._client
 
     def write(self, fill) -> None:
-        """Send the commands ``fill(pipe)`` queues in one pipeline; while Redis cannot be reached,
-        again after 0.5 s, doubling to 5 s, for up to :data:`WRITE_RETRY_SECONDS` (as Celery's
-        ``result_backend_always_retry`` waits for the result backend in the same task).
+        """Send the commands ``fill(pipe)`` queues in one pipeline, waiting for a Redis that cannot
+        be reached (:func:`retrying`).
 
         Raises:
             redis.RedisError: Redis still cannot be reached, or refused a command.
         """
-        delay, deadline = 0.5, time.monotonic() + WRITE_RETRY_SECONDS
-        while True:
-            try:
-                pipe = self.client().pipeline(transaction=False)
-                fill(pipe)
-                pipe.execute()
-                return
-            except (redis.ConnectionError, redis.TimeoutError):
-                if time.monotonic() + delay > deadline:
-                    raise
-                time.sleep(delay)
-                delay = min(2 * delay, 5.0)
+        def send():
+            pipe = self.client().pipeline(transaction=False)
+            fill(pipe)
+            pipe.execute()
+
+        retrying(send)
 
     def owns(self, task) -> bool:
         return task is not None and getattr(task, "app", None) is self.app
@@ -103,8 +106,55 @@ class Runtime:
     def time_limit(self, task) -> float:
         """The hard time limit of this run of ``task``, seconds: the message's ``timelimit``, the
         task's ``time_limit``, else the app's ``task_time_limit`` (Celery's own order)."""
-        hard = (getattr(task.request, "timelimit", None) or (None, None))[0]
+        return self.hard_limit(getattr(task.request, "timelimit", None), task)
+
+    def hard_limit(self, timelimit, task) -> float:
+        """Seconds: ``timelimit``'s hard part (a message's ``[hard, soft]`` header), else the task's
+        ``time_limit``, else the app's ``task_time_limit``."""
+        hard = (timelimit or (None, None))[0]
         return float(hard or getattr(task, "time_limit", None) or self.settings.task_time_limit)
+
+    def owner(self, worker: str, now: float, limit: float) -> str:
+        """A running task's entry in :func:`~celery_autoscale.keys.owners_key`: JSON of its worker, its
+        deadline (``now`` + its hard time limit, Unix seconds) and the worker's lease time, seconds."""
+        return json.dumps({"worker": worker, "deadline": now + limit, "lease": ttl(self.settings.heartbeat_interval)})
+
+    def start_commands(self, pipe, queue: str, task_id: str, now: float, owner: str) -> None:
+        """Queue on ``pipe`` the in-flight record of a task that starts (a run or a delivery) at ``now``."""
+        prefix = self.settings.key_prefix
+        pipe.zadd(keys.in_flight_key(queue, prefix), {task_id: now})
+        pipe.hset(keys.owners_key(queue, prefix), task_id, owner)
+
+    def end_commands(self, pipe, queue: str, task_id: str, started: float | None = None,
+                     finished: float | None = None, took: float | None = None) -> None:
+        """Queue on ``pipe`` the end of a task's in-flight record; with ``finished``, its run record
+        (``started``, ``finished``: Unix seconds) and its run counters (``took``: seconds)."""
+        settings = self.settings
+        pipe.zrem(keys.in_flight_key(queue, settings.key_prefix), task_id)
+        pipe.hdel(keys.owners_key(queue, settings.key_prefix), task_id)
+        if finished is None:
+            return
+        if started is not None and settings.run_record_ttl:
+            pipe.set(keys.run_record_key(task_id, settings.key_prefix), f"{started},{finished}",
+                     ex=settings.run_record_ttl)
+        if took is not None:
+            self.count_commands(pipe, queue, 1, took)
+
+    def count_commands(self, pipe, queue: str, runs: int, seconds: float) -> None:
+        """Queue on ``pipe`` ``runs`` more runs of ``queue`` that took ``seconds`` in all, for sizing
+        to a wait target (:mod:`celery_autoscale.reconciler._sizing`)."""
+        stats = keys.stats_key(queue, self.settings.key_prefix)
+        pipe.hincrby(stats, "runs", runs)
+        pipe.hincrbyfloat(stats, "run_seconds", round(seconds, 6))
+
+    @property
+    def records_at_delivery(self) -> bool:
+        """Whether the worker's consumer writes the in-flight record of a task without an ETA in
+        kombu's own delivery and acknowledgement transactions (:mod:`~celery_autoscale.worker._delivery`);
+        otherwise the task's own process writes it at ``task_prerun`` and ``task_postrun``."""
+        if self._at_delivery is None:
+            self._at_delivery = self.app.conf.broker_transport in KOMBU_REDIS
+        return self._at_delivery
 
     # -- signal handlers -----------------------------------------------------------------
     def stamp_published_at(self, headers=None, **_):
@@ -127,15 +177,13 @@ class Runtime:
         queue = queue_of(task.request)
         now = time.time()
         self.started[task_id] = (now, time.perf_counter(), queue)
-        prefix = self.settings.key_prefix
-        owner = json.dumps({"worker": task.request.hostname, "deadline": now + self.time_limit(task),
-                            "lease": ttl(self.settings.heartbeat_interval)})
-        try:
-            self.write(lambda pipe: (pipe.zadd(keys.in_flight_key(queue, prefix), {task_id: now}),
-                                     pipe.hset(keys.owners_key(queue, prefix), task_id, owner),
-                                     pipe.zrem(keys.scheduled_key(queue, prefix), task_id)))
-        except Exception:  # the record must never fail a task
-            logger.exception("could not record task %s as in flight", task_id)
+        if task.request.eta is not None or not self.records_at_delivery:
+            owner = self.owner(task.request.hostname, now, self.time_limit(task))
+            try:
+                self.write(lambda pipe: (self.start_commands(pipe, queue, task_id, now, owner),
+                                         pipe.zrem(keys.scheduled_key(queue, self.settings.key_prefix), task_id)))
+            except Exception:  # the record must never fail a task
+                logger.exception("could not record task %s as in flight", task_id)
         published = getattr(task.request, "published_at", None)
         if self.metrics is not None and published is not None:
             self.metrics.queue_wait.labels(queue).observe(max(0.0, now - float(published)))
@@ -144,25 +192,13 @@ class Runtime:
         if not self.owns(task):
             return
         started, began, queue = self.started.pop(task_id, (None, None, queue_of(task.request)))
-        settings = self.settings
         finished = time.time()
         took = time.perf_counter() - began if began is not None else None
-
-        def clear(pipe):
-            pipe.zrem(keys.in_flight_key(queue, settings.key_prefix), task_id)
-            pipe.hdel(keys.owners_key(queue, settings.key_prefix), task_id)
-            if started is not None and settings.run_record_ttl:
-                pipe.set(keys.run_record_key(task_id, settings.key_prefix), f"{started},{finished}",
-                         ex=settings.run_record_ttl)
-            if took is not None:  # for sizing to a wait target (reconciler._sizing)
-                stats = keys.stats_key(queue, settings.key_prefix)
-                pipe.hincrby(stats, "runs", 1)
-                pipe.hincrbyfloat(stats, "run_seconds", round(took, 6))
-
-        try:
-            self.write(clear)
-        except Exception:
-            logger.exception("could not clear the in-flight entry of task %s", task_id)
+        if task.request.eta is not None or not self.records_at_delivery:
+            try:
+                self.write(lambda pipe: self.end_commands(pipe, queue, task_id, started, finished, took))
+            except Exception:
+                logger.exception("could not clear the in-flight entry of task %s", task_id)
         if self.metrics is not None:
             self.metrics.tasks.labels(queue, task.name, (state or "unknown").lower()).inc()
             if took is not None:
@@ -224,6 +260,25 @@ class Runtime:
         if self.lease is not None and getattr(sender, "app", self.app) is self.app:
             self.lease.stop()
             self.lease = None
+
+
+def retrying(send, seconds: float = WRITE_RETRY_SECONDS):
+    """``send()``; while Redis cannot be reached, again after 0.5 s, doubling to 5 s, for up to
+    ``seconds`` (as Celery's ``result_backend_always_retry`` waits for the result backend in the
+    same task). Returns what ``send`` returns.
+
+    Raises:
+        redis.ConnectionError, redis.TimeoutError: Redis still cannot be reached.
+    """
+    delay, deadline = 0.5, time.monotonic() + seconds
+    while True:
+        try:
+            return send()
+        except (redis.ConnectionError, redis.TimeoutError):
+            if time.monotonic() + delay > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(2 * delay, 5.0)
 
 
 def check_files(settings) -> None:
