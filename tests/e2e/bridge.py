@@ -68,6 +68,9 @@ class Running:
     started: float = field(default_factory=time.time)
     job: bool = False  # a Job's pod: its exit ends the pod
     container: tuple[str, str] = ("", "")  # name, image
+    pre_stop: list[str] | None = None  # the container's preStop exec command, on this host
+    env: dict[str, str] = field(default_factory=dict)
+    home: Path | None = None
 
 
 class PodBridge:
@@ -150,8 +153,7 @@ class PodBridge:
         if "CELERY_METRICS_PORT" in env and env["CELERY_METRICS_PORT"] != "0":
             env["CELERY_METRICS_PORT"] = str(free_port())
         argv = [a.replace("%h", name) for a in [*(container.command or []), *(container.args or [])]]
-        argv = [VAR.sub(lambda m: env.get(m.group(1), m.group(0)), a) for a in argv]
-        argv = [self._host_paths(a, mounts) for a in argv]
+        argv = self._localize(argv, env, mounts)
         address = self.services.for_pod(pod) if self.services else None
         if address:
             argv = self._bind(pod, argv, address, env)
@@ -163,6 +165,7 @@ class PodBridge:
         elif argv and argv[0] == "python":
             argv = [sys.executable, *argv[1:]]
         process_env = {"PATH": os.environ.get("PATH", ""), "PYTHONUNBUFFERED": "1", **env}
+        pre_stop = self._pre_stop(container, env, mounts, address)
         log = open(home / "container.log", "ab")
         proc = subprocess.Popen(argv, env=process_env, cwd=home, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)
@@ -170,9 +173,25 @@ class PodBridge:
         job = any(ref.kind == "Job" for ref in pod.metadata.owner_references or [])
         with self._lock:
             self.running[pod.metadata.uid] = Running(name, proc, pod.spec.termination_grace_period_seconds or 30,
-                                                     job=job, container=(container.name, container.image))
+                                                     job=job, container=(container.name, container.image),
+                                                     pre_stop=pre_stop, env=process_env, home=home)
             self.events.append((time.time(), name, "started"))
         logger.info("pod %s: started pid %d: %s", name, proc.pid, " ".join(argv))
+
+    def _pre_stop(self, container, env: dict[str, str], mounts: dict[str, Path], address: str | None):
+        """The container's ``preStop`` exec command as it runs here: its mount paths are folders and
+        ``redis-cli`` asks the pod's Service address, where the bridge binds ``redis-server``."""
+        hook = container.lifecycle.pre_stop if container.lifecycle else None
+        command = hook._exec.command if hook is not None and hook._exec is not None else None  # the client's name for exec
+        if not command:
+            return None
+        argv = self._localize(command, env, mounts)
+        return [re.sub(r"\bredis-cli ", f"redis-cli -h {address} ", a) for a in argv] if address else argv
+
+    @classmethod
+    def _localize(cls, argv: list[str], env: dict[str, str], mounts: dict[str, Path]) -> list[str]:
+        """``argv`` as it runs here: ``$(VAR)`` from the container's ``env``, mount paths as their folders."""
+        return [cls._host_paths(VAR.sub(lambda m: env.get(m.group(1), m.group(0)), a), mounts) for a in argv]
 
     @staticmethod
     def _host_paths(arg: str, mounts: dict[str, Path]) -> str:
@@ -274,12 +293,20 @@ class PodBridge:
                 return
             self.events.append((time.time(), running.pod, "sigterm"))
         if running.proc.poll() is None:
-            running.proc.send_signal(signal.SIGTERM)
             self.exiting[running.pod] = running.proc
 
-        def reap():
+        def reap():  # the kubelet's order: the preStop hook, then SIGTERM, all within the grace period
+            deadline = time.monotonic() + running.grace
+            if running.pre_stop and running.proc.poll() is None:
+                try:
+                    subprocess.run(running.pre_stop, env=running.env, cwd=running.home, timeout=running.grace,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                except subprocess.TimeoutExpired:
+                    pass
+            if running.proc.poll() is None:
+                running.proc.send_signal(signal.SIGTERM)
             try:
-                code = running.proc.wait(running.grace)
+                code = running.proc.wait(max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 os.killpg(running.proc.pid, signal.SIGKILL)
                 code = running.proc.wait()
