@@ -4,6 +4,7 @@ import base64
 import json
 import re
 
+import helm_python as helm
 import pytest
 from celery import Celery
 from celery_autoscale import backlog_keys, install, settings_of
@@ -141,6 +142,17 @@ def test_warm_shutdown_reaches_celery_within_a_grace_period_longer_than_any_task
         assert pod["terminationGracePeriodSeconds"] > limit
 
 
+def test_prefork_processes_are_replaced_after_the_tasks_or_memory_a_queue_allows():
+    deployments = by_kind(render_chart({"queues": {"cpu": {"maxTasksPerChild": 100, "maxMemoryPerChild": 200000}}}),
+                          "Deployment")
+    assert {"--max-tasks-per-child=100", "--max-memory-per-child=200000"} <= set(
+        worker_container(deployments["rel-celery-autoscale-worker-cpu"])["args"])
+    assert not [a for a in worker_container(deployments["rel-celery-autoscale-worker-mixed"])["args"] if "per-child" in a]
+    with pytest.raises(helm.HelmError, match="queues.io.maxTasksPerChild and maxMemoryPerChild replace prefork pool "
+                                             "processes; pool threads has none"):
+        render_chart({"queues": {"io": {"maxMemoryPerChild": 200000}}})
+
+
 def test_workers_are_locked_down_and_probed_without_broadcasts():
     deployment = by_kind(render_chart({}), "Deployment")["rel-celery-autoscale-worker-cpu"]
     pod = deployment["spec"]["template"]["spec"]
@@ -224,6 +236,16 @@ def test_redis_persists_its_append_only_file_on_a_claim():
     dev = render_chart({"redis": {"persistence": {"enabled": False}}})
     [sts] = by_kind(dev, "StatefulSet").values()
     assert "volumeClaimTemplates" not in sts["spec"]
+
+
+def test_redis_pauses_writes_for_its_grace_period_before_the_kubelets_sigterm():
+    """The hook itself is run against a real Redis in tests/test_faults.py."""
+    [sts] = by_kind(render_chart({}), "StatefulSet").values()
+    pod = sts["spec"]["template"]["spec"]
+    hook = pod["containers"][0]["lifecycle"]["preStop"]["exec"]["command"]
+    assert hook[:2] == ["sh", "-c"]
+    assert f"CLIENT PAUSE {pod['terminationGracePeriodSeconds'] * 1000} WRITE" in hook[2]
+    assert 'REDISCLI_AUTH="$(cat /etc/redis-auth/password)" redis-cli' in hook[2]
 
 
 @pytest.mark.parametrize("setting, rendered", [(False, False), (True, True), ("auto", False)])

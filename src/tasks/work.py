@@ -5,6 +5,9 @@ Profile keywords and their units:
 - ``work_units``: SHA-256 rounds of a hash chain (CPU work; about 0.5 µs each in CPython on one x86-64 core).
 - ``size_bytes``: bytes written to a file, fsynced and read back (disk I/O).
 - ``wait_seconds``: seconds of waiting that stand for a network call (latency-bound I/O).
+- ``leak_bytes``: bytes the ``io`` task leaks: kept, every page written, in its process after it
+  returns (``0``, the default: none); for a container's memory limit and Celery's
+  ``--max-memory-per-child``.
 - ``fail_rate``: probability in [0, 1] that an attempt raises :class:`TransientError`; the
   task is retried with backoff and dead-lettered when its retries run out.
 
@@ -28,6 +31,10 @@ from .app import app
 
 #: Where ``io`` and ``mixed`` tasks write their files (``CELERY_WORK_DIR``, default the temp folder).
 WORK_DIR = os.environ.get("CELERY_WORK_DIR") or tempfile.gettempdir()
+
+
+#: What ``leak_bytes`` leaves behind, for the life of the process.
+_LEAKED: list[bytearray] = []
 
 
 def _maybe_fail(fail_rate: float) -> None:
@@ -90,11 +97,14 @@ def cpu_hash_chain(self, work_units: int = 200_000, fail_rate: float = 0.0) -> d
 
 @app.task(bind=True, name="tasks.io.transfer")
 def io_transfer(
-    self, size_bytes: int = 1 << 20, wait_seconds: float = 0.2, fail_rate: float = 0.0
+    self, size_bytes: int = 1 << 20, wait_seconds: float = 0.2, fail_rate: float = 0.0, leak_bytes: int = 0
 ) -> dict:
-    """I/O-bound: write, fsync and read ``size_bytes``, then wait ``wait_seconds``."""
+    """I/O-bound: write, fsync and read ``size_bytes``, then wait ``wait_seconds``; ``leak_bytes``
+    stay behind in the process."""
     started = time.time()
     _maybe_fail(fail_rate)
+    if leak_bytes:
+        _LEAKED.append(bytearray(b"\x01") * leak_bytes)
     read = file_roundtrip(size_bytes, WORK_DIR) if size_bytes else 0
     if wait_seconds:
         time.sleep(wait_seconds)
