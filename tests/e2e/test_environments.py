@@ -131,13 +131,26 @@ def test_dev_values_pass_helm_test_and_a_queue_that_cannot_be_served_fails_it_by
         # helm test cannot get an answer from it and fails, naming the queue.
         release.helm.upgrade(release.chart, name, merge(merge(values_file("dev"), FAST), {"helmTest": {"timeout": 20}}),
                              namespace=NAMESPACE, timeout=120)
-        release.cluster.kubectl("annotate", "scaledobject", f"{name}-celery-autoscale-worker-cpu", "-n", NAMESPACE,
-                                "autoscaling.keda.sh/paused-replicas=0")
-        # The first helm test woke cpu: its workers must be gone before the probe is sent, or
-        # one of them still answers it.
+        # The first helm test woke cpu: its workers must be gone before the probe is sent, or one of
+        # them still answers it. cpu is paused once its cooldown took it back to zero: pausing a
+        # running Deployment races the HPA controller's last sync, which can set it back to one
+        # after KEDA deleted the HPA and scaled it to zero (KEDA's handlePause).
         cpu = f"{name}-celery-autoscale-worker-cpu"
-        wait_for(lambda: release.deployment_replicas(cpu) == 0 and release.bridge.alive(cpu) == (0, 0), 180,
-                 "cpu paused at zero, its workers gone")
+
+        def gone():
+            return release.deployment_replicas(cpu) == 0 and release.bridge.alive(cpu) == (0, 0)
+
+        def explain():
+            return json.dumps({"replicas": release.deployment_replicas(cpu), "alive": release.bridge.alive(cpu),
+                               "scaledobject": release.get("scaledobject", cpu).get("status"),
+                               "bridge": [e for e in release.bridge.events if e[1].startswith(cpu)][-10:]},
+                              indent=1, default=str)
+
+        wait_for(gone, 180, "cpu back to zero after its cooldown", explain=explain)
+        release.cluster.kubectl("annotate", "scaledobject", cpu, "-n", NAMESPACE, "autoscaling.keda.sh/paused-replicas=0")
+        wait_for(lambda: release.get("scaledobject", cpu).get("status", {}).get("pausedReplicaCount") == 0, 60,
+                 "KEDA reporting cpu paused at zero", explain=explain)
+        wait_for(gone, 60, "cpu paused at zero, its workers gone", explain=explain)
         with pytest.raises(helm.HelmError):
             release.helm.test(name, timeout=120)
         assert "FAILED queue cpu: no answer within 20s" in helm_test_log(release, name)
