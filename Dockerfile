@@ -5,15 +5,19 @@
 # (and `gevent` for `pool: gevent`)
 # from a wheel built here (`make dist`) or the repository (`kubernetes`: the reconciler's pod deletion cost).
 
+# The official python image; images/build.sh gives a stand-in made from Debian's packages where no
+# registry is reachable (images/README.md).
+ARG PYTHON_IMAGE=python:3.11.11-slim-bookworm
+
 # ---- build: wheels of the runtime and its dependencies (the wheel holds celery_autoscale only) ----
-FROM python:3.11.11-slim-bookworm AS build
+FROM ${PYTHON_IMAGE} AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY src/celery_autoscale ./src/celery_autoscale
 RUN pip wheel --no-cache-dir --wheel-dir /wheels ".[flower,kubernetes,beat,gevent]"
 
 # ---- runtime: no compiler, no pip cache, a numeric non-root user ---------------------------
-FROM python:3.11.11-slim-bookworm
+FROM ${PYTHON_IMAGE}
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1

@@ -4,6 +4,8 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 # Debian packages the tests use: a real Redis server, Redis Sentinel, and the browser Flower is checked in.
 SYSTEM_PACKAGES := redis-server redis-sentinel chromium prometheus
+# Debian packages `make image` builds with: podman (with runc, not crun), and mmdebstrap for the stand-in bases.
+IMAGE_PACKAGES := podman runc mmdebstrap
 
 # checkov (the chart's security scan) pins libraries that clash with pytest's: its own venv.
 CHECKOV_VENV := .venv-checkov
@@ -13,7 +15,7 @@ CHECKOV_VERSION := 3.3.30
 E2E_CACHE ?= $(HOME)/.cache/celery-autoscale-e2e
 export E2E_CACHE
 
-.PHONY: demo demo-cluster test e2e e2e-build bench bench-e2e report dist system-deps clean
+.PHONY: demo demo-cluster test e2e e2e-build image bench bench-e2e report dist system-deps image-deps clean
 
 # The sample app (src/tasks) is not installed: the demo, benchmarks and scripts import it from src/.
 export PYTHONPATH := $(CURDIR)/src$(if $(PYTHONPATH),:$(PYTHONPATH))
@@ -38,7 +40,10 @@ test: system-deps $(VENV)/.installed-test $(CHECKOV_VENV)/bin/checkov  ## the wh
 e2e-build:  ## build the control plane and KEDA from their Go modules (cached in E2E_CACHE)
 	tests/e2e/build.sh
 
-e2e: system-deps $(VENV)/.installed-e2e e2e-build  ## autoscaling on a real control plane with the real KEDA
+image: image-deps  ## the chart's images with podman: the Dockerfile's app image and stand-in bases (cached), one JSON line each
+	images/build.sh
+
+e2e: system-deps $(VENV)/.installed-e2e e2e-build image  ## autoscaling on a real control plane with the real KEDA
 	$(PY) -m pytest tests/e2e -m e2e
 
 bench: $(VENV)/.installed-test  ## the benchmarks, one JSON line each
@@ -62,12 +67,20 @@ dist: $(VENV)/.installed-test  ## dist/: the runtime's and the load generator's 
 	$(PY) scripts/package_chart.py dist
 	@ls -l dist
 
-system-deps:  ## install missing Debian packages when run as root, else say what is missing
-	@missing=""; for p in $(SYSTEM_PACKAGES); do command -v $$p >/dev/null || missing="$$missing $$p"; done; \
+# install-missing PACKAGES: install the Debian packages whose command is missing when run as root, else say which.
+define install-missing
+	@missing=""; for p in $(1); do command -v $$p >/dev/null || missing="$$missing $$p"; done; \
 	if [ -z "$$missing" ]; then exit 0; fi; \
 	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 		echo "installing:$$missing"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	else echo "please install the Debian packages:$$missing (apt-get install$$missing)"; exit 1; fi
+endef
+
+system-deps:  ## install missing Debian packages when run as root, else say what is missing
+	$(call install-missing,$(SYSTEM_PACKAGES))
+
+image-deps:  ## the same for the image build's packages
+	$(call install-missing,$(IMAGE_PACKAGES))
 
 clean:
 	rm -rf $(VENV) $(CHECKOV_VENV) .demo .demo-cluster artifacts .pytest_cache dist
