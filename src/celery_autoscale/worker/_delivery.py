@@ -147,9 +147,10 @@ class QoS(kombu_redis.QoS):
         queue, task_id, delivered, began = run
 
         took = time.perf_counter() - began
-        with self._lock:
+        with self._lock:  # the last of concurrent acknowledgements (greenlets, threads) sees none running
+            self._runs.pop(delivery_tag, None)
             _add(self._counted, queue, 1, took)
-            due = len(self._runs) <= 1 or time.monotonic() >= self._count_at
+            due = not self._runs or time.monotonic() >= self._count_at
             counted = self._counted if due else {}
             if due:
                 self._counted, self._count_at = {}, time.monotonic() + COUNT_SECONDS
@@ -164,11 +165,11 @@ class QoS(kombu_redis.QoS):
         try:
             retrying(send)
         except BaseException:
-            with self._lock:  # counted again with a later acknowledgement
+            with self._lock:  # still unacknowledged; counted again with a later acknowledgement
+                self._runs[delivery_tag] = run
                 for name, (runs, seconds) in counted.items():
                     _add(self._counted, name, runs, seconds)
             raise
-        self._runs.pop(delivery_tag, None)
         virtual.QoS.ack(self, delivery_tag)
 
     def reject(self, delivery_tag, requeue=False):
@@ -178,12 +179,19 @@ class QoS(kombu_redis.QoS):
     def restore_unacked(self, client=None):
         super().restore_unacked(client)
         self._runs.clear()
-        self.flush_counts()
+
+    def restore_unacked_once(self, stderr=None):
+        """kombu's, at the channel's close (a warm shutdown), then :meth:`flush_counts`. kombu calls
+        :meth:`restore_unacked` from here only when a message is still unacknowledged, so the
+        counters are sent here, not there."""
+        try:
+            return super().restore_unacked_once(stderr)
+        finally:
+            self.flush_counts()
 
     def flush_counts(self) -> None:
-        """Send the run counters :meth:`ack` batched and has not sent yet. kombu calls
-        :meth:`restore_unacked` when the channel closes (a warm shutdown): without this, the runs
-        acknowledged in the last second before it were never counted."""
+        """Send the run counters :meth:`ack` batched and has not sent yet: without this, the runs
+        acknowledged in the last second before a warm shutdown were never counted."""
         with self._lock:
             counted, self._counted = self._counted, {}
         if not counted:
