@@ -8,10 +8,10 @@ tasks (no ``published_at`` stamp) and the runtime's run counters.
 import time
 
 import pytest
-from celery_autoscale.keys import run_record_key
-from celery_autoscale.reconciler._sizing import wanted_processes
+from celery_autoscale.keys import run_record_key, stats_key
+from celery_autoscale.reconciler._sizing import QueueSizer, wanted_processes
 from chart import by_kind, render_chart
-from helpers import eventually, scrape
+from helpers import eventually, scrape, settings
 from test_chart_render import WAIT_TARGET
 from test_chart_schema import rejected
 from test_plain_app import APP, plain_producer, plain_stack, plain_worker  # noqa: F401 (a fixture)
@@ -52,6 +52,32 @@ def test_never_fewer_than_the_busy_processes_never_zero_with_an_unfinished_task(
 @pytest.mark.parametrize("given", [dict(target=1.0, queued=10, start_seconds=30.0), dict(queued=10, oldest_wait=100.0)])
 def test_a_target_that_cannot_be_met_asks_a_process_per_task_not_more(given):
     assert wanted(**given) == 10
+
+
+def test_the_run_time_is_learnt_from_runs_seen_ending_and_survives_a_reconciler_restart(fresh_stack):
+    """The workers' counters hold a history of 30 s runs; the queue now runs 2 s tasks. A new sizer
+    does not take the lifetime mean (30 s) but the runs it sees end (2 s), writes its averages beside
+    the counters, and a second sizer (a restarted reconciler) resumes them."""
+    client, now = fresh_stack.client(), [1000.0]
+    stats = stats_key("io")
+    client.hset(stats, mapping={"runs": 100, "run_seconds": 3000.0})
+
+    def sizer():
+        return QueueSizer("io", 20, settings(fresh_stack), clock=lambda: now[0])
+
+    first = sizer()
+    assert first.read(client).run_seconds is None  # no run seen ending yet: a process per waiting task
+    client.hincrby(stats, "runs", 4)
+    client.hincrbyfloat(stats, "run_seconds", 8.0)
+    now[0] += 2
+    assert first.read(client).run_seconds == pytest.approx(2.0)
+    client.rpush("io", *[b"{}"] * 24)
+    now[0] += 30
+    resumed = sizer().read(client)
+    assert resumed.run_seconds == pytest.approx(2.0)
+    # 24 tasks of 2 s drained within 20 s less the default 10 s start: 4.8 processes, plus the
+    # arrivals of the first reads (0.04 tasks/s after 30 s of decay) at 2 s each
+    assert resumed.processes == 5
 
 
 def test_the_reconciler_serves_the_desired_processes_from_a_plain_apps_tasks(plain_stack):

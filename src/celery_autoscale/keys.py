@@ -92,7 +92,9 @@ def run_record_key(task_id: str, prefix: str = "") -> str:
 
 def stats_key(queue: str, prefix: str = "") -> str:
     """The hash of ``queue``'s run counters, for sizing to a wait target: ``runs`` (runs ended),
-    ``run_seconds`` (their total run time, seconds) and ``start_seconds`` (the last worker's start)."""
+    ``run_seconds`` (their total run time, seconds) and ``start_seconds`` (the last worker's start),
+    which the workers write; ``average_run_seconds``, ``average_arrival_rate`` (tasks/s) and
+    ``averaged_at`` (Unix seconds), the reconciler's moving averages, kept across its restarts."""
     return f"{prefix}{PREFIX}:stats:{queue}"
 
 

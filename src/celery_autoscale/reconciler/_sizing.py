@@ -37,8 +37,11 @@ with none (``λ`` decays slowly; the HPA's scale-down stabilization window and K
 ``min(Q, ...)`` term is the correction as the oldest wait approaches the target: ``T`` shrinks, and at
 ``T <= R`` every waiting task gets a process, which is the default target's one task per process.
 With no run measured yet (a queue's first tasks), ``R`` is unknown and the queue also gets one
-process per waiting task. Replicas are ``ceil(N / concurrency)``: KEDA divides the metric by its
-target, the concurrency.
+process per waiting task. The averages start from the first runs this process sees end, not from
+the counters' lifetime totals (a queue that ran 30 s tasks last week and runs 2 s tasks now would
+be sized for the former), and are written beside the counters at each update, so that a restarted
+reconciler resumes them (the arrival rate decayed for the time between). Replicas are
+``ceil(N / concurrency)``: KEDA divides the metric by its target, the concurrency.
 
 How it fails safe: the chart's formula reads this figure through a ``metrics-api`` trigger named
 ``wait_target`` and falls back, with KEDA's ``fallback.behavior: scalingModifiers`` and ``??``, to the
@@ -65,6 +68,9 @@ DEFAULT_START_SECONDS = 10.0
 SMOOTHING_SECONDS = 60.0
 #: Tasks whose first sighting each queue's sizer remembers (message ids without ``published_at``).
 SEEN_LIMIT = 4096
+#: Fields of :func:`~celery_autoscale.keys.stats_key` where the sizer keeps its averages: mean run
+#: time (seconds), arrival rate (tasks/s), and when they were written (Unix seconds).
+AVERAGES = ("average_run_seconds", "average_arrival_rate", "averaged_at")
 
 
 def wanted_processes(target: float, busy: int, queued: int, scheduled: int, run_seconds: float | None,
@@ -138,16 +144,21 @@ class QueueSizer:
         for name in found.waiting:
             pipe.lindex(name, -1)
             pipe.lindex(name, 0)
-        pipe.hmget(keys.stats_key(self.queue, self.settings.key_prefix), "runs", "run_seconds", "start_seconds")
-        *ends, (runs, run_total, start) = pipe.execute()
+        stats = keys.stats_key(self.queue, self.settings.key_prefix)
+        pipe.hmget(stats, "runs", "run_seconds", "start_seconds", *AVERAGES)
+        *ends, (runs, run_total, start, *averages) = pipe.execute()
         now = self.clock()
+        if self._last is None:
+            self._resume(now, averages)
         oldest = None
         for tail, head in zip(ends[::2], ends[1::2]):
             self._published(head, now)  # seen at the newest end: a plain message's age counts from here
             published = self._published(tail, now)
             if published is not None:
                 oldest = published if oldest is None else min(oldest, published)
-        self._update(now, int(runs or 0), float(run_total or 0.0), found.total)
+        if self._update(now, int(runs or 0), float(run_total or 0.0), found.total) and self.run_seconds is not None:
+            client.hset(stats, mapping=dict(zip(AVERAGES, (round(self.run_seconds, 6), round(self.arrival_rate, 6),
+                                                            round(now, 3)))))
         wait = max(0.0, now - oldest) if oldest is not None else 0.0
         start_seconds = float(start) if start is not None else DEFAULT_START_SECONDS
         processes = wanted_processes(self.target, found.in_flight, found.queued, found.scheduled, self.run_seconds,
@@ -174,16 +185,26 @@ class QueueSizer:
                 self._seen.popitem(last=False)
         return first
 
-    def _update(self, now: float, runs: int, run_total: float, unfinished: int) -> None:
-        """Fold the counters' change since the last read into the moving averages."""
+    def _resume(self, now: float, averages) -> None:
+        """Start from the averages a previous reconciler wrote (``AVERAGES``), if any: the run time
+        as it was, the arrival rate decayed for the time since."""
+        try:
+            run_seconds, rate, at = (float(value) for value in averages)
+        except (TypeError, ValueError):  # none written yet, or not numbers
+            return
+        if run_seconds > 0:
+            self.run_seconds = run_seconds
+            self.arrival_rate = max(0.0, rate) * math.exp(-max(0.0, now - at) / SMOOTHING_SECONDS)
+
+    def _update(self, now: float, runs: int, run_total: float, unfinished: int) -> bool:
+        """Fold the counters' change since the last read into the moving averages; False if this
+        read is less than a second after the last one (the averages are kept as they are)."""
         last = self._last
         if last is not None and now - last[0] < 1.0:
-            return
+            return False
         self._last = (now, runs, run_total, unfinished)
         if last is None or runs < last[1]:  # the first read, or the counters were reset (Redis lost them)
-            if self.run_seconds is None and runs:
-                self.run_seconds = run_total / runs
-            return
+            return True
         elapsed = now - last[0]
         weight = 1.0 - math.exp(-elapsed / SMOOTHING_SECONDS)
         ended = runs - last[1]
@@ -192,3 +213,4 @@ class QueueSizer:
             self.run_seconds = mean if self.run_seconds is None else self.run_seconds + weight * (mean - self.run_seconds)
         rate = max(0.0, (ended + unfinished - last[3]) / elapsed)
         self.arrival_rate += weight * (rate - self.arrival_rate)
+        return True
