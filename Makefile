@@ -6,6 +6,8 @@ PY     := $(VENV)/bin/python
 SYSTEM_PACKAGES := redis-server redis-sentinel chromium prometheus
 # Debian packages `make image` builds with: podman (with runc, not crun), and mmdebstrap for the stand-in bases.
 IMAGE_PACKAGES := podman runc mmdebstrap
+# Debian packages of the e2e's real node (tests/e2e/node.py): its container runtime, the CNI plugins, conntrack for kube-proxy.
+NODE_PACKAGES := containerd containernetworking-plugins conntrack
 
 # checkov (the chart's security scan) pins libraries that clash with pytest's: its own venv.
 CHECKOV_VENV := .venv-checkov
@@ -15,7 +17,7 @@ CHECKOV_VERSION := 3.3.30
 E2E_CACHE ?= $(HOME)/.cache/celery-autoscale-e2e
 export E2E_CACHE
 
-.PHONY: demo demo-cluster test e2e e2e-build image bench bench-e2e report dist system-deps image-deps clean
+.PHONY: demo demo-cluster test e2e e2e-build image bench bench-e2e report dist system-deps image-deps node-deps clean
 
 # The sample app (src/tasks) is not installed: the demo, benchmarks and scripts import it from src/.
 export PYTHONPATH := $(CURDIR)/src$(if $(PYTHONPATH),:$(PYTHONPATH))
@@ -43,7 +45,7 @@ e2e-build:  ## build the control plane and KEDA from their Go modules (cached in
 image: image-deps  ## the chart's images with podman: the Dockerfile's app image and stand-in bases (cached), one JSON line each
 	images/build.sh
 
-e2e: system-deps $(VENV)/.installed-e2e e2e-build image  ## autoscaling on a real control plane with the real KEDA
+e2e: system-deps node-deps $(VENV)/.installed-e2e e2e-build image  ## autoscaling on a real control plane with the real KEDA; pods on a real node
 	$(PY) -m pytest tests/e2e -m e2e
 
 bench: $(VENV)/.installed-test  ## the benchmarks, one JSON line each
@@ -81,6 +83,12 @@ system-deps:  ## install missing Debian packages when run as root, else say what
 
 image-deps:  ## the same for the image build's packages
 	$(call install-missing,$(IMAGE_PACKAGES))
+
+node-deps:  ## the same for the real node's packages (the CNI plugins are no command: their bridge plugin is looked for)
+	@if command -v containerd >/dev/null && command -v conntrack >/dev/null && [ -x /usr/lib/cni/bridge ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing: $(NODE_PACKAGES)"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(NODE_PACKAGES) >/dev/null; \
+	else echo "please install the Debian packages: $(NODE_PACKAGES)"; exit 1; fi
 
 clean:
 	rm -rf $(VENV) $(CHECKOV_VENV) .demo .demo-cluster artifacts .pytest_cache dist

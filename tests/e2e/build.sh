@@ -2,7 +2,10 @@
 # Build the real control plane and KEDA from their Go modules into a cache outside the
 # repository, skipping whatever the cache already holds for the recorded versions.
 #
-#   tests/e2e/build.sh [component ...]     components: kube etcd kwok keda (default: all)
+#   tests/e2e/build.sh [component ...]     components: kube etcd kwok keda node coredns (default: all)
+#
+# node: the kubelet and kube-proxy (the real node of tests/e2e/node.py), from kube's wrapper module;
+# coredns: its cluster DNS.
 #
 # Cache: $E2E_CACHE (default ~/.cache/celery-autoscale-e2e); binaries in $E2E_CACHE/bin/<version>/.
 # Each component is built in a wrapper module of its own under $E2E_CACHE/src, so an
@@ -14,7 +17,7 @@ source "$here/versions.env"
 cache="${E2E_CACHE:-$HOME/.cache/celery-autoscale-e2e}"
 export GOFLAGS="${GOFLAGS:--mod=mod}" CGO_ENABLED=0
 components=("$@")
-[ ${#components[@]} -gt 0 ] || components=(kube etcd kwok keda)
+[ ${#components[@]} -gt 0 ] || components=(kube etcd kwok keda node coredns)
 
 say() { printf '[e2e-build %(%H:%M:%S)T] %s\n' -1 "$*"; }
 mkdir -p "$cache"
@@ -123,6 +126,56 @@ build_keda() {
       -o "$out/.keda-$cmd.tmp" "github.com/kedacore/keda/v2/cmd/$cmd"
     mv "$out/.keda-$cmd.tmp" "$out/keda-$cmd"
   done
+}
+
+build_node() {
+  # The node's own Kubernetes commands (kubelet, kube-proxy), from the same wrapper module and
+  # version as the control plane; a command already built is kept.
+  local out="$cache/bin/kubernetes-$KUBERNETES_VERSION" dir="$cache/src/kubernetes-$KUBERNETES_VERSION" missing=()
+  for cmd in kubelet kube-proxy; do [ -x "$out/$cmd" ] || missing+=("$cmd"); done
+  if [ ${#missing[@]} -eq 0 ]; then say "kubelet, kube-proxy $KUBERNETES_VERSION: cached"; return; fi
+  [ -f "$dir/go.mod" ] || { echo "build the kube component first (its wrapper module)" >&2; return 1; }
+  say "${missing[*]} $KUBERNETES_VERSION: building"
+  cd "$dir"
+  for cmd in "${missing[@]}"; do
+    quiet go get "k8s.io/kubernetes/cmd/$cmd@$KUBERNETES_VERSION"
+    say "  go build $cmd"
+    quiet go build -trimpath -ldflags "-s -w -X k8s.io/component-base/version.gitVersion=$KUBERNETES_VERSION -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=35" \
+      -o "$out/.$cmd.tmp" "k8s.io/kubernetes/cmd/$cmd"
+    mv "$out/.$cmd.tmp" "$out/$cmd"
+  done
+}
+
+build_coredns() {
+  # Cluster DNS for the real node's pods: CoreDNS with only the plugins its Corefile uses
+  # (tests/e2e/node.py), from the CoreDNS module through a wrapper main, as its own
+  # coredns.go does with every plugin.
+  local out="$cache/bin/coredns-$COREDNS_VERSION" dir="$cache/src/coredns-$COREDNS_VERSION"
+  if [ -x "$out/coredns" ]; then say "coredns $COREDNS_VERSION: cached"; return; fi
+  say "coredns $COREDNS_VERSION: building"
+  wrapper "$dir" e2e.local/coredns
+  cat >"$dir/main.go" <<'GO'
+// CoreDNS with the plugins the e2e node's Corefile names.
+package main
+
+import (
+	_ "github.com/coredns/coredns/plugin/bind"
+	"github.com/coredns/coredns/coremain"
+	_ "github.com/coredns/coredns/plugin/errors"
+	_ "github.com/coredns/coredns/plugin/health"
+	_ "github.com/coredns/coredns/plugin/kubernetes"
+	_ "github.com/coredns/coredns/plugin/loop"
+	_ "github.com/coredns/coredns/plugin/ready"
+)
+
+func main() { coremain.Run() }
+GO
+  cd "$dir"
+  quiet go get "github.com/coredns/coredns@$COREDNS_VERSION"
+  quiet go mod tidy
+  mkdir -p "$out.tmp"
+  quiet go build -trimpath -ldflags "-s -w" -o "$out.tmp/coredns" .
+  rm -rf "$out" && mv "$out.tmp" "$out"
 }
 
 start=$(date +%s)

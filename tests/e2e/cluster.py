@@ -226,6 +226,10 @@ class E2ECluster:
             "componentsPatches": [{
                 "name": "kube-controller-manager",
                 "extraArgs": [{"key": "horizontal-pod-autoscaler-sync-period", "value": f"{self.hpa_sync_seconds}s"}],
+            }, {
+                # The real node's kubelet (tests/e2e/node.py) is reached at its address, not its name.
+                "name": "kube-apiserver",
+                "extraArgs": [{"key": "kubelet-preferred-address-types", "value": "InternalIP"}],
             }],
         }
         path = self.workdir / "kwokctl.yaml"

@@ -17,6 +17,21 @@ def release():
         yield running
 
 
+@pytest.fixture(scope="module")
+def real_node(release):
+    """A real node (kubelet, containerd, kube-proxy, CoreDNS) joined to the cluster for one module's
+    tests (its processes would otherwise compete with the scaling tests' for the CPU): see :mod:`node`."""
+    from tests.e2e.harness import RUN_DIR
+    from tests.e2e.node import RealNode
+
+    node = RealNode(release.cluster, RUN_DIR / "node")
+    try:
+        node.start()
+        yield node
+    finally:
+        node.stop()
+
+
 @pytest.fixture
 def producer(release):
     return release.producer()
