@@ -63,6 +63,13 @@ IMAGES = ("pause", "redis-standin", "app")
 PAUSE_IMAGE = f"localhost/celery-autoscale/pause:{versions()['KUBERNETES_VERSION']}"
 CNI_BIN = Path("/usr/lib/cni")
 PROCESSES = ("kube-proxy", "kubelet", "coredns", "containerd")
+#: Kernel settings the node changes: forwarding (this harness), and those the kubelet sets to its
+#: liking at start (``protectKernelDefaults: false``; pkg/kubelet/cm/container_manager_linux.go,
+#: setupKernelTunables). Their values before the first start are kept in a file beside the node's
+#: folder and written back by :meth:`RealNode.clean`, so not even an interrupted run leaves a
+#: machine that panics on an oops.
+SYSCTLS = ("net/ipv4/ip_forward", "kernel/panic", "kernel/panic_on_oops", "vm/overcommit_memory", "vm/panic_on_oom",
+           "kernel/keys/root_maxkeys", "kernel/keys/root_maxbytes")
 
 
 def node_binaries() -> dict[str, Path]:
@@ -96,6 +103,7 @@ class RealNode:
         self.workdir = Path(self.workdir)
         self.bins = node_binaries()
         self.socket = self.workdir / "containerd" / "containerd.sock"
+        self.sysctls = self.workdir.with_name(self.workdir.name + "-sysctls.json")
         self.volumes: list[str] = []
 
     # -- helpers ------------------------------------------------------------------------------
@@ -139,7 +147,7 @@ class RealNode:
         self._wait(self._ready, 180, f"node {NAME}")
 
     def _network(self) -> None:
-        self.forwarding = Path("/proc/sys/net/ipv4/ip_forward").read_text().strip()
+        self.sysctls.write_text(json.dumps({name: (Path("/proc/sys") / name).read_text().strip() for name in SYSCTLS}))
         self.service_cidr = self._service_cidr()
         for cidr in (POD_GUARD, self.service_cidr):
             run("ip", "route", "replace", "unreachable", cidr, "metric", str(ROUTE_METRIC))
@@ -309,7 +317,8 @@ state = "{root / 'state'}"
     def clean(self) -> None:
         """Remove what a node run leaves, this one's or an interrupted one's: its container processes
         (shims and all), mounts under its folder and pod network namespaces, kube-proxy's and the
-        kubelet's iptables chains, the guard rules, routes and bridge, the kubepods cgroups."""
+        kubelet's iptables chains, the guard rules, routes and bridge, the kubepods cgroups; and
+        write back the kernel settings (:data:`SYSCTLS`) as they were before."""
         for line in run("pgrep", "-f", f"containerd-shim.*{self.workdir}", check=False).stdout.split():
             subprocess.run(["pkill", "-KILL", "-P", line], check=False)
             subprocess.run(["kill", "-KILL", line], check=False)
@@ -339,8 +348,10 @@ state = "{root / 'state'}"
         for route in json.loads(run("ip", "-j", "route", "show", "type", "unreachable", check=False).stdout or "[]"):
             if route.get("metric") == ROUTE_METRIC:
                 run("ip", "route", "delete", "unreachable", route["dst"], "metric", str(ROUTE_METRIC), check=False)
-        if getattr(self, "forwarding", None) is not None:
-            Path("/proc/sys/net/ipv4/ip_forward").write_text(self.forwarding)
+        if self.sysctls.exists():
+            for name, value in json.loads(self.sysctls.read_text()).items():
+                (Path("/proc/sys") / name).write_text(value)
+            self.sysctls.unlink()
         for controller in Path("/sys/fs/cgroup").iterdir():  # the kubelet's, deepest first
             kubepods = controller / "kubepods"
             if kubepods.is_dir():
