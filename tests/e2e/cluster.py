@@ -106,6 +106,18 @@ def keda_webhook_configuration(port: int, ca_bundle: str) -> dict:
     return config
 
 
+def terminate(proc: subprocess.Popen | None, grace: float = 20) -> None:
+    """SIGTERM to ``proc``'s process group, SIGKILL after ``grace`` seconds; None or ended: nothing."""
+    if proc is None or proc.poll() is not None:
+        return
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
 def free_port() -> int:
     import socket
 
@@ -332,14 +344,7 @@ class E2ECluster:
             self.kubectl("delete", "validatingwebhookconfiguration", "keda-admission", "--ignore-not-found",
                          "--wait=false", check=False)
         for name in ("keda-webhooks", "keda-adapter", "keda-operator"):
-            proc = self.procs.pop(name, None)
-            if proc and proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-                try:
-                    proc.wait(20)
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait()
+            terminate(self.procs.pop(name, None))
         subprocess.run([str(self.bins["kwokctl"]), "delete", "cluster", "--name", CLUSTER_NAME],
                        env=self.env, capture_output=True, text=True, timeout=120)
         shutil.rmtree(self.workdir / "kwok", ignore_errors=True)

@@ -36,7 +36,6 @@ import json
 import os
 import shlex
 import shutil
-import signal
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -44,7 +43,7 @@ from pathlib import Path
 
 import yaml
 
-from .cluster import E2ECluster, cache_dir, free_port, versions
+from .cluster import E2ECluster, cache_dir, free_port, terminate, versions
 
 NAME = "real-node"
 BRIDGE = "cae2e0"
@@ -301,14 +300,7 @@ state = "{root / 'state'}"
     def stop(self) -> None:
         """Every node process, then :meth:`clean`."""
         for name in PROCESSES:
-            proc = self.procs.pop(name, None)
-            if proc and proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-                try:
-                    proc.wait(20)
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait()
+            terminate(self.procs.pop(name, None))
         if self.volumes:
             self.cluster.kubectl("delete", "pv", *self.volumes, "--ignore-not-found", "--wait=false", check=False)
         self.cluster.kubectl("delete", "node", NAME, "--ignore-not-found", "--wait=false", check=False)
