@@ -131,6 +131,36 @@ def test_keda_owns_replicas_unless_autoscaling_is_off():
     assert "rel-celery-autoscale-worker-io" not in by_kind(objects, "ScaledObject")
 
 
+def pod_specs(objects: list[dict]) -> dict[str, dict]:
+    """The pod spec of every object that makes pods (Deployments, the StatefulSet, Jobs, CronJobs), by name."""
+    specs = {}
+    for o in objects:
+        spec = o.get("spec", {})
+        template = spec.get("template") or spec.get("jobTemplate", {}).get("spec", {}).get("template")
+        if template:
+            specs[o["metadata"]["name"]] = template["spec"]
+    return specs
+
+
+def test_every_pod_runs_where_the_chart_places_it_unless_its_component_says_otherwise():
+    """A tainted node pool for the whole release: the top-level nodeSelector, tolerations and affinity
+    reach every pod (beat, the canary and the helm test included); Redis's and a queue's own win."""
+    pool = {"nodeSelector": {"pool": "celery"},
+            "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "celery", "effect": "NoSchedule"}],
+            "affinity": {"nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [
+                {"weight": 1, "preference": {"matchExpressions": [{"key": "zone", "operator": "In", "values": ["a"]}]}}]}}}
+    specs = pod_specs(render_chart({**pool, "flower": {"enabled": True}, "beat": {"enabled": True},
+                                    "canary": {"enabled": True}, "redis": {"nodeSelector": {"pool": "redis"}},
+                                    "queues": {"cpu": {"nodeSelector": {"pool": "cpu"}}}}))
+    assert len(specs) == 9  # 3 workers, Redis, the reconciler, Flower, beat, the canary, the helm test
+    own = {"rel-celery-autoscale-redis": {"pool": "redis"}, "rel-celery-autoscale-worker-cpu": {"pool": "cpu"}}
+    for name, spec in specs.items():
+        assert spec["nodeSelector"] == own.get(name, pool["nodeSelector"]), name
+        assert spec["tolerations"] == pool["tolerations"] and spec["affinity"] == pool["affinity"], name
+    assert not any({"nodeSelector", "tolerations", "affinity"} & set(spec)
+                   for spec in pod_specs(render_chart({"canary": {"enabled": True}})).values())
+
+
 def test_warm_shutdown_reaches_celery_within_a_grace_period_longer_than_any_task():
     for deployment in by_kind(render_chart(PROD), "Deployment").values():
         if "worker" not in deployment["metadata"]["name"]:

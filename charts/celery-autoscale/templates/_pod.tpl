@@ -15,6 +15,17 @@ settings, the Redis password as a file from its Secret, a writable /tmp.
 {{- define "celery-autoscale.image" -}}
 {{ include "celery-autoscale.imageRef" (dict "image" .Values.image "tag" .Chart.AppVersion) }}
 {{- end }}
+{{/* Where a pod runs: include with (dict "own" $component "root" $). Each of nodeSelector,
+tolerations and affinity is the component's own where it is not empty, else the chart's top-level one. */}}
+{{- define "celery-autoscale.placement" -}}
+{{- range $key := list "nodeSelector" "tolerations" "affinity" }}
+{{- with (get $.own $key) | default (get $.root.Values $key) }}
+{{ $key }}:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end }}
+{{- end }}
+
 {{- define "celery-autoscale.celeryEnvFrom" -}}
 - configMapRef:
     name: {{ include "celery-autoscale.fullname" . }}-celery
