@@ -1,14 +1,16 @@
 """What the chart promises: per-queue workers that KEDA scales on the true backlog, and no leaked secret."""
 
 import base64
+import hashlib
 import json
 import re
 
 import helm_python as helm
 import pytest
+import yaml
 from celery import Celery
 from celery_autoscale import backlog_keys, install, settings_of
-from chart import VALUES_FILES, by_kind, load_values, queue_of, render_chart
+from chart import VALUES_FILES, by_kind, load_values, queue_of, render_chart, render_manifests
 
 PROD = load_values(next(p for p in VALUES_FILES if p.name == "prod.yaml"))
 
@@ -230,6 +232,24 @@ def test_secrets_reach_containers_as_files_not_environment_variables():
             assert not [e for e in container.get("env", []) if "secretKeyRef" in e.get("valueFrom", {})], obj["metadata"]["name"]
     worker = worker_container(by_kind(render_chart({}), "Deployment")["rel-celery-autoscale-worker-cpu"])
     assert {"name": "REDIS_PASSWORD_FILE", "value": "/etc/celery-autoscale/redis-auth/password"} in worker["env"]
+
+
+def test_each_pods_secret_checksum_is_that_of_the_secret_the_same_render_writes():
+    """A generated password is drawn once per render: the checksum an install writes is then the
+    one the next upgrade computes from the kept Secret (a fresh draw in each include made every
+    first upgrade restart Redis and every worker; the real node's test caught it)."""
+    manifests = render_manifests({"flower": {"auth": {"enabled": True}}})
+    digest = {component: hashlib.sha256(manifests[f"celery-autoscale/templates/{component}/secret.yaml"]
+                                        .encode()).hexdigest() for component in ("redis", "flower")}
+    checked = 0
+    for path, text in manifests.items():
+        for obj in yaml.safe_load_all(text) if path.endswith(".yaml") else ():
+            annotations = (obj or {}).get("spec", {}).get("template", {}).get("metadata", {}).get("annotations", {})
+            if "checksum/secret" in annotations:
+                component = "flower" if obj["metadata"]["name"].endswith("-flower") else "redis"
+                assert annotations["checksum/secret"] == digest[component], obj["metadata"]["name"]
+                checked += 1
+    assert checked == 5  # Redis, Flower and the three workers
 
 
 def test_keda_authenticates_through_a_trigger_authentication_referencing_the_secret():

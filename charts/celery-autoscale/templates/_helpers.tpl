@@ -52,3 +52,23 @@ app.kubernetes.io/component: {{ .component }}
 {{- define "celery-autoscale.flowerSecretName" -}}
 {{- default (printf "%s-flower" (include "celery-autoscale.fullname" .)) .Values.flower.auth.existingSecret }}
 {{- end }}
+
+{{- /*
+A generated Secret value, base64: the kept Secret's (lookup), else one generated once per render.
+Args: root, secret (name), key, length. Every include of a Secret's template (the pods'
+checksum/secret) renders it again: a fresh randAlphaNum each time made the install's checksums
+differ from every later one, so the first upgrade restarted Redis and every pod. The generated
+value is kept in a dict on .Values for the rest of the render (Values is validated before).
+*/}}
+{{- define "celery-autoscale.generatedSecretValue" -}}
+{{- $existing := lookup "v1" "Secret" .root.Release.Namespace .secret }}
+{{- if and $existing (index $existing.data .key) }}
+{{- index $existing.data .key }}
+{{- else }}
+{{- if not (hasKey .root.Values "__generated") }}{{- $_ := set .root.Values "__generated" dict }}{{- end }}
+{{- $memo := index .root.Values "__generated" }}
+{{- $id := printf "%s/%s" .secret .key }}
+{{- if not (hasKey $memo $id) }}{{- $_ := set $memo $id (randAlphaNum (int .length) | b64enc) }}{{- end }}
+{{- index $memo $id }}
+{{- end }}
+{{- end }}
