@@ -1,27 +1,9 @@
 """Flower, in Debian's real chromium driven by Playwright, sees the three workers and their tasks."""
 
-import shutil
-
-import pytest
 from helpers import eventually
 
 from loadgen.stack import free_port
 from tasks.work import QUEUE_TASKS
-
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-
-
-@pytest.fixture(scope="module")
-def chromium():
-    path = shutil.which("chromium")
-    assert path, "Debian's chromium is needed: apt-get install chromium (make test does it as root)"
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=path, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
 
 
 def test_flower_shows_the_workers_and_their_tasks(stack, celery_app, chromium, artifacts):

@@ -284,26 +284,30 @@ state = "{root / 'state'}"
         self.volumes.append(name)
 
     # -- inside a pod ---------------------------------------------------------------------------
-    def host_pids(self, pod: str, namespace: str) -> list[int]:
-        """Host PIDs of the processes in ``pod``'s app containers (not its sandbox)."""
-        pids = []
-        for line in self.ctr("containers", "list", "-q").stdout.split():
-            info = json.loads(self.ctr("containers", "info", line).stdout)
-            labels = info.get("Labels", {})
+    def container_pid(self, pod: str, namespace: str) -> int:
+        """The host PID of the first process (PID 1 inside) of ``pod``'s running app container."""
+        tasks = {row.split()[0]: int(row.split()[1]) for row in self.ctr("tasks", "list").stdout.splitlines()[1:]
+                 if row.split() and row.split()[2] == "RUNNING"}
+        for container, pid in tasks.items():
+            labels = json.loads(self.ctr("containers", "info", container).stdout).get("Labels", {})
             if (labels.get("io.kubernetes.pod.name") == pod and labels.get("io.kubernetes.pod.namespace") == namespace
                     and labels.get("io.cri-containerd.kind") == "container"):
-                task = self.ctr("tasks", "ps", line, check=False)
-                pids += [int(row.split()[0]) for row in task.stdout.splitlines()[1:] if row.split()]
-        return pids
+                return pid
+        raise LookupError(f"no running container of pod {namespace}/{pod}")
 
     # -- stop -------------------------------------------------------------------------------------
     def stop(self) -> None:
-        """Every node process, then :meth:`clean`."""
+        """Every node process; their logs copied to ``<workdir>-logs``; then :meth:`clean`."""
         for name in PROCESSES:
             terminate(self.procs.pop(name, None))
         if self.volumes:
             self.cluster.kubectl("delete", "pv", *self.volumes, "--ignore-not-found", "--wait=false", check=False)
         self.cluster.kubectl("delete", "node", NAME, "--ignore-not-found", "--wait=false", check=False)
+        logs = self.workdir.with_name(self.workdir.name + "-logs")  # kept until the next run's stop
+        shutil.rmtree(logs, ignore_errors=True)
+        logs.mkdir(parents=True)
+        for log in self.workdir.glob("*.log"):
+            shutil.copy(log, logs)
         self.clean()
 
     def clean(self) -> None:

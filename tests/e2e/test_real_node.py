@@ -16,8 +16,14 @@ still run on KWOK's nodes with the pod bridge.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
+import os
+import signal
+import subprocess
 import time
+import urllib.error
+import urllib.request
 
 import pytest
 import redis
@@ -37,18 +43,23 @@ GRACE = 60  # the worker's terminationGracePeriodSeconds
 VALUES = {
     "environment": "dev",
     "celery": {"app": "tasks.app:app"},
+    **PLACEMENT,  # every pod of the release on the real node
     "redis": {"image": {"repository": "localhost/celery-autoscale/redis-standin", "tag": "bookworm"},
-              "persistence": {"size": "1Gi"}, "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}},
-              **PLACEMENT},
-    "flower": {"enabled": False},
-    "reconciler": {"enabled": False},
+              "persistence": {"size": "1Gi"}, "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}}},
+    "flower": {"auth": {"enabled": True}, "resources": {"requests": {"cpu": "20m", "memory": "64Mi"}}},
+    "reconciler": {"deletionCost": {"enabled": False}},  # pods here do not reach the API server (issue 18)
+    "beat": {"enabled": True, "schedule": {"ping": {"task": "tasks.io.transfer", "schedule": 3600,
+                                                    "kwargs": {"size_bytes": 0, "wait_seconds": 0}, "queue": "io"}}},
+    "helmTest": {"timeout": 120},
     "workerDefaults": {"autoscaling": {"enabled": False}, "podDisruptionBudget": {"enabled": False},
                        "terminationGracePeriodSeconds": GRACE, "taskTimeLimit": 40,
-                       "probes": {"heartbeatInterval": 2},
-                       "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": "400Mi"}},
-                       **PLACEMENT},
+                       "probes": {"heartbeatInterval": 2,
+                                  "liveness": {"maxAge": 10, "periodSeconds": 5, "failureThreshold": 2}},
+                       "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": "400Mi"}}},
     "queues": {"cpu": None, "mixed": None, "io": {"pool": "prefork", "concurrency": 2}},
 }
+#: The release's pods that run the app image, by component (the workers are the tests' own).
+APP_COMPONENTS = ("worker", "flower", "reconciler", "beat")
 
 
 @pytest.fixture(scope="module")
@@ -64,8 +75,8 @@ def node(release, real_node):
     hc.install(chart, RELEASE, VALUES, namespace=NAMESPACE, timeout=120)
     found = NodeRelease(cluster, real_node, hc, chart)
     try:
-        wait_for(lambda: found.ready("app.kubernetes.io/component=redis") and found.ready(), 240,
-                 "the node release's Redis and io worker Ready on the real node",
+        wait_for(lambda: all(found.ready(f"app.kubernetes.io/component={c}") for c in ("redis", *APP_COMPONENTS)), 300,
+                 "the node release's pods Ready on the real node",
                  explain=lambda: cluster.kubectl("get", "pods,pvc", "-n", NAMESPACE, "-o", "wide").stdout)
         yield found
     finally:
@@ -112,11 +123,48 @@ class NodeRelease:
         return Celery("node-producer", broker=self.url(), backend=self.url())
 
     def exec(self, pod: str, *argv: str) -> tuple[int, str]:
-        done = self.cluster.kubectl("exec", "-n", NAMESPACE, pod, "--", *argv, check=False)
-        return done.returncode, done.stdout + done.stderr
+        """``argv``'s exit code and output in ``pod``; a refused stream (the API server's way to the
+        kubelet and containerd's streaming server) is tried again, up to 3 times, and printed."""
+        for attempt in range(3):
+            done = self.cluster.kubectl("exec", "-n", NAMESPACE, pod, "--", *argv, check=False)
+            if done.returncode == 0 or "connection refused" not in done.stderr or attempt == 2:
+                return done.returncode, done.stdout + done.stderr
+            self.real_node.alive()  # a node process that exited is named with its log
+            print(f"kubectl exec {pod} {argv}: {done.stderr.strip()}; again")
+            time.sleep(3)
 
     def runs(self) -> int:
-        return int(self.client().hget(stats_key("io"), "runs") or 0)
+        """The io queue's run counter, read through the Redis Service (a producer's path), waiting up
+        to a minute for an answer (kombu's producers retry a refused connection too)."""
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                return int(self.client().hget(stats_key("io"), "runs") or 0)
+            except redis.ConnectionError as refused:
+                if time.monotonic() > deadline:
+                    raise
+                print(f"Redis through its Service: {refused}; pods:\n"
+                      + self.cluster.kubectl("get", "pods,endpoints", "-n", NAMESPACE, "-o", "wide").stdout)
+                time.sleep(2)
+
+    def redis_pod(self) -> tuple[str, int]:
+        """The Redis pod's uid and its container's restart count."""
+        (pod,) = self.pods("app.kubernetes.io/component=redis")
+        return pod["metadata"]["uid"], sum(c.get("restartCount", 0) for c in pod["status"]["containerStatuses"])
+
+    @contextlib.contextmanager
+    def port_forward(self, target: str, port: int):
+        """``kubectl port-forward`` to ``target``'s ``port``; yields the local port."""
+        proc = subprocess.Popen([str(self.cluster.bins["kubectl"]), "--kubeconfig", str(self.cluster.kubeconfig),
+                                 "port-forward", "-n", NAMESPACE, target, f":{port}", "--address", "127.0.0.1"],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            line = proc.stdout.readline()  # "Forwarding from 127.0.0.1:PORT -> 5555"
+            assert "Forwarding from" in line, line + proc.stdout.read()
+            yield int(line.split("->")[0].rsplit(":", 1)[1])
+        finally:
+            proc.terminate()
+            proc.wait(10)
 
     def upgrade(self, io: dict) -> None:
         values = json.loads(json.dumps(VALUES))
@@ -130,17 +178,19 @@ def send(producer, count: int, **kwargs):
 
 
 def test_the_kubelet_runs_the_chart_under_its_security_context_and_tasks_reach_redis_by_its_service_name(node):
-    """Probes passed (the pods are Ready), the worker runs as 10001 on a read-only root with no
-    capabilities, its password comes from the mounted Secret file and never from its environment,
-    and 40 tasks sent to the Redis Service run once each."""
+    """Probes passed (the pods are Ready); the worker (prefork), Flower, the reconciler and beat each
+    run as 10001 on a read-only root with no capabilities, with the password from the mounted Secret
+    file and never in their environment; and 40 tasks sent to the Redis Service run once each."""
+    for component in APP_COMPONENTS:
+        (pod,) = node.ready(f"app.kubernetes.io/component={component}")
+        assert node.exec(pod, "id", "-u") == (0, "10001\n"), component
+        code, out = node.exec(pod, "touch", "/x")
+        assert code != 0 and "Read-only file system" in out, (component, out)
+        code, out = node.exec(pod, "grep", "CapEff", "/proc/1/status")
+        assert code == 0 and out.split()[-1] == "0000000000000000", (component, out)
+        code, out = node.exec(pod, "sh", "-c", 'test -s "$REDIS_PASSWORD_FILE" && env')
+        assert code == 0 and node.password() not in out, component
     (pod,) = node.ready()
-    assert node.exec(pod, "id", "-u") == (0, "10001\n")
-    code, out = node.exec(pod, "touch", "/x")
-    assert code != 0 and "Read-only file system" in out, out
-    code, out = node.exec(pod, "grep", "CapEff", "/proc/1/status")
-    assert code == 0 and out.split()[-1] == "0000000000000000", out
-    code, out = node.exec(pod, "sh", "-c", 'cat "$REDIS_PASSWORD_FILE" >/dev/null && env')
-    assert code == 0 and node.password() not in out
     code, out = node.exec(pod, "python", "-c", "import socket; print(socket.gethostbyname("
                           f"'{FULLNAME}-redis.{NAMESPACE}.svc'))")
     assert code == 0 and out.strip() == node.redis_address(), out  # CoreDNS answers the Service name
@@ -191,11 +241,15 @@ def test_a_leaking_task_is_oom_killed_by_the_memory_cgroup_and_runs_again_and_ma
     assert node.runs() - before == 8
     assert node.restarts(pod) == restarts  # the pool process died, not the container
 
+    redis_pod = node.redis_pod()
     node.upgrade({"maxMemoryPerChild": 150 * 1024})
     wait_for(lambda: len(node.ready()) == 1 and len(node.pods()) == 1, 180,
              "the worker rolled with maxMemoryPerChild")
     (pod,) = node.ready()
     before = node.runs()
+    # A queue's upgrade leaves Redis alone: the kept password renders as the generated one did, so
+    # the pods' checksum/secret holds (it did not: Redis was restarted by the first upgrade).
+    assert node.redis_pod() == redis_pod
     results = send(node.producer(), 8, wait_seconds=0.5, leak_bytes=leak)
     assert [r.get(timeout=300)["bytes"] for r in results] == [0] * 8
     logs = node.cluster.kubectl("logs", "-n", NAMESPACE, pod).stdout
@@ -203,3 +257,47 @@ def test_a_leaking_task_is_oom_killed_by_the_memory_cgroup_and_runs_again_and_ma
     wait_for(lambda: node.runs() - before == 8 or node.runs() - before, 10, "8 runs counted")
     assert node.runs() - before == 8
 
+
+def test_a_wedged_worker_is_restarted_by_the_kubelets_liveness_probe_and_then_runs_every_task_once(node):
+    """The worker's main process stopped (SIGSTOP from the host: its event loop, heartbeat and
+    consumer frozen, as a deadlock would freeze them) while idle: the heartbeat file ages past the
+    liveness probe's ``maxAge``, the kubelet kills the container (SIGKILL once the grace period is
+    over: a stopped process takes no SIGTERM) and starts it again; then 10 tasks run once each."""
+    (pod,) = node.ready()
+    restarts = node.restarts(pod)
+    wait_for(lambda: node.client().zcard("celery-autoscale:in-flight:io") == 0, 60, "the worker idle")
+    os.kill(node.real_node.container_pid(pod, NAMESPACE), signal.SIGSTOP)
+    stopped = time.monotonic()
+    wait_for(lambda: node.restarts(pod) > restarts, GRACE + 120, "the liveness probe's restart",
+             explain=lambda: node.cluster.kubectl("describe", "pod", pod, "-n", NAMESPACE).stdout[-3000:])
+    print(f"wedged worker restarted {time.monotonic() - stopped:.0f}s after SIGSTOP")
+    wait_for(lambda: node.ready() == [pod], 180, "the restarted worker Ready")
+    before = node.runs()
+    results = send(node.producer(), 10, wait_seconds=0.1)
+    assert [r.get(timeout=120)["bytes"] for r in results] == [0] * 10
+    wait_for(lambda: node.runs() - before == 10 or node.runs() - before, 10, "10 runs counted")
+    assert node.runs() - before == 10
+
+
+def test_flower_through_its_service_asks_for_its_password_and_shows_the_worker_in_chromium(node, chromium):
+    """``kubectl port-forward`` to Flower's Service (the kubelet and containerd forward into the pod):
+    without credentials 401; in Debian's chromium with the generated ones, the io worker is listed."""
+    secret = json.loads(node.cluster.kubectl("get", "secret", f"{FULLNAME}-flower", "-n", NAMESPACE, "-o",
+                                             "json").stdout)["data"]
+    user, password = (base64.b64decode(secret[k]).decode() for k in ("username", "password"))
+    with node.port_forward(f"svc/{FULLNAME}-flower", 5555) as port:
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/workers", timeout=10)
+        assert refused.value.code == 401
+        context = chromium.new_context(http_credentials={"username": user, "password": password})
+        page = context.new_page()
+        page.goto(f"http://127.0.0.1:{port}/workers")
+        page.get_by_text("io@").first.wait_for(timeout=60_000)
+        context.close()
+
+
+def test_helm_test_passes_with_its_job_on_the_real_node(node):
+    """The chart's helm test (the round trip to every queue) as a Job the kubelet runs to success."""
+    node.helm.test(RELEASE, timeout=180)
+    jobs = node.pods("app.kubernetes.io/component=helm-test")
+    assert [p["spec"]["nodeName"] for p in jobs] == ["real-node"] and jobs[0]["status"]["phase"] == "Succeeded"
