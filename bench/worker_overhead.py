@@ -5,11 +5,15 @@
 On a Redis server of its own, for each row (no-op and 10 ms tasks; ``prefork`` concurrency 2 and
 ``threads`` concurrency 16) it preloads ``--count`` tasks of ``bench/overhead_app.py`` (a plain
 app, Celery's defaults) on one queue for one started worker, and times from the first push to the
-last task's end, once under ``celery -A bench.overhead_app worker`` (plain Celery) and once under
+last task's end, once under ``celery -A bench.overhead_app worker`` (plain Celery, its defaults), once under
+``celery -A bench.overhead_app_required worker`` (plain Celery with only the settings the runtime
+requires: ``acks_late``, reject on worker lost, no prefetch) and once under
 ``celery -A celery_autoscale.worker worker`` with ``CELERY_AUTOSCALE_APP=bench.overhead_app:app``
-(the runtime), alternating, ``--repeat`` times; the fastest of each counts. Per row:
+(the runtime), in turn, ``--repeat`` times; the fastest of each counts. Per row:
 
 - ``plain_tasks_per_s``, ``runtime_tasks_per_s`` and ``ratio`` (runtime ÷ plain; goal >= 0.95);
+- ``required_tasks_per_s`` and ``ratio_to_required`` (runtime ÷ plain with the required settings):
+  what the runtime's code costs beyond what its settings cost Celery itself;
 - ``plain_worker_cpu_ms_per_task``, ``runtime_worker_cpu_ms_per_task``: the worker's CPU time (its
   main process and its pool's processes, user + system) per task in that fastest run, milliseconds;
 - ``plain_redis_commands_per_task``, ``runtime_redis_commands_per_task``: Redis commands
@@ -34,6 +38,8 @@ from celery import Celery
 
 ROOT = Path(__file__).resolve().parents[1]
 QUEUE = "overhead"
+#: The worker configurations of a row, run in turn (see the module's doc).
+KINDS = ("plain", "required", "runtime")
 ROWS = [("prefork", 2, 0.0), ("prefork", 2, 0.01), ("threads", 16, 0.0), ("threads", 16, 0.01)]
 
 
@@ -57,7 +63,7 @@ def commandstats(client) -> dict[str, int]:
 
 
 def start_worker(kind: str, pool: str, concurrency: int, url: str, workdir: Path) -> tuple[subprocess.Popen, Path]:
-    app = "bench.overhead_app" if kind == "plain" else "celery_autoscale.worker"
+    app = {"plain": "bench.overhead_app", "required": "bench.overhead_app_required"}.get(kind, "celery_autoscale.worker")
     env = {k: v for k, v in os.environ.items() if not k.startswith("CELERY_")}
     env.update(CELERY_BROKER_URL=url, PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "src"), env.get("PYTHONPATH", "")]),
                CELERY_AUTOSCALE_APP="bench.overhead_app:app", CELERY_HEARTBEAT_FILE=str(workdir / f"{kind}.beat"),
@@ -119,9 +125,9 @@ def main(argv: list[str] | None = None) -> int:
         stack.start_redis()
         url = stack.broker_url
         for pool, concurrency, seconds in ROWS:
-            best = {"plain": None, "runtime": None}
+            best = dict.fromkeys(KINDS)
             for _ in range(args.repeat):
-                for kind in ("plain", "runtime"):
+                for kind in KINDS:
                     run = one_run(kind, pool, concurrency, seconds, args.count, url, Path(tmp))
                     if best[kind] is None or run["tasks_per_s"] > best[kind]["tasks_per_s"]:
                         best[kind] = run
@@ -132,6 +138,8 @@ def main(argv: list[str] | None = None) -> int:
                 "plain_tasks_per_s": round(best["plain"]["tasks_per_s"], 1),
                 "runtime_tasks_per_s": round(best["runtime"]["tasks_per_s"], 1),
                 "ratio": round(best["runtime"]["tasks_per_s"] / best["plain"]["tasks_per_s"], 3),
+                "required_tasks_per_s": round(best["required"]["tasks_per_s"], 1),
+                "ratio_to_required": round(best["runtime"]["tasks_per_s"] / best["required"]["tasks_per_s"], 3),
                 "plain_worker_cpu_ms_per_task": round(best["plain"]["cpu_ms_per_task"], 3),
                 "runtime_worker_cpu_ms_per_task": round(best["runtime"]["cpu_ms_per_task"], 3),
                 "plain_redis_commands_per_task": round(sum(per_task["plain"].values()), 2),
