@@ -102,10 +102,17 @@ class PodBridge:
             reaper.join()
 
     def _loop(self) -> None:
+        """List, then watch from the list's resourceVersion (client-go's list-and-watch), again
+        every 5 s. A pod deleted between two watches sends its DELETED event to neither: the list
+        finds it gone and its process is stopped (without it, a scale-down there left a process
+        running for good)."""
         while not self._stop.is_set():
             try:
+                listed = self.api.list_namespaced_pod(self.namespace, label_selector=self.selector)
+                self._reconcile(listed.items)
                 stream = watch.Watch().stream(self.api.list_namespaced_pod, self.namespace,
-                                              label_selector=self.selector, timeout_seconds=5)
+                                              label_selector=self.selector, timeout_seconds=5,
+                                              resource_version=listed.metadata.resource_version)
                 for event in stream:
                     self._handle(event["type"], event["object"])
                     if self._stop.is_set():
@@ -119,6 +126,14 @@ class PodBridge:
                     self.services.refresh()
                 except Exception:
                     logger.exception("could not refresh the Service names")
+
+    def _reconcile(self, pods: list[client.V1Pod]) -> None:
+        """Every listed pod handled; the process of a pod no longer listed stopped."""
+        for pod in pods:
+            self._handle("ADDED", pod)
+        present = {pod.metadata.uid for pod in pods}
+        for uid in [uid for uid in list(self.running) if uid not in present]:
+            self._terminate(uid)
 
     def _handle(self, kind: str, pod: client.V1Pod) -> None:
         uid = pod.metadata.uid

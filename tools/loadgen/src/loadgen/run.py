@@ -132,7 +132,10 @@ def send(app, spec: LoadSpec, on_sent: Callable[[int], None] | None = None,
 class Sampler(threading.Thread):
     """Samples the backlog of ``queues`` every ``interval`` seconds until :meth:`stop`; with
     ``replicas`` (e.g. :meth:`loadgen.kube.WorkerDeployments.read`), the worker Deployments'
-    replicas too, and hands each sample to ``on_sample``."""
+    replicas too, and hands each sample to ``on_sample``. Call :meth:`take` once before the first
+    task is sent and then :meth:`start`: the timeline then begins with the state before the load
+    (a first sample taken in the thread raced the sending, and on a busy machine its replicas
+    already showed KEDA's answer to the first tasks)."""
 
     def __init__(self, client, settings, queues, interval: float, count_sent: Callable[[], int],
                  replicas: Callable[[], dict] | None = None, on_sample: Callable[[dict], None] | None = None):
@@ -144,25 +147,28 @@ class Sampler(threading.Thread):
         self._stop_event = threading.Event()
         self.start_time = time.time()
 
-    def run(self):
-        while True:
-            sample = {"t": time.time() - self.start_time, "sent": self.count_sent(), "backlog": {}}
+    def take(self) -> dict:
+        """One sample now, appended to :attr:`samples` and handed to ``on_sample``."""
+        sample = {"t": time.time() - self.start_time, "sent": self.count_sent(), "backlog": {}}
+        try:
+            for queue in self.queues:
+                sample["backlog"][queue] = backlog(self.client, queue, self.settings).total
+        except Exception:
+            sample["backlog"] = None  # Redis blinked; the plot shows a gap
+        if self.replicas is not None:
             try:
-                for queue in self.queues:
-                    sample["backlog"][queue] = backlog(self.client, queue, self.settings).total
+                sample["replicas"] = {q: {"desired": r.desired, "ready": r.ready}
+                                      for q, r in self.replicas().items() if q in self.queues}
             except Exception:
-                sample["backlog"] = None  # Redis blinked; the plot shows a gap
-            if self.replicas is not None:
-                try:
-                    sample["replicas"] = {q: {"desired": r.desired, "ready": r.ready}
-                                          for q, r in self.replicas().items() if q in self.queues}
-                except Exception:
-                    sample["replicas"] = None  # the API blinked; a gap too
-            self.samples.append(sample)
-            if self.on_sample is not None:
-                self.on_sample(sample)
-            if self._stop_event.wait(self.interval):
-                return
+                sample["replicas"] = None  # the API blinked; a gap too
+        self.samples.append(sample)
+        if self.on_sample is not None:
+            self.on_sample(sample)
+        return sample
+
+    def run(self):
+        while not self._stop_event.wait(self.interval):
+            self.take()
 
     def stop(self) -> list[dict]:
         self._stop_event.set()
@@ -230,6 +236,7 @@ def run(app, spec: LoadSpec, *, wait: bool, timeout: float, sample_interval: flo
             progress("send", n, total)
 
     sampler = Sampler(client, settings, spec.queues, sample_interval, lambda: sent_count[0], replicas, on_sample)
+    sampler.take()  # the state before the first task
     sampler.start()
     sent: list[Sent] = []
     results: dict[str, dict] = {}
