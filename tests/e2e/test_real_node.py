@@ -263,7 +263,7 @@ def test_a_wedged_worker_is_restarted_by_the_kubelets_liveness_probe_and_then_ru
     consumer frozen, as a deadlock would freeze them) while idle: the heartbeat file ages past the
     liveness probe's ``maxAge``, the kubelet kills the container (SIGKILL once the grace period is
     over: a stopped process takes no SIGTERM) and starts it again; then 10 tasks run once each."""
-    (pod,) = node.ready()
+    (pod,) = wait_for(node.ready, 120, "the io worker Ready after the previous test's roll")
     restarts = node.restarts(pod)
     wait_for(lambda: node.client().zcard("celery-autoscale:in-flight:io") == 0, 60, "the worker idle")
     os.kill(node.real_node.container_pid(pod, NAMESPACE), signal.SIGSTOP)
