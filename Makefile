@@ -52,6 +52,7 @@ bench: $(VENV)/.installed-test  ## the benchmarks, one JSON line each
 	$(PY) bench/send_throughput.py
 	$(PY) bench/io_pool.py
 	$(PY) -m bench.worker_overhead
+	$(PY) -m bench.delivery_cost
 
 bench-e2e: $(VENV)/.installed-e2e e2e-build  ## which pods a scale-down removes, on the real control plane, one JSON line
 	$(PY) -m bench.deletion_cost

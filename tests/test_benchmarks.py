@@ -1,0 +1,27 @@
+"""The in-process benchmark of a task's delivery runs as `make bench` runs it, and counts what it should.
+
+Speed is the benchmark's to print (``bench/``), never a test's to assert; the Redis commands a task
+costs are a count, the same on every machine.
+"""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_a_task_costs_the_runtime_five_redis_commands_inside_kombus_two_transactions():
+    out = subprocess.run([sys.executable, "-m", "bench.delivery_cost", "--count", "100", "--repeat", "1"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120, check=True).stdout
+    result = json.loads(out)
+    kombu, runtime = result["kombu_commands"], result["runtime_commands"]
+    assert kombu == {"multi": 2.0, "exec": 2.0, "zadd": 1.0, "hset": 1.0, "zrem": 1.0, "hdel": 1.0}
+    # In flight at delivery (ZADD, HSET), out of it and the run record at acknowledgement (ZREM,
+    # HDEL, SET); the run counters ride at most once a second, and no transaction of its own.
+    assert runtime == {**kombu, "zadd": 2.0, "hset": 2.0, "zrem": 2.0, "hdel": 2.0, "set": 1.0}
+    assert result["runtime_extra_commands"] == 5
+    assert result["runtime_without_commands_commands"] == kombu
+    assert all(result[f"{name}_delivery_us"] > 0 and result[f"{name}_signals_us"] > 0
+               for name in ("kombu", "runtime", "runtime_without_commands"))
