@@ -42,8 +42,7 @@ at once (kombu's reject with requeue puts it on its list), kombu is told to send
 not at close.
 
 And each time its event loop starts it has kombu write the in-flight record of the tasks it takes
-in kombu's own delivery and acknowledgement transactions (:mod:`~celery_autoscale.worker._delivery`),
-and has its timer send the run counters those transactions batched.
+in kombu's own delivery and acknowledgement transactions (:mod:`~celery_autoscale.worker._delivery`).
 
 ``install(app)`` selects it through Celery's ``worker_consumer`` setting.
 """
@@ -60,7 +59,7 @@ from vine import promise
 
 from .._settings import settings_of
 from ._deadletter import record_message
-from ._delivery import COUNT_SECONDS, record_in
+from ._delivery import record_in
 from ._parking import park
 from ._runtime import runtime_of
 
@@ -96,19 +95,13 @@ class Consumer(CeleryConsumer):
 
         def run_loop(*loop_args):
             runtime = runtime_of(self.app)
-            counts = None
             if runtime.records_at_delivery:  # the in-flight record in kombu's transactions
-                channel = self.task_consumer.channel
-                record_in(channel, runtime, self.hostname)
-                counts = self.timer.call_repeatedly(COUNT_SECONDS, channel.qos.flush_counts, (False,))
+                record_in(self.task_consumer.channel, runtime, self.hostname)
             try:
                 return loop(*loop_args)
             except (WorkerShutdown, WorkerTerminate):
                 self._read_pending()
                 raise
-            finally:
-                if counts is not None:
-                    counts.cancel()
 
         self.loop = run_loop
 

@@ -14,9 +14,8 @@ ETA costs the worker no Redis round trip of its own (measured by ``bench/worker_
 - at acknowledgement (``acks_late``: after the run, success, failure or retry alike): out of
   both and its run record ``"<delivered>,<acknowledged>"``, in the same transaction as kombu's;
   the run counters (the time from delivery to acknowledgement, seconds) ride with it at most once
-  every :data:`COUNT_SECONDS`, and the consumer's timer sends those of a worker gone idle
-  (:meth:`QoS.flush_counts`); while Redis cannot be reached the acknowledgement is tried again for
-  up to a minute
+  every :data:`COUNT_SECONDS` and with the last acknowledgement before the worker is idle; while Redis cannot
+  be reached the acknowledgement is tried again for up to a minute
   (:func:`~celery_autoscale.worker._runtime.retrying`), so a task that ends in a Redis outage is
   not delivered a second time;
 - when kombu puts the message back on its list (a reject with requeue, a restore at close): out
@@ -49,10 +48,9 @@ __all__ = ["COUNT_SECONDS", "QoS", "record_in"]
 logger = logging.getLogger(__name__)
 
 #: Seconds between two updates of the run counters: the acknowledgements in between add their runs
-#: to the next; the consumer's timer sends them once a worker acknowledges no more (every
-#: ``COUNT_SECONDS``), and the channel's close sends what is left. The reconciler's averages span
-#: 60 s (:mod:`celery_autoscale.reconciler._sizing`). Sending them with every acknowledgement of an
-#: idle worker cost a worker of one process two more commands per task (``bench/delivery_cost.py``).
+#: to the next (the last one before the worker goes idle sends them at once, and the channel's
+#: close sends what is left). The reconciler's averages span 60 s
+#: (:mod:`celery_autoscale.reconciler._sizing`).
 COUNT_SECONDS = 1.0
 
 
@@ -149,10 +147,10 @@ class QoS(kombu_redis.QoS):
         queue, task_id, delivered, began = run
 
         took = time.perf_counter() - began
-        with self._lock:  # concurrent acknowledgements (greenlets, threads)
+        with self._lock:  # the last of concurrent acknowledgements (greenlets, threads) sees none running
             self._runs.pop(delivery_tag, None)
             _add(self._counted, queue, 1, took)
-            due = time.monotonic() >= self._count_at
+            due = not self._runs or time.monotonic() >= self._count_at
             counted = self._counted if due else {}
             if due:
                 self._counted, self._count_at = {}, time.monotonic() + COUNT_SECONDS
@@ -191,37 +189,15 @@ class QoS(kombu_redis.QoS):
         finally:
             self.flush_counts()
 
-    def flush_counts(self, wait: bool = True) -> None:
-        """Send the run counters :meth:`ack` batched and has not sent yet: the consumer's timer calls
-        it every :data:`COUNT_SECONDS` (``wait=False``; it sends only when no acknowledgement did for
-        that long), the channel's close once more (``wait=True``:
-        without it, the runs acknowledged in the last second before a warm shutdown were never counted).
-
-        ``wait``: while Redis cannot be reached, wait for it (:func:`~celery_autoscale.worker._runtime.retrying`)
-        and then give up with a logged line; without it (the event loop must not stall) the counters
-        go back, for a later acknowledgement or call. Never raises: the counters serve sizing only.
-        """
+    def flush_counts(self) -> None:
+        """Send the run counters :meth:`ack` batched and has not sent yet: without this, the runs
+        acknowledged in the last second before a warm shutdown were never counted."""
         with self._lock:
-            if not self._counted or (not wait and time.monotonic() < self._count_at):
-                return  # nothing to send, or an acknowledgement sent them less than COUNT_SECONDS ago
             counted, self._counted = self._counted, {}
-            self._count_at = time.monotonic() + COUNT_SECONDS
-
-        def fill(pipe):
-            for name, (runs, seconds) in counted.items():
-                self.runtime.count_commands(pipe, name, runs, seconds)
-
+        if not counted:
+            return
         try:
-            if wait:
-                self.runtime.write(fill)
-            else:
-                pipe = self.runtime.client().pipeline(transaction=False)
-                fill(pipe)
-                pipe.execute()
-        except Exception:
-            if not wait:
-                with self._lock:
-                    for name, (runs, seconds) in counted.items():
-                        _add(self._counted, name, runs, seconds)
-                return
+            self.runtime.write(lambda pipe: [self.runtime.count_commands(pipe, name, runs, seconds)
+                                             for name, (runs, seconds) in counted.items()])
+        except Exception:  # counters for sizing only: never a reason to fail a shutdown
             logger.warning("could not send the last run counters of %s", ", ".join(sorted(counted)))
