@@ -91,6 +91,7 @@ def signals_us(task, queue: str, count: int) -> float:
 
 def measure(configuration: str, url: str, raw: dict, count: int, repeat: int) -> dict:
     from celery_autoscale import install
+    from celery_autoscale._install import disconnect
     from celery_autoscale.worker._delivery import record_in
     from celery_autoscale.worker._metrics import Metrics
     from celery_autoscale.worker._runtime import runtime_of
@@ -115,10 +116,7 @@ def measure(configuration: str, url: str, raw: dict, count: int, repeat: int) ->
         task = app.tasks["overhead.work"]
         signalling = min(signals_us(task, queue, count) for _ in range(repeat))
     if configuration != "kombu":  # the next configuration starts without this app's receivers
-        uid = f"celery_autoscale.{id(app)}"
-        for signal, name in ((signals.task_prerun, "prerun"), (signals.task_postrun, "postrun"),
-                             (signals.before_task_publish, "publish"), (signals.task_received, "received")):
-            signal.disconnect(dispatch_uid=f"{uid}.{name}")
+        disconnect(app)
     runs = count * repeat
     calls = {name: round((after[name] - before.get(name, 0)) / runs, 2) for name in after
              if name != "info" and (after[name] - before.get(name, 0)) / runs >= 0.05}

@@ -12,7 +12,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_a_task_costs_the_runtime_five_redis_commands_inside_kombus_two_transactions():
+def test_a_task_costs_the_runtime_five_redis_commands_inside_kombus_two_transactions_and_two_counters():
     out = subprocess.run([sys.executable, "-m", "bench.delivery_cost", "--count", "100", "--repeat", "1"], cwd=ROOT,
                          capture_output=True, text=True, timeout=120, check=True).stdout
     result = json.loads(out)

@@ -60,6 +60,29 @@ def _tls(url: str | None, current, ca_file: str | None):
     return options
 
 
+#: The Celery signals :func:`install` connects, each to the runtime's method of that name.
+_RECEIVERS = (
+    (signals.before_task_publish, "publish", "stamp_published_at"),
+    (signals.task_received, "received", "task_received"),
+    (signals.task_prerun, "prerun", "task_started"),
+    (signals.task_postrun, "postrun", "task_finished"),
+    (signals.worker_init, "init", "worker_init"),
+    (signals.worker_ready, "ready", "worker_ready"),
+    (signals.worker_shutdown, "shutdown", "worker_shutdown"),
+)
+
+
+def _uid(app, name: str) -> str:
+    return f"celery_autoscale.{id(app)}.{name}"
+
+
+def disconnect(app) -> None:
+    """Disconnect the signal receivers :func:`install` connected for ``app`` (its settings stay):
+    for a process that installs several apps one after another, as the benchmarks do."""
+    for signal, name, _ in _RECEIVERS:
+        signal.disconnect(dispatch_uid=_uid(app, name))
+
+
 def install(app, *, allow_unsafe: bool | None = None, environ: Mapping[str, str] | None = None):
     """Make ``app`` safe to autoscale; return it. Calling it again does nothing.
 
@@ -167,14 +190,8 @@ def install(app, *, allow_unsafe: bool | None = None, environ: Mapping[str, str]
     settings_of(app)  # the broker must be Redis
 
     runtime = runtime_of(app)
-    uid = f"celery_autoscale.{id(app)}"
-    signals.before_task_publish.connect(runtime.stamp_published_at, weak=False, dispatch_uid=f"{uid}.publish")
-    signals.task_received.connect(runtime.task_received, weak=False, dispatch_uid=f"{uid}.received")
-    signals.task_prerun.connect(runtime.task_started, weak=False, dispatch_uid=f"{uid}.prerun")
-    signals.task_postrun.connect(runtime.task_finished, weak=False, dispatch_uid=f"{uid}.postrun")
-    signals.worker_init.connect(runtime.worker_init, weak=False, dispatch_uid=f"{uid}.init")
-    signals.worker_ready.connect(runtime.worker_ready, weak=False, dispatch_uid=f"{uid}.ready")
-    signals.worker_shutdown.connect(runtime.worker_shutdown, weak=False, dispatch_uid=f"{uid}.shutdown")
+    for signal, name, handler in _RECEIVERS:
+        signal.connect(getattr(runtime, handler), weak=False, dispatch_uid=_uid(app, name))
     app.steps["consumer"].add(Heartbeat)
 
     def roundtrip(self, token: str = "", reply_to: str = "") -> dict:

@@ -147,6 +147,12 @@ class NodeRelease:
                       + self.cluster.kubectl("get", "pods,endpoints", "-n", NAMESPACE, "-o", "wide").stdout)
                 time.sleep(2)
 
+    def wait_runs(self, before: int, count: int) -> None:
+        """Wait up to 10 s for exactly ``count`` runs counted since ``before`` (an acknowledgement
+        adds to the counter once per run, right after the result is stored); more is a task run twice."""
+        wait_for(lambda: self.runs() - before == count, 10, f"{count} runs counted",
+                 explain=lambda: f"{self.runs() - before} counted")
+
     def redis_pod(self) -> tuple[str, int]:
         """The Redis pod's uid and its container's restart count."""
         (pod,) = self.pods("app.kubernetes.io/component=redis")
@@ -198,8 +204,7 @@ def test_the_kubelet_runs_the_chart_under_its_security_context_and_tasks_reach_r
     before = node.runs()
     results = send(node.producer(), 40, wait_seconds=0.05)
     assert [r.get(timeout=120)["bytes"] for r in results] == [0] * 40
-    wait_for(lambda: node.runs() - before == 40, 10, "40 runs counted", explain=lambda: f"{node.runs() - before} counted")
-    assert node.runs() - before == 40  # none twice
+    node.wait_runs(before, 40)
 
 
 def test_a_deleted_busy_pod_gets_sigterm_and_finishes_its_tasks_within_the_grace_period(node):
@@ -218,8 +223,7 @@ def test_a_deleted_busy_pod_gets_sigterm_and_finishes_its_tasks_within_the_grace
     took = time.monotonic() - deleted
     print(f"deleted busy pod gone after {took:.1f}s (grace {GRACE}s)")
     assert took < GRACE - 10
-    wait_for(lambda: node.runs() - before == 2, 10, "2 runs counted", explain=lambda: f"{node.runs() - before} counted")
-    assert node.runs() - before == 2
+    node.wait_runs(before, 2)
     wait_for(lambda: node.ready(), 120, "the replacement worker Ready")
 
 
@@ -237,8 +241,7 @@ def test_a_leaking_task_is_oom_killed_by_the_memory_cgroup_and_runs_again_and_ma
     assert [r.get(timeout=300)["bytes"] for r in results] == [0] * 8
     logs = node.cluster.kubectl("logs", "-n", NAMESPACE, pod).stdout
     assert "signal 9" in logs, logs[-3000:]  # a pool process was OOM-killed mid-task
-    wait_for(lambda: node.runs() - before == 8, 10, "8 runs counted", explain=lambda: f"{node.runs() - before} counted")
-    assert node.runs() - before == 8
+    node.wait_runs(before, 8)
     assert node.restarts(pod) == restarts  # the pool process died, not the container
 
     redis_pod = node.redis_pod()
@@ -254,8 +257,7 @@ def test_a_leaking_task_is_oom_killed_by_the_memory_cgroup_and_runs_again_and_ma
     assert [r.get(timeout=300)["bytes"] for r in results] == [0] * 8
     logs = node.cluster.kubectl("logs", "-n", NAMESPACE, pod).stdout
     assert "signal 9" not in logs, logs[-3000:]
-    wait_for(lambda: node.runs() - before == 8, 10, "8 runs counted", explain=lambda: f"{node.runs() - before} counted")
-    assert node.runs() - before == 8
+    node.wait_runs(before, 8)
 
 
 def test_a_wedged_worker_is_restarted_by_the_kubelets_liveness_probe_and_then_runs_every_task_once(node):
@@ -275,8 +277,7 @@ def test_a_wedged_worker_is_restarted_by_the_kubelets_liveness_probe_and_then_ru
     before = node.runs()
     results = send(node.producer(), 10, wait_seconds=0.1)
     assert [r.get(timeout=120)["bytes"] for r in results] == [0] * 10
-    wait_for(lambda: node.runs() - before == 10, 10, "10 runs counted", explain=lambda: f"{node.runs() - before} counted")
-    assert node.runs() - before == 10
+    node.wait_runs(before, 10)
 
 
 def test_flower_through_its_service_asks_for_its_password_and_shows_the_worker_in_chromium(node, chromium):
