@@ -239,6 +239,14 @@ class E2ECluster:
                 "name": "kube-controller-manager",
                 "extraArgs": [{"key": "horizontal-pod-autoscaler-sync-period", "value": f"{self.hpa_sync_seconds}s"}],
             }, {
+                # kwokctl's binary runtime has KWOK manage every node; it would then run its stages on
+                # the real node (tests/e2e/node.py) too: its daemon port in the Node's status and its
+                # pods marked Ready before, or instead of, the kubelet's own status. Only the nodes
+                # `kwokctl scale node` makes (annotated so, kustomize/kwokctl/resource/node.yaml) are KWOK's.
+                "name": "kwok-controller",
+                "extraArgs": [{"key": "manage-all-nodes", "value": "false"},
+                              {"key": "manage-nodes-with-annotation-selector", "value": "kwok.x-k8s.io/node=fake"}],
+            }, {
                 # The real node's kubelet (tests/e2e/node.py) is reached at its address, not its name.
                 "name": "kube-apiserver",
                 "extraArgs": [{"key": "kubelet-preferred-address-types", "value": "InternalIP"}],

@@ -8,6 +8,11 @@ headless twin do), and ``/etc/hosts`` names it as a pod resolves it: ``<svc>``, 
 (see :mod:`bridge`), so ports never collide and clients, KEDA's Go resolver included, reach the
 pod by its Service's name. The block in ``/etc/hosts`` is marked and removed on :meth:`stop`;
 without root (``/etc/hosts`` not writable) the harness fails at start, naming the file.
+
+On the real node (:mod:`node`) Services have ClusterIPs that kube-proxy routes, the host's
+connections included, but the host's resolver does not ask the node's CoreDNS; with
+``cluster_ips=True`` the names of a namespace whose pods run there name those ClusterIPs, so
+KEDA, on the host, reaches that release's Redis and reconciler by the names its triggers carry.
 """
 
 from __future__ import annotations
@@ -17,15 +22,16 @@ import threading
 from pathlib import Path
 
 HOSTS = Path("/etc/hosts")
-BEGIN, END = "# celery-autoscale e2e services: begin\n", "# celery-autoscale e2e services: end\n"
+MARK = "# celery-autoscale e2e services of {}: {}\n"
 FIRST = ipaddress.ip_address("127.77.0.1")
 
 
 class ServiceAddresses:
     """Loopback addresses of the Services of ``namespace``; :meth:`refresh` before each launch."""
 
-    def __init__(self, api, namespace: str, hosts: Path = HOSTS):
-        self.api, self.namespace, self.hosts = api, namespace, Path(hosts)
+    def __init__(self, api, namespace: str, hosts: Path = HOSTS, cluster_ips: bool = False):
+        self.api, self.namespace, self.hosts, self.cluster_ips = api, namespace, Path(hosts), cluster_ips
+        self.begin, self.end = MARK.format(namespace, "begin"), MARK.format(namespace, "end")
         self.by_selector: dict[frozenset, str] = {}
         self.names: dict[str, str] = {}  # service -> address
         self._lock = threading.Lock()
@@ -40,6 +46,10 @@ class ServiceAddresses:
             for svc in self.api.list_namespaced_service(self.namespace).items:
                 selector = frozenset((svc.spec.selector or {}).items())
                 if not selector or svc.spec.type == "ExternalName":
+                    continue
+                if self.cluster_ips:
+                    if svc.spec.cluster_ip not in (None, "None"):  # a headless Service has none
+                        self.names[svc.metadata.name] = svc.spec.cluster_ip
                     continue
                 if selector not in self.by_selector:
                     self.by_selector[selector] = str(FIRST + len(self.by_selector))
@@ -58,13 +68,13 @@ class ServiceAddresses:
 
     def _write(self) -> None:
         text = self.hosts.read_text()
-        if BEGIN in text:
-            text = text[:text.index(BEGIN)] + text[text.index(END) + len(END):]
+        if self.begin in text:
+            text = text[:text.index(self.begin)] + text[text.index(self.end) + len(self.end):]
         if text and not text.endswith("\n"):
             text += "\n"
         lines = [f"{address} {name} {name}.{self.namespace} {name}.{self.namespace}.svc "
                  f"{name}.{self.namespace}.svc.cluster.local\n" for name, address in sorted(self.names.items())]
-        block = BEGIN + "".join(lines) + END if lines else ""
+        block = self.begin + "".join(lines) + self.end if lines else ""
         with open(self.hosts, "r+") as f:  # in place: /etc/hosts may be a bind mount
             f.write(text + block)
             f.truncate()

@@ -8,9 +8,12 @@ broker's Service name through CoreDNS (kube-proxy routes its ClusterIP), and sto
 with SIGTERM within its grace period. Tasks are counted: sent, succeeded, run (the queue's ``runs``
 counter, which an acknowledgement adds to once per run).
 
-Not here yet (issue 18): KEDA scaling pods on this node (the node release has autoscaling off:
-KEDA runs on the host, where the release's Service names do not resolve), and the other scenarios
-still run on KWOK's nodes with the pod bridge.
+The release starts with autoscaling off, so each test knows its worker pod; the last test turns it
+on and KEDA (on the host, where ``/etc/hosts`` names the release's Services by their ClusterIPs,
+see :mod:`tests.e2e.services`) scales the queue's pods on this node from zero and back.
+
+Not here yet (issue 18): the other scenarios still run on KWOK's nodes with the pod bridge, and
+the pods here do not reach the API server (the reconciler's deletion cost is off).
 """
 
 from __future__ import annotations
@@ -29,8 +32,11 @@ import pytest
 import redis
 from celery import Celery
 
-from tests.e2e.harness import KUBECONFIG, ROOT, wait_for
+from kubernetes import client, config
+
+from tests.e2e.harness import CI_VALUES, KUBECONFIG, ROOT, wait_for
 from tests.e2e.node import PLACEMENT
+from tests.e2e.services import ServiceAddresses
 
 from celery_autoscale.keys import stats_key
 
@@ -58,6 +64,9 @@ VALUES = {
                        "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": "400Mi"}}},
     "queues": {"cpu": None, "mixed": None, "io": {"pool": "prefork", "concurrency": 2}},
 }
+DEPLOYMENT = f"{FULLNAME}-worker-io"
+#: The io queue scaled by KEDA as ci.yaml scales it (short windows), to at most 3 replicas.
+AUTOSCALED = {"autoscaling": {**CI_VALUES["workerDefaults"]["autoscaling"], "enabled": True, "maxReplicaCount": 3}}
 #: The release's pods that run the app image, by component (the workers are the tests' own).
 APP_COMPONENTS = ("worker", "flower", "reconciler", "beat")
 
@@ -74,12 +83,16 @@ def node(release, real_node):
     chart = helm.Chart.load(ROOT / "charts" / "celery-autoscale")
     hc.install(chart, RELEASE, VALUES, namespace=NAMESPACE, timeout=120)
     found = NodeRelease(cluster, real_node, hc, chart)
+    names = ServiceAddresses(client.CoreV1Api(config.new_client_from_config(str(cluster.kubeconfig))), NAMESPACE,
+                             cluster_ips=True)
     try:
+        names.refresh()  # KEDA, on the host, reaches the release's Redis by its Service's name
         wait_for(lambda: all(found.ready(f"app.kubernetes.io/component={c}") for c in ("redis", *APP_COMPONENTS)), 300,
                  "the node release's pods Ready on the real node",
                  explain=lambda: cluster.kubectl("get", "pods,pvc", "-n", NAMESPACE, "-o", "wide").stdout)
         yield found
     finally:
+        names.stop()
         hc.uninstall(RELEASE, timeout=60)
         cluster.kubectl("delete", "namespace", NAMESPACE, "--wait=false", check=False)
 
@@ -97,6 +110,15 @@ class NodeRelease:
         return [p["metadata"]["name"] for p in self.pods(selector) if p["metadata"].get("deletionTimestamp") is None
                 and any(c["type"] == "Ready" and c["status"] == "True"
                         for c in p.get("status", {}).get("conditions", []))]
+
+    def replicas(self) -> int:
+        """``spec.replicas`` of the io workers' Deployment: what KEDA and the HPA ask for."""
+        found = json.loads(self.cluster.kubectl("get", "deployment", DEPLOYMENT, "-n", NAMESPACE, "-o", "json").stdout)
+        return found["spec"].get("replicas", 0)
+
+    def scaling(self) -> str:
+        """The ScaledObject, the HPA and the pods, for a failure message."""
+        return self.cluster.kubectl("get", "scaledobject,hpa,pods", "-n", NAMESPACE, "-o", "wide").stdout
 
     def restarts(self, pod: str) -> int:
         (found,) = [p for p in self.pods() if p["metadata"]["name"] == pod]
@@ -302,3 +324,56 @@ def test_helm_test_passes_with_its_job_on_the_real_node(node):
     node.helm.test(RELEASE, timeout=180)
     jobs = node.pods("app.kubernetes.io/component=helm-test")
     assert [p["spec"]["nodeName"] for p in jobs] == ["real-node"] and jobs[0]["status"]["phase"] == "Succeeded"
+
+
+def test_keda_scales_the_queue_from_zero_with_pods_on_the_real_node_and_running_tasks_hold_them(node):
+    """Autoscaling on (ci.yaml's windows, at most 3 replicas): KEDA scales the idle queue to zero;
+    16 tasks of 5 s bring it up to the cap, with every pod run by the kubelet; while any task is
+    unfinished (waiting or running: the true backlog) the queue keeps at least one replica; every
+    task runs once, and the queue returns to zero."""
+    node.upgrade(AUTOSCALED)
+    wait_for(lambda: node.replicas() == 0 and not node.pods(), 120, "the idle queue at zero replicas",
+             explain=node.scaling)
+    before = node.runs()
+    results = send(node.producer(), 16, wait_seconds=5)
+    samples, nodes = [], set()  # (replicas, unfinished tasks); where the workers ran
+    deadline = time.monotonic() + 300
+    while not all(r.ready() for r in results):
+        assert time.monotonic() < deadline, f"unfinished after 300 s: {samples[-10:]}"
+        samples.append((node.replicas(), sum(not r.ready() for r in results)))
+        nodes |= {p["spec"].get("nodeName") for p in node.pods()}
+        time.sleep(1)
+    assert [r.get(timeout=10)["bytes"] for r in results] == [0] * 16
+    node.wait_runs(before, 16)
+    assert max(replicas for replicas, _ in samples) == 3, samples
+    scaled_up = next(i for i, (replicas, _) in enumerate(samples) if replicas)
+    assert all(replicas for replicas, _ in samples[scaled_up:]), samples  # never zero with a task unfinished
+    assert nodes == {"real-node"}, nodes
+    wait_for(lambda: node.replicas() == 0, 120, "the queue back at zero replicas", explain=node.scaling)
+
+
+def test_the_redis_container_killed_mid_burst_restarts_from_its_volume_and_every_task_runs_once(node):
+    """Autoscaling on; 24 tasks of 2 s sent; once the first have run, the chart's Redis container is
+    SIGKILLed. The kubelet starts it again in the same pod, from the append-only file on its
+    PersistentVolume (a reply is sent only after its write reached the file); the workers and KEDA
+    reconnect; every task succeeds, none runs twice (the run counter, kept in the same file), and
+    the queue returns to zero."""
+    node.upgrade(AUTOSCALED)
+    wait_for(lambda: node.replicas() == 0 and not node.pods(), 120, "the idle queue at zero replicas",
+             explain=node.scaling)
+    uid, restarts = node.redis_pod()
+    before = node.runs()
+    results = send(node.producer(), 24, wait_seconds=2)
+    wait_for(lambda: node.runs() - before >= 2, 180, "the first tasks run", explain=node.scaling)
+    (redis_pod,) = [p["metadata"]["name"] for p in node.pods("app.kubernetes.io/component=redis")]
+    os.kill(node.real_node.container_pid(redis_pod, NAMESPACE), signal.SIGKILL)
+    killed = time.monotonic()
+    wait_for(lambda: node.redis_pod() == (uid, restarts + 1) and node.ready("app.kubernetes.io/component=redis"),
+             120, "the Redis container restarted in its pod and Ready", explain=node.scaling)
+    reader = node.producer()  # a fresh client: the producer's result connection died with Redis
+    wait_for(lambda: [reader.AsyncResult(r.id).state for r in results] == ["SUCCESS"] * 24, 300,
+             "all 24 tasks succeeded", explain=node.scaling)
+    print(f"all 24 done {time.monotonic() - killed:.1f}s after the Redis container was killed")
+    node.wait_runs(before, 24)
+    wait_for(lambda: node.replicas() == 0, 180, "the queue back at zero replicas", explain=node.scaling)
+    assert node.client().hlen("unacked") == 0
