@@ -7,7 +7,7 @@ SYSTEM_PACKAGES := redis-server redis-sentinel chromium prometheus
 # Debian packages `make image` builds with: podman (with runc, not crun), and mmdebstrap for the stand-in bases.
 IMAGE_PACKAGES := podman runc mmdebstrap
 # Debian packages of the e2e's real node (tests/e2e/node.py): its container runtime, the CNI plugins, conntrack for kube-proxy.
-NODE_PACKAGES := containerd containernetworking-plugins conntrack
+NODE_PACKAGES := containerd containernetworking-plugins conntrack socat
 
 # checkov (the chart's security scan) pins libraries that clash with pytest's: its own venv.
 CHECKOV_VENV := .venv-checkov
@@ -86,7 +86,7 @@ image-deps:  ## the same for the image build's packages
 	$(call install-missing,$(IMAGE_PACKAGES))
 
 node-deps:  ## the same for the real node's packages (the CNI plugins are no command: their bridge plugin is looked for)
-	@if command -v containerd >/dev/null && command -v conntrack >/dev/null && [ -x /usr/lib/cni/bridge ]; then exit 0; fi; \
+	@if command -v containerd >/dev/null && command -v conntrack >/dev/null && command -v socat >/dev/null && [ -x /usr/lib/cni/bridge ]; then exit 0; fi; \
 	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 		echo "installing: $(NODE_PACKAGES)"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(NODE_PACKAGES) >/dev/null; \
 	else echo "please install the Debian packages: $(NODE_PACKAGES)"; exit 1; fi

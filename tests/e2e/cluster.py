@@ -34,6 +34,11 @@ import yaml
 HERE = Path(__file__).resolve().parent
 CLUSTER_NAME = "celery-e2e"
 KEDA_NAMESPACE = "keda"
+#: The real node's address on its bridge (:mod:`node`), where pods reach the API server.
+POD_GATEWAY = "10.244.0.1"
+#: The ``kubernetes`` Service's ClusterIP: the first of kube-apiserver's default Service range,
+#: 10.0.0.0/24 (kwokctl sets none), which pods' in-cluster clients dial.
+KUBERNETES_SERVICE_IP = "10.0.0.1"
 
 
 def versions() -> dict[str, str]:
@@ -234,6 +239,8 @@ class E2ECluster:
                 "securePort": True,
                 "kubeAuthorization": True,
                 "disableQPSLimits": True,
+                # A pod's in-cluster client checks the certificate against the Service's address.
+                "kubeApiserverCertSANs": [KUBERNETES_SERVICE_IP, POD_GATEWAY],
             },
             "componentsPatches": [{
                 "name": "kube-controller-manager",
@@ -249,7 +256,10 @@ class E2ECluster:
             }, {
                 # The real node's kubelet (tests/e2e/node.py) is reached at its address, not its name.
                 "name": "kube-apiserver",
-                "extraArgs": [{"key": "kubelet-preferred-address-types", "value": "InternalIP"}],
+                # It advertises the real node's gateway, where tests/e2e/node.py forwards to it, so
+                # the `kubernetes` Service's endpoint is one that pods reach; it listens on loopback only.
+                "extraArgs": [{"key": "kubelet-preferred-address-types", "value": "InternalIP"},
+                              {"key": "advertise-address", "value": POD_GATEWAY}],
             }],
         }
         path = self.workdir / "kwokctl.yaml"

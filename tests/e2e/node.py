@@ -17,6 +17,8 @@ KWOK's fake ones. Everything on it is real and runs on this machine:
   priority stays for both ranges, so if the bridge is ever gone a packet for them fails here
   instead of leaving by the default route. Forwarding is on while the node runs, and the FORWARD
   chain drops whatever would cross between the bridge and any other interface.
+- **the API server** for pods: the ``kubernetes`` Service's endpoint is :data:`GATEWAY` (the API
+  server's advertised address, :mod:`cluster`), where ``socat`` forwards to the API server on loopback.
 - **cluster DNS**: CoreDNS (``build.sh``, its ``kubernetes`` plugin only) on :data:`GATEWAY`, the
   kubelet's ``clusterDNS``.
 - **storage**: a static ``hostPath`` PersistentVolume per claim the tests need
@@ -38,17 +40,18 @@ import shlex
 import shutil
 import subprocess
 import time
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
-from .cluster import E2ECluster, cache_dir, free_port, terminate, versions
+from .cluster import POD_GATEWAY, E2ECluster, cache_dir, free_port, terminate, versions
 
 NAME = "real-node"
 BRIDGE = "cae2e0"
 POD_CIDR = "10.244.0.0/24"
-GATEWAY = "10.244.0.1"
+GATEWAY = POD_GATEWAY
 #: What the pod addresses' unreachable route covers (see the module docs); the Service range gets one too.
 POD_GUARD = "10.244.0.0/16"
 #: The metric of the unreachable routes: below every other route to the same range.
@@ -61,7 +64,7 @@ PLACEMENT = {"nodeSelector": {"kubernetes.io/hostname": NAME},
 IMAGES = ("pause", "redis-standin", "app")
 PAUSE_IMAGE = f"localhost/celery-autoscale/pause:{versions()['KUBERNETES_VERSION']}"
 CNI_BIN = Path("/usr/lib/cni")
-PROCESSES = ("kube-proxy", "kubelet", "coredns", "containerd")
+PROCESSES = ("kube-proxy", "kubelet", "coredns", "socat", "containerd")
 #: Kernel settings the node changes: forwarding (this harness), and those the kubelet sets to its
 #: liking at start (``protectKernelDefaults: false``; pkg/kubelet/cm/container_manager_linux.go,
 #: setupKernelTunables). Their values before the first start are kept in a file beside the node's
@@ -78,11 +81,12 @@ def node_binaries() -> dict[str, Path]:
     paths = {"kubelet": kube / "kubelet", "kube-proxy": kube / "kube-proxy",
              "coredns": bin_dir / f"coredns-{v['COREDNS_VERSION']}" / "coredns",
              "containerd": Path(shutil.which("containerd") or "/usr/bin/containerd"),
-             "ctr": Path(shutil.which("ctr") or "/usr/bin/ctr")}
+             "ctr": Path(shutil.which("ctr") or "/usr/bin/ctr"),
+             "socat": Path(shutil.which("socat") or "/usr/bin/socat")}
     missing = [name for name, path in paths.items() if not path.exists()]
     if missing:
         raise FileNotFoundError(f"not built or installed: {', '.join(missing)}; run tests/e2e/build.sh and "
-                                "apt-get install containerd containernetworking-plugins conntrack")
+                                "apt-get install containerd containernetworking-plugins conntrack socat")
     return paths
 
 
@@ -139,6 +143,7 @@ class RealNode:
         self.clean()
         self.workdir.mkdir(parents=True, exist_ok=True)
         self._network()
+        self._apiserver_proxy()
         self._containerd()
         self._coredns()
         self._kubelet()
@@ -165,6 +170,15 @@ class RealNode:
                  "ipam": {"type": "host-local", "ranges": [[{"subnet": POD_CIDR, "gateway": GATEWAY}]],
                           "routes": [{"dst": "0.0.0.0/0"}], "dataDir": str(self.workdir / "cni-ipam")}},
                 {"type": "portmap", "capabilities": {"portMappings": True}}]}))
+
+    def _apiserver_proxy(self) -> None:
+        """Debian's ``socat`` forwards :data:`GATEWAY` at the API server's port to the API server on
+        127.0.0.1, which it advertises as :data:`GATEWAY` (:mod:`cluster`): pods reach it through the
+        ``kubernetes`` Service, as in any cluster, and the API server listens on loopback only."""
+        port = urllib.parse.urlsplit(yaml.safe_load(self.cluster.kubeconfig.read_text())["clusters"][0]["cluster"]
+                                     ["server"]).port
+        self._spawn("socat", [str(self.bins["socat"]), "-lf", str(self.workdir / "socat.log"),
+                              f"TCP-LISTEN:{port},bind={GATEWAY},fork,reuseaddr", f"TCP:127.0.0.1:{port}"])
 
     def _service_cidr(self) -> str:
         """The Service range, as a /16 around the ``kubernetes`` Service's address."""

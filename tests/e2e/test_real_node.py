@@ -12,8 +12,7 @@ The release starts with autoscaling off, so each test knows its worker pod; the 
 on and KEDA (on the host, where ``/etc/hosts`` names the release's Services by their ClusterIPs,
 see :mod:`tests.e2e.services`) scales the queue's pods on this node from zero and back.
 
-Not here yet (issue 18): the other scenarios still run on KWOK's nodes with the pod bridge, and
-the pods here do not reach the API server (the reconciler's deletion cost is off).
+Not here yet (issue 18): the other scenarios still run on KWOK's nodes with the pod bridge.
 """
 
 from __future__ import annotations
@@ -53,7 +52,7 @@ VALUES = {
     "redis": {"image": {"repository": "localhost/celery-autoscale/redis-standin", "tag": "bookworm"},
               "persistence": {"size": "1Gi"}, "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}}},
     "flower": {"auth": {"enabled": True}, "resources": {"requests": {"cpu": "20m", "memory": "64Mi"}}},
-    "reconciler": {"deletionCost": {"enabled": False}},  # pods here do not reach the API server (issue 18)
+    "reconciler": {"deletionCost": {"minInterval": 1}},  # through the `kubernetes` Service, as in any cluster
     "beat": {"enabled": True, "schedule": {"ping": {"task": "tasks.io.transfer", "schedule": 3600,
                                                     "kwargs": {"size_bytes": 0, "wait_seconds": 0}, "queue": "io"}}},
     "helmTest": {"timeout": 120},
@@ -65,6 +64,7 @@ VALUES = {
     "queues": {"cpu": None, "mixed": None, "io": {"pool": "prefork", "concurrency": 2}},
 }
 DEPLOYMENT = f"{FULLNAME}-worker-io"
+DELETION_COST = "controller.kubernetes.io/pod-deletion-cost"
 #: The io queue scaled by KEDA as ci.yaml scales it (short windows), to at most 3 replicas.
 AUTOSCALED = {"autoscaling": {**CI_VALUES["workerDefaults"]["autoscaling"], "enabled": True, "maxReplicaCount": 3}}
 #: The release's pods that run the app image, by component (the workers are the tests' own).
@@ -329,19 +329,22 @@ def test_helm_test_passes_with_its_job_on_the_real_node(node):
 def test_keda_scales_the_queue_from_zero_with_pods_on_the_real_node_and_running_tasks_hold_them(node):
     """Autoscaling on (ci.yaml's windows, at most 3 replicas): KEDA scales the idle queue to zero;
     16 tasks of 5 s bring it up to the cap, with every pod run by the kubelet; while any task is
-    unfinished (waiting or running: the true backlog) the queue keeps at least one replica; every
-    task runs once, and the queue returns to zero."""
+    unfinished (waiting or running: the true backlog) the queue keeps at least one replica; the
+    reconciler, in its pod, sets the busy pods' deletion cost through the ``kubernetes`` Service;
+    every task runs once, and the queue returns to zero."""
     node.upgrade(AUTOSCALED)
     wait_for(lambda: node.replicas() == 0 and not node.pods(), 120, "the idle queue at zero replicas",
              explain=node.scaling)
     before = node.runs()
     results = send(node.producer(), 16, wait_seconds=5)
-    samples, nodes = [], set()  # (replicas, unfinished tasks); where the workers ran
+    samples, nodes, costs = [], set(), set()  # (replicas, unfinished tasks); where the workers ran; deletion costs
     deadline = time.monotonic() + 300
     while not all(r.ready() for r in results):
         assert time.monotonic() < deadline, f"unfinished after 300 s: {samples[-10:]}"
         samples.append((node.replicas(), sum(not r.ready() for r in results)))
-        nodes |= {p["spec"].get("nodeName") for p in node.pods()}
+        pods = node.pods()
+        nodes |= {p["spec"].get("nodeName") for p in pods}
+        costs |= {p["metadata"].get("annotations", {}).get(DELETION_COST) for p in pods}
         time.sleep(1)
     assert [r.get(timeout=10)["bytes"] for r in results] == [0] * 16
     node.wait_runs(before, 16)
@@ -349,6 +352,8 @@ def test_keda_scales_the_queue_from_zero_with_pods_on_the_real_node_and_running_
     scaled_up = next(i for i, (replicas, _) in enumerate(samples) if replicas)
     assert all(replicas for replicas, _ in samples[scaled_up:]), samples  # never zero with a task unfinished
     assert nodes == {"real-node"}, nodes
+    # The reconciler, in its pod, patched the busy pods' deletion cost through the API server.
+    assert {"1", "2"} & costs, costs
     wait_for(lambda: node.replicas() == 0, 120, "the queue back at zero replicas", explain=node.scaling)
 
 
