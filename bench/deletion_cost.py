@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import json
 import platform
-import sys
-from pathlib import Path
 
 from tests.e2e.harness import environment, scale_down_with_busy_and_idle_pods, wait_for
 

@@ -217,6 +217,7 @@ class E2ECluster:
 
     def start_control_plane(self) -> None:
         b, v = self.bins, versions()
+        self.apiserver_port = free_port()  # on 127.0.0.1; the real node forwards its gateway to it
         config = {
             "apiVersion": "config.kwok.x-k8s.io/v1alpha1",
             "kind": "KwokctlConfiguration",
@@ -230,7 +231,7 @@ class E2ECluster:
                 "kubectlBinary": str(b["kubectl"]),
                 "etcdBinary": str(b["etcd"]),
                 "kwokControllerBinary": str(b["kwok"]),
-                "kubeApiserverPort": free_port(),
+                "kubeApiserverPort": self.apiserver_port,
                 "etcdPort": free_port(),
                 "etcdPeerPort": free_port(),
                 "kubeControllerManagerPort": free_port(),

@@ -40,7 +40,6 @@ import shlex
 import shutil
 import subprocess
 import time
-import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -60,6 +59,8 @@ TAINT = {"key": "celery-autoscale.io/real-node", "value": "true", "effect": "NoS
 #: Values that put a pod on the real node (a chart component's nodeSelector and tolerations).
 PLACEMENT = {"nodeSelector": {"kubernetes.io/hostname": NAME},
              "tolerations": [{"key": TAINT["key"], "operator": "Equal", "value": "true", "effect": "NoSchedule"}]}
+#: The chart's ``redis.image`` on this node: ``images/build.sh``'s stand-in for the official image.
+REDIS_STANDIN = {"repository": "localhost/celery-autoscale/redis-standin", "tag": "bookworm"}
 #: The archives ``images/build.sh`` writes, imported into containerd.
 IMAGES = ("pause", "redis-standin", "app")
 PAUSE_IMAGE = f"localhost/celery-autoscale/pause:{versions()['KUBERNETES_VERSION']}"
@@ -175,8 +176,7 @@ class RealNode:
         """Debian's ``socat`` forwards :data:`GATEWAY` at the API server's port to the API server on
         127.0.0.1, which it advertises as :data:`GATEWAY` (:mod:`cluster`): pods reach it through the
         ``kubernetes`` Service, as in any cluster, and the API server listens on loopback only."""
-        port = urllib.parse.urlsplit(yaml.safe_load(self.cluster.kubeconfig.read_text())["clusters"][0]["cluster"]
-                                     ["server"]).port
+        port = self.cluster.apiserver_port
         self._spawn("socat", [str(self.bins["socat"]), "-lf", str(self.workdir / "socat.log"),
                               f"TCP-LISTEN:{port},bind={GATEWAY},fork,reuseaddr", f"TCP:127.0.0.1:{port}"])
 

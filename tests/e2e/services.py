@@ -23,6 +23,8 @@ from pathlib import Path
 
 HOSTS = Path("/etc/hosts")
 MARK = "# celery-autoscale e2e services of {}: {}\n"
+#: The marks of the harness before blocks were per namespace: an interrupted run of it may have left one.
+OLD_MARK = "# celery-autoscale e2e services: {}\n"
 FIRST = ipaddress.ip_address("127.77.0.1")
 
 
@@ -68,8 +70,9 @@ class ServiceAddresses:
 
     def _write(self) -> None:
         text = self.hosts.read_text()
-        if self.begin in text:
-            text = text[:text.index(self.begin)] + text[text.index(self.end) + len(self.end):]
+        for begin, end in ((self.begin, self.end), (OLD_MARK.format("begin"), OLD_MARK.format("end"))):
+            if begin in text and end in text:
+                text = text[:text.index(begin)] + text[text.index(end) + len(end):]
         if text and not text.endswith("\n"):
             text += "\n"
         lines = [f"{address} {name} {name}.{self.namespace} {name}.{self.namespace}.svc "

@@ -31,11 +31,8 @@ import pytest
 import redis
 from celery import Celery
 
-from kubernetes import client, config
-
-from tests.e2e.harness import CI_VALUES, KUBECONFIG, ROOT, wait_for
-from tests.e2e.node import PLACEMENT
-from tests.e2e.services import ServiceAddresses
+from tests.e2e.harness import CI_VALUES, KUBECONFIG, merge, wait_for
+from tests.e2e.releases import PlacedRelease, placed
 
 from celery_autoscale.keys import stats_key
 
@@ -48,9 +45,7 @@ GRACE = 60  # the worker's terminationGracePeriodSeconds
 VALUES = {
     "environment": "dev",
     "celery": {"app": "tasks.app:app"},
-    **PLACEMENT,  # every pod of the release on the real node
-    "redis": {"image": {"repository": "localhost/celery-autoscale/redis-standin", "tag": "bookworm"},
-              "persistence": {"size": "1Gi"}, "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}}},
+    "redis": {"persistence": {"size": "1Gi"}, "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}}},
     "flower": {"auth": {"enabled": True}, "resources": {"requests": {"cpu": "20m", "memory": "64Mi"}}},
     "reconciler": {"deletionCost": {"minInterval": 1}},  # through the `kubernetes` Service, as in any cluster
     "beat": {"enabled": True, "schedule": {"ping": {"task": "tasks.io.transfer", "schedule": 3600,
@@ -74,66 +69,37 @@ APP_COMPONENTS = ("worker", "flower", "reconciler", "beat")
 @pytest.fixture(scope="module")
 def node(release, real_node):
     """The ``node`` release installed and its pods Ready on the real node."""
-    import helm_python as helm
-
-    cluster = release.cluster
-    cluster.kubectl("create", "namespace", NAMESPACE)
-    real_node.volume("node-redis", "1Gi")
-    hc = helm.Config(kubeconfig_path=str(cluster.kubeconfig), namespace=NAMESPACE)
-    chart = helm.Chart.load(ROOT / "charts" / "celery-autoscale")
-    hc.install(chart, RELEASE, VALUES, namespace=NAMESPACE, timeout=120)
-    found = NodeRelease(cluster, real_node, hc, chart)
-    names = ServiceAddresses(client.CoreV1Api(config.new_client_from_config(str(cluster.kubeconfig))), NAMESPACE,
-                             cluster_ips=True)
-    try:
-        names.refresh()  # KEDA, on the host, reaches the release's Redis by its Service's name
+    with placed(release.cluster, real_node, RELEASE, VALUES, volumes={"node-redis": "1Gi"}, kind=NodeRelease,
+                timeout=120) as found:
         wait_for(lambda: all(found.ready(f"app.kubernetes.io/component={c}") for c in ("redis", *APP_COMPONENTS)), 300,
                  "the node release's pods Ready on the real node",
-                 explain=lambda: cluster.kubectl("get", "pods,pvc", "-n", NAMESPACE, "-o", "wide").stdout)
+                 explain=lambda: found.kubectl("get", "pods,pvc", "-o", "wide").stdout)
         yield found
-    finally:
-        names.stop()
-        hc.uninstall(RELEASE, timeout=60)
-        cluster.kubectl("delete", "namespace", NAMESPACE, "--wait=false", check=False)
 
 
-class NodeRelease:
-    def __init__(self, cluster, node, helm, chart):
-        self.cluster, self.real_node, self.helm, self.chart = cluster, node, helm, chart
+class NodeRelease(PlacedRelease):
+    """The ``node`` release; its pods by default are the io workers'."""
 
     def pods(self, selector: str = WORKERS) -> list[dict]:
-        done = self.cluster.kubectl("get", "pods", "-n", NAMESPACE, "-l", selector, "-o", "json")
-        return json.loads(done.stdout)["items"]
+        return super().pods(selector)
 
     def ready(self, selector: str = WORKERS) -> list[str]:
-        """Names of the pods of ``selector`` that are Ready and not being deleted."""
-        return [p["metadata"]["name"] for p in self.pods(selector) if p["metadata"].get("deletionTimestamp") is None
-                and any(c["type"] == "Ready" and c["status"] == "True"
-                        for c in p.get("status", {}).get("conditions", []))]
+        return super().ready(selector)
 
     def replicas(self) -> int:
         """``spec.replicas`` of the io workers' Deployment: what KEDA and the HPA ask for."""
-        found = json.loads(self.cluster.kubectl("get", "deployment", DEPLOYMENT, "-n", NAMESPACE, "-o", "json").stdout)
-        return found["spec"].get("replicas", 0)
-
-    def scaling(self) -> str:
-        """The ScaledObject, the HPA and the pods, for a failure message."""
-        return self.cluster.kubectl("get", "scaledobject,hpa,pods", "-n", NAMESPACE, "-o", "wide").stdout
+        return self.deployment_replicas(DEPLOYMENT)
 
     def restarts(self, pod: str) -> int:
         (found,) = [p for p in self.pods() if p["metadata"]["name"] == pod]
         return sum(c.get("restartCount", 0) for c in found["status"].get("containerStatuses", []))
 
     def password(self) -> str:
-        secret = json.loads(self.cluster.kubectl("get", "secret", f"{FULLNAME}-redis", "-n", NAMESPACE,
-                                                 "-o", "json").stdout)
-        return base64.b64decode(secret["data"]["redis-password"]).decode()
+        return self.secret(f"{FULLNAME}-redis", "redis-password")
 
     def redis_address(self) -> str:
         """The Redis Service's ClusterIP: kube-proxy's rules take the host's connections to the pod."""
-        service = json.loads(self.cluster.kubectl("get", "service", f"{FULLNAME}-redis", "-n", NAMESPACE,
-                                                  "-o", "json").stdout)
-        return service["spec"]["clusterIP"]
+        return self.get("service", f"{FULLNAME}-redis")["spec"]["clusterIP"]
 
     def url(self) -> str:
         return f"redis://:{self.password()}@{self.redis_address()}:6379/0"
@@ -194,10 +160,15 @@ class NodeRelease:
             proc.terminate()
             proc.wait(10)
 
-    def upgrade(self, io: dict) -> None:
-        values = json.loads(json.dumps(VALUES))
-        values["queues"]["io"].update(io)
-        self.helm.upgrade(self.chart, RELEASE, values, namespace=NAMESPACE, timeout=120)
+    def upgrade_io(self, io: dict) -> None:
+        """``helm upgrade`` of :data:`VALUES` with ``io`` merged over the io queue's values."""
+        self.upgrade(merge(VALUES, {"queues": {"io": io}}))
+
+    def autoscale(self) -> None:
+        """Autoscaling on (:data:`AUTOSCALED`), and the idle queue scaled to zero, its pods gone."""
+        self.upgrade_io(AUTOSCALED)
+        wait_for(lambda: self.replicas() == 0 and not self.pods(), 120, "the idle queue at zero replicas",
+                 explain=self.scaling)
 
 
 def send(producer, count: int, **kwargs):
@@ -267,7 +238,7 @@ def test_a_leaking_task_is_oom_killed_by_the_memory_cgroup_and_runs_again_and_ma
     assert node.restarts(pod) == restarts  # the pool process died, not the container
 
     redis_pod = node.redis_pod()
-    node.upgrade({"maxMemoryPerChild": 150 * 1024})
+    node.upgrade_io({"maxMemoryPerChild": 150 * 1024})
     wait_for(lambda: len(node.ready()) == 1 and len(node.pods()) == 1, 180,
              "the worker rolled with maxMemoryPerChild")
     (pod,) = node.ready()
@@ -332,9 +303,7 @@ def test_keda_scales_the_queue_from_zero_with_pods_on_the_real_node_and_running_
     unfinished (waiting or running: the true backlog) the queue keeps at least one replica; the
     reconciler, in its pod, sets the busy pods' deletion cost through the ``kubernetes`` Service;
     every task runs once, and the queue returns to zero."""
-    node.upgrade(AUTOSCALED)
-    wait_for(lambda: node.replicas() == 0 and not node.pods(), 120, "the idle queue at zero replicas",
-             explain=node.scaling)
+    node.autoscale()
     before = node.runs()
     results = send(node.producer(), 16, wait_seconds=5)
     samples, nodes, costs = [], set(), set()  # (replicas, unfinished tasks); where the workers ran; deletion costs
@@ -363,9 +332,7 @@ def test_the_redis_container_killed_mid_burst_restarts_from_its_volume_and_every
     PersistentVolume (a reply is sent only after its write reached the file); the workers and KEDA
     reconnect; every task succeeds, none runs twice (the run counter, kept in the same file), and
     the queue returns to zero."""
-    node.upgrade(AUTOSCALED)
-    wait_for(lambda: node.replicas() == 0 and not node.pods(), 120, "the idle queue at zero replicas",
-             explain=node.scaling)
+    node.autoscale()
     uid, restarts = node.redis_pod()
     before = node.runs()
     results = send(node.producer(), 24, wait_seconds=2)

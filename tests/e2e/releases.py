@@ -1,0 +1,107 @@
+"""Releases of the chart whose pods all run on the real node (test harness for `make e2e`).
+
+:func:`placed` installs the chart through the real Helm SDK into a namespace of its own, with
+:data:`node.PLACEMENT` and the Redis stand-in image merged over the given values (the only
+images this machine has; no registry is reachable), and names the namespace's Services by their
+ClusterIPs in ``/etc/hosts`` (see :mod:`services`): KEDA and the tests, on the host, reach the
+release's Redis and Flower by the names a pod would use. :class:`PlacedRelease` reads the
+release's objects, pods and logs.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from .harness import ROOT, merge
+from .node import PLACEMENT, REDIS_STANDIN
+
+
+@dataclass
+class PlacedRelease:
+    cluster: object
+    real_node: object
+    helm: object  # helm_python.Config of the release's namespace
+    chart: object
+    name: str
+    namespace: str
+    values: dict  # what was installed, placement included
+
+    @property
+    def fullname(self) -> str:
+        return f"{self.name}-celery-autoscale"
+
+    def kubectl(self, *args: str, check: bool = True):
+        return self.cluster.kubectl(*args, "-n", self.namespace, check=check)
+
+    def get(self, kind: str, name: str) -> dict:
+        return json.loads(self.kubectl("get", kind, name, "-o", "json").stdout)
+
+    def pods(self, selector: str = "") -> list[dict]:
+        """The release's pods that match ``selector`` (a label selector, or every pod)."""
+        labels = ",".join(filter(None, [f"app.kubernetes.io/instance={self.name}", selector]))
+        return json.loads(self.kubectl("get", "pods", "-l", labels, "-o", "json").stdout)["items"]
+
+    def ready(self, selector: str = "") -> list[str]:
+        """Names of the pods of ``selector`` that are Ready and not being deleted."""
+        return [p["metadata"]["name"] for p in self.pods(selector) if p["metadata"].get("deletionTimestamp") is None
+                and any(c["type"] == "Ready" and c["status"] == "True"
+                        for c in p.get("status", {}).get("conditions", []))]
+
+    def deployment_replicas(self, name: str) -> int:
+        """``spec.replicas`` of the Deployment ``name``: what KEDA and the HPA ask for."""
+        return self.get("deployment", name)["spec"].get("replicas", 0)
+
+    def secret(self, name: str, key: str) -> str:
+        return base64.b64decode(self.get("secret", name)["data"][key]).decode()
+
+    def logs(self, selector: str) -> str:
+        """The log of the newest pod of ``selector`` ("" if there is none)."""
+        pods = sorted(self.pods(selector), key=lambda p: p["metadata"]["creationTimestamp"])
+        return self.kubectl("logs", pods[-1]["metadata"]["name"], check=False).stdout if pods else ""
+
+    def scaling(self) -> str:
+        """The ScaledObjects, HPAs and pods, for a failure message."""
+        return self.kubectl("get", "scaledobject,hpa,pods", "-o", "wide").stdout
+
+    def upgrade(self, values: dict, timeout: float = 120) -> None:
+        """``helm upgrade`` with ``values`` (placement and the Redis image merged over them again)."""
+        self.values = on_the_node(values)
+        self.helm.upgrade(self.chart, self.name, self.values, namespace=self.namespace, timeout=timeout)
+
+
+def on_the_node(values: dict) -> dict:
+    """``values`` with every pod placed on the real node and the chart's Redis from the stand-in image."""
+    return merge(merge(values, PLACEMENT), {"redis": {"image": REDIS_STANDIN}})
+
+
+@contextmanager
+def placed(cluster, real_node, name: str, values: dict, volumes: dict[str, str] | None = None,
+           kind: type[PlacedRelease] = PlacedRelease, timeout: float = 180):
+    """Release ``name`` of the chart in namespace ``name`` with ``values`` (see :func:`on_the_node`),
+    after a ``hostPath`` PersistentVolume on the real node for each of ``volumes`` (name: size);
+    yields a ``kind``. On exit: uninstalled and its namespace deleted (the Secret and the claim the
+    chart keeps on uninstall go with it); the volumes go with the node."""
+    import helm_python as helm
+    from kubernetes import client, config
+
+    from .services import ServiceAddresses
+
+    cluster.kubectl("create", "namespace", name)
+    for volume, size in (volumes or {}).items():
+        real_node.volume(volume, size)
+    hc = helm.Config(kubeconfig_path=str(cluster.kubeconfig), namespace=name)
+    chart = helm.Chart.load(ROOT / "charts" / "celery-autoscale")
+    names = ServiceAddresses(client.CoreV1Api(config.new_client_from_config(str(cluster.kubeconfig))), name,
+                             cluster_ips=True)
+    try:
+        release = kind(cluster, real_node, hc, chart, name, name, on_the_node(values))
+        hc.install(chart, name, release.values, namespace=name, timeout=timeout)
+        names.refresh()
+        yield release
+    finally:
+        names.stop()
+        hc.uninstall(name, timeout=120)
+        cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
