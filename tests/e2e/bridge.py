@@ -20,17 +20,15 @@ Where a host differs from a pod, the bridge translates and says so here:
   ``KUBECONFIG`` (a process here cannot read ``/var/run/secrets``), so it acts with exactly that
   account's RBAC, not the test's;
 - ``fieldRef`` env values give the pod's ``metadata.namespace`` and ``metadata.name``;
-- a mount path inside an argument (a ``sh -c`` script) becomes its folder too; ``sh`` is the host's;
-- a PersistentVolumeClaim is a folder ``<workdir>/volumes/<claim>`` that outlives its pods, as the
-  claim does; every other volume is new with each pod (``<workdir>/<pod>-<uid>/<volume>``);
+- a mount path inside an argument becomes its folder too; every volume is new with each pod
+  (``<workdir>/<pod>-<uid>/<volume>``);
 - a pod behind a Service listens on that Service's loopback address (:mod:`services`), which
-  ``/etc/hosts`` names as cluster DNS would: ``redis-server`` gets ``--bind <address>``, Flower
-  ``--address=<address>``, the reconciler ``CELERY_METRICS_ADDRESS=<address>``; any other pod that serves ports behind a Service fails loudly;
-- a pod that replaces one of the same name (a StatefulSet's) starts after the old process exited,
-  as the kubelet guarantees for StatefulSet pods;
-- a Job's pod ends as its process does: the bridge sets the pod's phase ``Succeeded`` or
-  ``Failed`` with the exit code (KWOK's stage that completes Job pods at once is left out of the
-  cluster's stages, see :mod:`cluster`).
+  ``/etc/hosts`` names as cluster DNS would: the reconciler gets ``CELERY_METRICS_ADDRESS=<address>``;
+  any other pod that serves ports behind a Service fails loudly.
+
+The bridge runs only workers and the reconciler of releases with an external Redis. Releases with
+the chart's own Redis, Flower and helm test Job run on the real node (:mod:`releases`), and so does
+every check of what only a kubelet does (probes, security context, volumes, DNS, preStop hooks).
 """
 
 from __future__ import annotations
@@ -66,11 +64,6 @@ class Running:
     proc: subprocess.Popen
     grace: int
     started: float = field(default_factory=time.time)
-    job: bool = False  # a Job's pod: its exit ends the pod
-    container: tuple[str, str] = ("", "")  # name, image
-    pre_stop: list[str] | None = None  # the container's preStop exec command, on this host
-    env: dict[str, str] = field(default_factory=dict)
-    home: Path | None = None
 
 
 class PodBridge:
@@ -146,12 +139,6 @@ class PodBridge:
     # -- one pod ------------------------------------------------------------------------------
     def _launch(self, pod: client.V1Pod) -> None:
         name = pod.metadata.name
-        previous = self.exiting.pop(name, None)
-        if previous is not None:  # the pod this one replaces must be gone first
-            try:
-                previous.wait(60)
-            except subprocess.TimeoutExpired:
-                pass
         home = self.workdir / f"{name}-{pod.metadata.uid[:8]}"
         mounts = self._materialize_volumes(pod, home)
         container = pod.spec.containers[0]
@@ -180,28 +167,14 @@ class PodBridge:
         elif argv and argv[0] == "python":
             argv = [sys.executable, *argv[1:]]
         process_env = {"PATH": os.environ.get("PATH", ""), "PYTHONUNBUFFERED": "1", **env}
-        pre_stop = self._pre_stop(container, env, mounts, address)
         log = open(home / "container.log", "ab")
         proc = subprocess.Popen(argv, env=process_env, cwd=home, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)
         log.close()
-        job = any(ref.kind == "Job" for ref in pod.metadata.owner_references or [])
         with self._lock:
-            self.running[pod.metadata.uid] = Running(name, proc, pod.spec.termination_grace_period_seconds or 30,
-                                                     job=job, container=(container.name, container.image),
-                                                     pre_stop=pre_stop, env=process_env, home=home)
+            self.running[pod.metadata.uid] = Running(name, proc, pod.spec.termination_grace_period_seconds or 30)
             self.events.append((time.time(), name, "started"))
         logger.info("pod %s: started pid %d: %s", name, proc.pid, " ".join(argv))
-
-    def _pre_stop(self, container, env: dict[str, str], mounts: dict[str, Path], address: str | None):
-        """The container's ``preStop`` exec command as it runs here: its mount paths are folders and
-        ``redis-cli`` asks the pod's Service address, where the bridge binds ``redis-server``."""
-        hook = container.lifecycle.pre_stop if container.lifecycle else None
-        command = hook._exec.command if hook is not None and hook._exec is not None else None  # the client's name for exec
-        if not command:
-            return None
-        argv = self._localize(command, env, mounts)
-        return [re.sub(r"\bredis-cli ", f"redis-cli -h {address} ", a) for a in argv] if address else argv
 
     @classmethod
     def _localize(cls, argv: list[str], env: dict[str, str], mounts: dict[str, Path]) -> list[str]:
@@ -221,23 +194,19 @@ class PodBridge:
     @staticmethod
     def _bind(pod: client.V1Pod, argv: list[str], address: str, env: dict[str, str]) -> list[str]:
         """``argv`` (and ``env``) listening on ``address``, the pod's Service address (see the module docs)."""
-        if argv[:2] == ["sh", "-c"] and "redis-server" in argv[2]:
-            return [*argv[:2], f"{argv[2]} --bind {address}", *argv[3:]]
-        if "celery_autoscale.flower" in argv:
-            return [*argv, f"--address={address}"]
         if "celery_autoscale.reconciler" in argv:  # its /metrics, on the Service's port
             env["CELERY_METRICS_ADDRESS"] = address
             return argv
         raise ValueError(f"the bridge cannot make pod {pod.metadata.name} listen on its Service address: {argv}")
 
     def _materialize_volumes(self, pod: client.V1Pod, home: Path) -> dict[str, Path]:
-        """Each volume as a folder under ``home`` (a claim's under ``volumes/``); returns ``{mountPath: folder}``."""
+        """Each volume as a folder under ``home``; returns ``{mountPath: folder}``."""
         home.mkdir(parents=True, exist_ok=True)
         folders: dict[str, Path] = {}
         for volume in pod.spec.volumes or []:
-            folder = home / volume.name
             if volume.persistent_volume_claim is not None:
-                folder = self.workdir / "volumes" / volume.persistent_volume_claim.claim_name
+                raise ValueError(f"the bridge runs no pod with a claim ({pod.metadata.name}): place it on the real node")
+            folder = home / volume.name
             folder.mkdir(parents=True, exist_ok=True)
             if volume.secret is not None:
                 data = self.api.read_namespaced_secret(volume.secret.secret_name, self.namespace).data or {}
@@ -310,14 +279,8 @@ class PodBridge:
         if running.proc.poll() is None:
             self.exiting[running.pod] = running.proc
 
-        def reap():  # the kubelet's order: the preStop hook, then SIGTERM, all within the grace period
+        def reap():  # the kubelet's way: SIGTERM, then SIGKILL at the end of the grace period
             deadline = time.monotonic() + running.grace
-            if running.pre_stop and running.proc.poll() is None:
-                try:
-                    subprocess.run(running.pre_stop, env=running.env, cwd=running.home, timeout=running.grace,
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-                except subprocess.TimeoutExpired:
-                    pass
             if running.proc.poll() is None:
                 running.proc.send_signal(signal.SIGTERM)
             try:
@@ -333,35 +296,12 @@ class PodBridge:
         self._reapers.append(reaper)
 
     def _reap_exited(self) -> None:
-        """A Job pod's exit ends the pod; another process that died on its own stays recorded (a
-        real pod would restart it)."""
+        """A process that died on its own is recorded as crashed (a real pod would restart it)."""
         with self._lock:
-            for uid, running in list(self.running.items()):
-                if running.job and running.proc.poll() is not None:
-                    self._complete(running)
-                    del self.running[uid]
-                    self.events.append((time.time(), running.pod, f"exited {running.proc.returncode}"))
-                    continue
+            for running in self.running.values():
                 if running.proc.poll() is not None and not any(
                         e[1] == running.pod and e[2].startswith("crashed") for e in self.events):
                     self.events.append((time.time(), running.pod, f"crashed {running.proc.returncode}"))
-
-    def _complete(self, running: Running) -> None:
-        """Set a Job pod's phase from its process's exit code, as the kubelet reports it."""
-        import datetime
-
-        code = running.proc.returncode
-        now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-        began = datetime.datetime.fromtimestamp(running.started, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-        name, image = running.container
-        status = {"phase": "Succeeded" if code == 0 else "Failed", "containerStatuses": [{
-            "name": name, "image": image, "imageID": "", "ready": False, "restartCount": 0, "started": False,
-            "state": {"terminated": {"exitCode": code, "reason": "Completed" if code == 0 else "Error",
-                                     "startedAt": began, "finishedAt": now}}}]}
-        try:
-            self.api.patch_namespaced_pod_status(running.pod, self.namespace, {"status": status})
-        except Exception:
-            logger.exception("could not complete pod %s", running.pod)
 
     def alive(self, prefix: str) -> tuple[int, int]:
         """Processes of pods named ``prefix*`` alive now: (running, terminating)."""

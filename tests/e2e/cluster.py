@@ -3,8 +3,8 @@
 - ``kwokctl --runtime binary`` starts etcd, kube-apiserver, kube-controller-manager,
   kube-scheduler and the KWOK controller from the binaries ``build.sh`` built from their Go
   modules (pointed at through a KwokctlConfiguration file). KWOK stands in for nodes: it marks
-  pods Running; :mod:`bridge` runs the real processes behind them and ends Job pods itself
-  (KWOK's own ``pod-complete`` stage is left out).
+  pods Running; :mod:`bridge` runs the real processes behind some of them. KWOK's own
+  ``pod-complete`` stage is left out: a Job's pod runs on the real node (:mod:`node`).
 - KEDA's operator, metrics adapter and admission webhooks run with the cluster's admin
   kubeconfig and TLS certificates this module generates; KEDA's own
   ValidatingWebhookConfiguration points at the webhooks by URL. ``v1beta1.external.metrics.k8s.io`` points at the
@@ -89,7 +89,8 @@ def keda_crds() -> list[Path]:
 def kwok_stages() -> list[dict]:
     """KWOK's default stages for ``--runtime binary`` (its ``fast`` node and pod stages, the
     heartbeat with leases) except ``pod-complete``, which would mark a Job's pod Succeeded the
-    moment it runs: the bridge ends Job pods with their real exit code instead."""
+    moment it runs: Job pods (the helm test's) run on the real node, and one on KWOK's nodes would
+    stay Running rather than pass without having run."""
     out = subprocess.run(["go", "mod", "download", "-json", f"sigs.k8s.io/kwok@{versions()['KWOK_VERSION']}"],
                          capture_output=True, text=True, check=True, cwd=cache_dir())
     stage = Path(json.loads(out.stdout)["Dir"]) / "kustomize" / "stage"

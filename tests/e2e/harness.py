@@ -126,7 +126,7 @@ def environment(run_dir: Path = RUN_DIR):
             services = ServiceAddresses(api, NAMESPACE)
             bridge = PodBridge(api, NAMESPACE,
                                f"app.kubernetes.io/instance in ({','.join(BRIDGED_RELEASES)}),"
-                               "app.kubernetes.io/component in (worker,reconciler,redis,flower,helm-test)",
+                               "app.kubernetes.io/component in (worker,reconciler)",
                                run_dir / "pods", services=services)
             bridge.start()
             try:
