@@ -5,13 +5,15 @@
 images this machine has; no registry is reachable), and names the namespace's Services by their
 ClusterIPs in ``/etc/hosts`` (see :mod:`services`): KEDA and the tests, on the host, reach the
 release's Redis and Flower by the names a pod would use. :class:`PlacedRelease` reads the
-release's objects, pods and logs.
+release's objects, pods and logs; :class:`PodEvents` records its pods' starts and ends.
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import threading
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -105,3 +107,62 @@ def placed(cluster, real_node, name: str, values: dict, volumes: dict[str, str] 
         names.stop()
         hc.uninstall(name, timeout=120)
         cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+class PodEvents:
+    """What happens to the pods of ``namespace``, as ``(time, pod, what)`` in :attr:`events` (the
+    shape the pod bridge records): ``started`` (its container running), ``sigterm`` (its deletion
+    began: the kubelet sends SIGTERM), ``exited`` (the pod gone). A thread lists the pods, then
+    watches from the list's resourceVersion, again every 5 s (client-go's list-and-watch); a pod
+    gone between two watches is found by the next list."""
+
+    def __init__(self, api, namespace: str):
+        self.api, self.namespace = api, namespace
+        self.events: list[tuple[float, str, str]] = []
+        self._seen: set[tuple[str, str]] = set()  # (pod uid, what)
+        self._live: dict[str, str] = {}  # uid -> name
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True, name=f"pod-events-{namespace}")
+
+    def start(self) -> PodEvents:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=15)
+
+    def _loop(self) -> None:
+        from kubernetes import watch
+
+        while not self._stop.is_set():
+            try:
+                listed = self.api.list_namespaced_pod(self.namespace)
+                for uid in set(self._live) - {p.metadata.uid for p in listed.items}:
+                    self._add(uid, self._live.pop(uid), "exited")
+                for pod in listed.items:
+                    self._handle("ADDED", pod)
+                for event in watch.Watch().stream(self.api.list_namespaced_pod, self.namespace, timeout_seconds=5,
+                                                  resource_version=listed.metadata.resource_version):
+                    self._handle(event["type"], event["object"])
+                    if self._stop.is_set():
+                        break
+            except Exception:  # the API server restarting or a watch expiring: list and watch again
+                time.sleep(1)
+
+    def _handle(self, kind: str, pod) -> None:
+        uid, name = pod.metadata.uid, pod.metadata.name
+        if kind == "DELETED":
+            self._live.pop(uid, None)
+            self._add(uid, name, "exited")
+            return
+        self._live[uid] = name
+        if any(s.state and s.state.running for s in pod.status.container_statuses or []):
+            self._add(uid, name, "started")
+        if pod.metadata.deletion_timestamp is not None:
+            self._add(uid, name, "sigterm")
+
+    def _add(self, uid: str, name: str, what: str) -> None:
+        if (uid, what) not in self._seen:
+            self._seen.add((uid, what))
+            self.events.append((time.time(), name, what))

@@ -1,5 +1,11 @@
 """Autoscaling on a real control plane with the real KEDA, closed by real workers (`make e2e`).
 
+Release ``ci`` in namespace ``ci``: values/ci.yaml with the chart's own Redis instead of the
+host's, every pod run by the real node's kubelet from the images `make image` built (see
+:mod:`releases`); KEDA, on the host, reads that Redis by its Service's name. The workers' CPU
+requests are lowered so that the cap of every queue fits the 2-core node (cpu asks for a whole
+core per replica by default).
+
 values/ci.yaml: cpu concurrency 1, io 4, mixed 2 (so listLength 1, 4 and 2); maxReplicaCount 4;
 pollingInterval 2 s, cooldownPeriod 10 s, scale-down stabilization window 5 s; HPA sync 2 s.
 """
@@ -7,29 +13,121 @@ pollingInterval 2 s, cooldownPeriod 10 s, scale-down stabilization window 5 s; H
 from __future__ import annotations
 
 import datetime
+import functools
 import json
+import os
+import signal
 import time
 
 import pytest
-from tests.e2e.harness import (CI_VALUES, KUBECONFIG, NAMESPACE, QUEUES, ROOT, merge, queue_backlog,
+import redis
+from celery import Celery
+from tests.e2e.harness import (CI_VALUES, KUBECONFIG, NAMESPACE, QUEUES, RELEASE, merge, queue_backlog,
                                scale_down_with_busy_and_idle_pods, wait_for, worker)
+from tests.e2e.releases import PlacedRelease, PodEvents, placed
 
-from celery_autoscale import backlog
+import celery_autoscale
+from celery_autoscale import backlog, settings_of
 from celery_autoscale.keys import in_flight_key
 
 pytestmark = [pytest.mark.e2e, pytest.mark.k8s(provider="external", k8s_kubeconfig=str(KUBECONFIG))]
+
+SMALL = {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": "512Mi"}}
+VALUES = merge({key: value for key, value in CI_VALUES.items() if key != "redis"}, {
+    "redis": {"persistence": {"size": "1Gi"}},
+    "workerDefaults": {"resources": SMALL},
+    "queues": {queue: {"resources": SMALL} for queue in QUEUES},
+})
+
+
+class ScalingRelease(PlacedRelease):
+    """Release ``ci`` on the real node, read as the tests of this module read it."""
+
+    pod_events: PodEvents | None = None
+
+    @property
+    def events(self) -> list[tuple[float, str, str]]:
+        return self.pod_events.events
+
+    @functools.cached_property
+    def url(self) -> str:
+        """The broker: the Redis Service's ClusterIP (kube-proxy routes the host's connections too)."""
+        password = self.secret(f"{self.fullname}-redis", "redis-password")
+        return f"redis://:{password}@{self.get('service', f'{self.fullname}-redis')['spec']['clusterIP']}:6379/0"
+
+    def client(self) -> redis.Redis:
+        return redis.Redis.from_url(self.url)
+
+    def producer(self) -> Celery:
+        """A plain Celery producer with the runtime (it names every task's queue)."""
+        return celery_autoscale.install(Celery("producer", broker=self.url, backend=self.url), environ={})
+
+    @functools.cached_property
+    def _settings(self):
+        return settings_of(self.producer())
+
+    def settings(self):
+        """The runtime's settings (the chart's: Celery's and kombu's defaults)."""
+        return self._settings
+
+    def replicas(self, queue: str) -> int:
+        """What the queue's Deployment asks for (``spec.replicas``, set by KEDA and the HPA)."""
+        self.cluster.keda_alive()
+        return self.deployment_replicas(worker(queue))
+
+    def explain(self, queue: str) -> str:
+        """The ScaledObject's and the HPA's view of ``queue``, and the pods, for a failure message."""
+        so = self.get("scaledobject", worker(queue)).get("status", {})
+        hpa = self.get("hpa", worker(queue)).get("status", {})
+        return json.dumps({"replicas": self.replicas(queue), "scaledobject": so, "hpa": hpa,
+                           "events": self.events[-10:]}, indent=1, default=str) + "\n" + self.scaling()
+
+    def upgrade(self, values: dict, timeout: float = 120) -> None:
+        """``helm upgrade`` with :data:`VALUES` and ``values`` merged over them."""
+        super().upgrade(merge(VALUES, values), timeout)
+
+
+@pytest.fixture(scope="module")
+def scaling(release, real_node):
+    from kubernetes import client, config
+
+    with placed(release.cluster, real_node, RELEASE, VALUES, volumes={"ci-redis": "1Gi"}, kind=ScalingRelease,
+                timeout=120) as found:
+        found.pod_events = PodEvents(client.CoreV1Api(config.new_client_from_config(str(release.cluster.kubeconfig))),
+                                     found.namespace).start()
+        try:
+            wait_for(lambda: found.ready("app.kubernetes.io/component=redis")
+                     and found.ready("app.kubernetes.io/component=reconciler"), 300,
+                     "the ci release's Redis and reconciler Ready on the real node", explain=found.scaling)
+            yield found
+        finally:
+            found.pod_events.stop()
+
+
+@pytest.fixture
+def idle(scaling):
+    """Every queue empty and at its minimum (0) before a test starts."""
+    wait_for(lambda: all(queue_backlog(scaling, q) == 0 and scaling.replicas(q) == 0 for q in QUEUES), 180,
+             "all queues idle at zero replicas", explain=lambda: "\n".join(scaling.explain(q) for q in QUEUES))
+    return scaling
+
+
+@pytest.fixture
+def producer(scaling):
+    return scaling.producer()
 
 
 def condition(obj: dict, kind: str) -> dict:
     return next((c for c in obj.get("status", {}).get("conditions", []) if c["type"] == kind), {})
 
 
-def test_install_makes_every_scaledobject_ready_with_one_hpa_each(release, kube):
+def test_install_makes_every_scaledobject_ready_with_one_hpa_each(scaling, kube):
+    release = scaling
     for queue in QUEUES:
         scaled = wait_for(lambda: (so := release.get("scaledobject", worker(queue)))
                           and condition(so, "Ready").get("status") == "True" and so, 120, f"{queue} ScaledObject Ready")
         assert scaled["spec"]["scaleTargetRef"]["name"] == worker(queue)
-    hpas = kube.kubectl(["get", "hpa", "-n", NAMESPACE])["items"]
+    hpas = kube.kubectl(["get", "hpa", "-n", release.namespace])["items"]
     assert sorted(h["spec"]["scaleTargetRef"]["name"] for h in hpas) == sorted(worker(q) for q in QUEUES)
     assert all(h["metadata"]["ownerReferences"][0]["kind"] == "ScaledObject" for h in hpas)
 
@@ -50,12 +148,12 @@ def test_a_burst_on_cpu_scales_it_from_zero_to_the_cap_and_leaves_the_others_alo
     assert seen["io"] == {0} and seen["mixed"] == {0}
     assert max(seen["cpu"]) == 4  # never above the cap
 
-    # Drain: the bridged workers finish every task, even those on pods removed while busy.
+    # Drain: the workers finish every task, even those on pods removed while busy.
     for r in results:
         assert r.get(timeout=300)["queue"] == "cpu"
     wait_for(lambda: release.replicas("cpu") == 0, 120, "cpu back to minReplicaCount 0 after the cooldown",
              explain=lambda: release.explain("cpu"))
-    stopped = [e for e in release.bridge.events if e[1].startswith(worker("cpu")) and e[2] == "sigterm"]
+    stopped = [e for e in release.events if e[1].startswith(worker("cpu")) and e[2] == "sigterm"]
     assert stopped, "pods were removed on scale-down"
     assert all(queue_backlog(release, q) == 0 for q in QUEUES)
 
@@ -66,9 +164,9 @@ def test_running_tasks_keep_a_queue_from_scaling_to_zero(idle, producer):
                                                                    "wait_seconds": 30}, queue="mixed")
                for _ in range(2)]
     settings = release.settings()
-    wait_for(lambda: backlog(release.redis.client(), "mixed", settings).in_flight == 2, 60,
+    wait_for(lambda: backlog(release.client(), "mixed", settings).in_flight == 2, 60,
              "both tasks running")
-    assert backlog(release.redis.client(), "mixed", settings).queued == 0
+    assert backlog(release.client(), "mixed", settings).queued == 0
     # Lists empty, two tasks in flight: longer than cooldown + stabilization, still one replica.
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
@@ -108,10 +206,10 @@ def test_a_cron_window_holds_desired_replicas_with_an_empty_queue(idle):
              explain=lambda: release.explain("mixed"))
 
 
-def test_a_wrong_redis_address_is_a_condition_not_a_crash_and_the_others_keep_scaling(idle, producer):
-    """A second release of the chart with a wrong Redis address: KEDA cannot build its scalers and
-    says so on the ScaledObject; KEDA keeps running and the first release keeps scaling."""
-    release = idle
+def test_a_wrong_redis_address_is_a_condition_not_a_crash_and_the_others_keep_scaling(release, idle, producer):
+    """A second release of the chart (beside the bridged one, on KWOK's node: only its ScaledObject
+    matters) with a wrong Redis address: KEDA cannot build its scalers and says so on the
+    ScaledObject; KEDA keeps running and the release on the real node keeps scaling."""
     values = merge(CI_VALUES, {"redis": {"external": {"port": 1}}, "queues": {"cpu": None, "mixed": None}})
     release.helm.install(release.chart, "broken", values, namespace=NAMESPACE, timeout=120)
     try:
@@ -122,15 +220,16 @@ def test_a_wrong_redis_address_is_a_condition_not_a_crash_and_the_others_keep_sc
         release.cluster.keda_alive()
         results = [producer.send_task("tasks.cpu.hash_chain", kwargs={"work_units": 10_000}, queue="cpu")
                    for _ in range(3)]
-        wait_for(lambda: release.replicas("cpu") >= 1, 60, "the healthy release's cpu still scales")
+        wait_for(lambda: idle.replicas("cpu") >= 1, 60, "the healthy release's cpu still scales")
         for r in results:
             r.get(timeout=120)
     finally:
         release.helm.uninstall("broken", timeout=60)
 
 
-def test_a_redis_that_stops_answering_is_reported_and_never_scales_workers_away(idle):
-    """A release whose Redis goes away: KEDA reports the failure and the workers keep their
+def test_a_redis_that_stops_answering_is_reported_and_never_scales_workers_away(release):
+    """A release (beside the bridged one, on KWOK's node: its ScaledObject and replicas are what
+    matter) whose Redis, on this host, goes away: KEDA reports the failure and the workers keep their
     replicas (never scaled to zero on a backlog nobody can read); KEDA keeps running.
 
     Measured with KEDA v2.20.2: its Redis scaler pings when it is built, and KEDA rebuilds a
@@ -139,7 +238,6 @@ def test_a_redis_that_stops_answering_is_reported_and_never_scales_workers_away(
     """
     from loadgen.stack import LocalStack
 
-    release = idle
     with LocalStack(release.redis.workdir.parent / "doomed-redis", redis_password=release.redis.redis_password) as doomed:
         doomed.start_redis()
         values = merge(CI_VALUES, {"redis": {"external": {"port": doomed.redis_port}},
@@ -186,26 +284,23 @@ def test_helm_upgrade_of_concurrency_rolls_the_workers_and_keda_stays_in_control
 
 
 def test_a_queue_whose_only_pod_dies_mid_task_is_scaled_up_again_and_the_task_completes(idle, producer):
-    """A node lost under a busy pod: its process SIGKILLed, the pod deleted. The task's in-flight
-    entry keeps the queue at a replica; the reconciler (bridged like the workers) gives its message
-    back once the task's own time limit (3 s) plus the margin (1 s) are past and its worker does
-    not answer a ping, long before the visibility timeout; the new pod runs it."""
-    import os
-    import signal
-
+    """A node lost under a busy pod: its container's processes SIGKILLed, the pod force-deleted. The
+    task's in-flight entry keeps the queue at a replica; the reconciler gives its message back once
+    the task's own time limit (3 s) plus the margin (1 s) are past and its worker does not answer a
+    ping, long before the visibility timeout; the new pod runs it."""
     release = idle
     result = producer.send_task("tasks.io.transfer", kwargs={"size_bytes": 0, "wait_seconds": 8}, queue="io",
                                 time_limit=3)  # the threads pool does not enforce it; the record does
     settings = release.settings()
-    client = release.redis.client()
+    client = release.client()
 
-    def running_on():  # this task in flight (not another test's leftover entry) and the io pods' processes
-        pods = [(p, pid) for p, pid in release.bridge.processes().items() if p.startswith(worker("io"))]
+    def running_on():  # this task in flight (not another test's leftover entry) and the io pods
+        pods = release.ready("app.kubernetes.io/component=worker,celery-autoscale/queue=io")
         return pods if client.zscore(in_flight_key("io", settings.key_prefix), result.id) is not None else []
 
-    [(pod, pid)] = wait_for(running_on, 120, "the task running on the only io pod")
-    os.killpg(pid, signal.SIGKILL)
-    release.cluster.kubectl("delete", "pod", pod, "-n", NAMESPACE, "--grace-period=0", "--force", "--wait=false")
+    [pod] = wait_for(running_on, 120, "the task running on the only io pod", explain=lambda: release.explain("io"))
+    os.kill(release.real_node.container_pid(pod, release.namespace), signal.SIGKILL)  # PID 1: all of them go
+    release.kubectl("delete", "pod", pod, "--grace-period=0", "--force", "--wait=false")
     killed = time.monotonic()
     seen = set()
     while not result.ready() and time.monotonic() - killed < 180:
@@ -219,117 +314,9 @@ def test_a_queue_whose_only_pod_dies_mid_task_is_scaled_up_again_and_the_task_co
              explain=lambda: release.explain("io"))
 
 
-def test_a_redis_crash_during_a_burst_loses_nothing_and_keda_and_the_workers_recover(idle, producer):
-    """Redis SIGKILLed (its append-only file kept, as on the chart's volume) while io scales up
-    under 12 tasks, back 5 s later: every task succeeds, nothing is left unacknowledged, the
-    ScaledObject is Ready again and the queue scales back to zero."""
-    import signal
-
-    from celery import Celery
-
-    release = idle
-    mark = len(release.bridge.events)
-    results = [producer.send_task("tasks.io.transfer", kwargs={"size_bytes": 0, "wait_seconds": 6}, queue="io")
-               for _ in range(12)]
-    wait_for(lambda: release.replicas("io") >= 2, 90, "io scaling up")
-    release.redis.restart_redis(5, signal.SIGKILL)
-    back = time.monotonic()
-    # A fresh client: the producer's result connection died with Redis.
-    reader = Celery("reader", broker=release.redis.broker_url, backend=release.redis.broker_url)
-    wait_for(lambda: [reader.AsyncResult(r.id).state for r in results] == ["SUCCESS"] * 12, 300,
-             "all 12 tasks succeeded", explain=lambda: release.explain("io"))
-    print(f"all 12 done {time.monotonic() - back:.1f}s after Redis was back")
-    wait_for(lambda: condition(release.get("scaledobject", worker("io")), "Ready").get("status") == "True", 120,
-             "io ScaledObject Ready again")
-    wait_for(lambda: queue_backlog(release, "io") == 0 and release.replicas("io") == 0, 180, "io idle again",
-             explain=lambda: release.explain("io"))
-    assert release.redis.client().hlen("unacked") == 0
-    assert not [e for e in release.bridge.events[mark:] if e[2].startswith("crashed")], "no worker crashed"
-
-
-def test_a_release_behind_redis_sentinel_scales_on_the_masters_lists_from_zero_and_back(idle):
-    """redis.external.sentinel: KEDA's redis-sentinel triggers and the workers both find the master
-    through a real redis-sentinel (primary and replica on the host) and read the same keys."""
-    from celery import Celery
-    from sentinel import MASTER, PASSWORD, SentinelSet
-
-    from celery_autoscale.keys import run_record_key
-    from loadgen.stack import LocalStack
-
-    release = idle
-    import tempfile
-
-    with LocalStack(tempfile.mkdtemp(prefix="sentinel-set-", dir=release.redis.workdir.parent)) as stack:
-        cluster = SentinelSet(stack).start()
-        release.cluster.kubectl("create", "secret", "generic", "sentinel-redis", "-n", NAMESPACE,
-                                f"--from-literal=password={PASSWORD}")
-        values = merge(CI_VALUES, {
-            "redis": {"auth": {"existingSecret": "sentinel-redis"},
-                      "external": {"sentinel": {"enabled": True, "masterName": MASTER,
-                                                "addresses": [f"127.0.0.1:{cluster.sentinel_port}"]}}},
-            "queues": {"cpu": None, "mixed": None}})
-        release.helm.install(release.chart, "sentinel", values, namespace=NAMESPACE, timeout=120)
-        name = "sentinel-celery-autoscale-worker-io"
-
-        try:
-            wait_for(lambda: condition(release.get("scaledobject", name), "Ready").get("status") == "True", 90,
-                     "sentinel io ScaledObject Ready")
-            wait_for(lambda: release.deployment_replicas(name) == 0, 90, "sentinel io idle at zero")
-            producer = Celery("web", broker=cluster.url)
-            producer.conf.update(broker_transport_options={"master_name": MASTER}, broker_password=PASSWORD)
-            sent = [producer.send_task("tasks.io.transfer", kwargs={"size_bytes": 0, "wait_seconds": 4}, queue="io",
-                                       priority=i % 10) for i in range(12)]
-            # 12 tasks over kombu's priority lists, listLength 4 (io concurrency): 3 replicas.
-            wait_for(lambda: release.deployment_replicas(name) >= 3, 120, "sentinel io scaled up to 3",
-                     explain=lambda: json.dumps(release.get("scaledobject", name).get("status", {}), default=str))
-            master = cluster.client("primary")
-            wait_for(lambda: all(master.exists(run_record_key(r.id)) for r in sent), 180, "all 12 tasks ran",
-                     explain=lambda: f"{sum(master.exists(run_record_key(r.id)) for r in sent)} of 12 ran")
-            wait_for(lambda: release.deployment_replicas(name) == 0, 120, "sentinel io back to zero")
-        finally:
-            release.helm.uninstall("sentinel", timeout=60)
-            release.cluster.kubectl("delete", "secret", "sentinel-redis", "-n", NAMESPACE)
-
-
-def test_a_users_own_app_scales_from_zero_on_a_prioritized_burst_and_loses_nothing(idle):
-    """tests/plainapp, a Celery project that knows nothing of ours, installed as a user would:
-    its app path, a Celery queue name that is not a Kubernetes name, kombu's default priority
-    lists, and a producer with Celery's defaults (no runtime)."""
-    from celery import Celery
-
-    release = idle
-    values = merge(CI_VALUES, {
-        "celery": {"app": "myproject.celery:app", "resultBackend": "redis://127.0.0.1:16379/0",
-                   # In a cluster the user's image holds this code; the bridged workers run on this host.
-                   "extraEnv": [{"name": "PYTHONPATH", "value": str(ROOT / "tests" / "plainapp")}]},
-        "queues": {"cpu": None, "io": None, "mixed": None, "reports": {"queue": "reports.daily", "concurrency": 2}},
-    })
-    release.helm.install(release.chart, "plain", values, namespace=NAMESPACE, timeout=120)
-    name = "plain-celery-autoscale-worker-reports"
-
-    try:
-        wait_for(lambda: condition(release.get("scaledobject", name), "Ready").get("status") == "True", 90,
-                 "plain reports ScaledObject Ready")
-        # The Deployment omits spec.replicas (Kubernetes' default is 1); KEDA scales it to zero on a
-        # later poll than the one that marks the ScaledObject Ready.
-        wait_for(lambda: release.deployment_replicas(name) == 0, 90, "reports idle at zero before the burst")
-        producer = Celery("web", broker=release.redis.broker_url, backend=release.redis.broker_url)
-        results = [producer.send_task("myproject.daily_report", args=[f"day-{i}"], kwargs={"seconds": 4},
-                                      queue="reports.daily", priority=i % 10) for i in range(12)]
-        # 12 tasks over four kombu priority lists, listLength 2: 6 replicas, capped at 4.
-        wait_for(lambda: release.deployment_replicas(name) == 4, 120, "reports from 0 to maxReplicaCount 4",
-                 explain=lambda: json.dumps(release.get("scaledobject", name).get("status", {}), default=str))
-        assert sorted(r.get(timeout=240)["day"] for r in results) == sorted(f"day-{i}" for i in range(12))
-        client = release.redis.client()
-        assert [int(client.get(f"myproject:completed:{r.id}") or 0) for r in results] == [1] * 12  # none lost, none twice
-        wait_for(lambda: release.deployment_replicas(name) == 0, 120, "reports back to zero")
-    finally:
-        release.helm.uninstall("plain", timeout=60)
-
-
 def test_a_scale_down_removes_idle_workers_first_with_pod_deletion_cost(idle, producer):
     """The reconciler keeps controller.kubernetes.io/pod-deletion-cost = running tasks per worker
-    pod, with its own service account (a bridged token: the Role is really applied). Two rounds
+    pod, with its own service account (its token mounted by the kubelet: the Role is really applied). Two rounds
     with it; one where it lost its RoleBinding (its patches are refused: scaling goes on without
     costs); one with the feature off in values, where the ReplicaSet removes the newer, busy pods."""
     release = idle
@@ -337,8 +324,9 @@ def test_a_scale_down_removes_idle_workers_first_with_pod_deletion_cost(idle, pr
     try:
         release.upgrade({"queues": {"io": {"concurrency": 1}}})
         rounds["on"] = [scale_down_with_busy_and_idle_pods(release, producer) for _ in range(2)]
-        release.cluster.kubectl("delete", "rolebinding", "ci-celery-autoscale-reconciler", "-n", NAMESPACE)
+        release.kubectl("delete", "rolebinding", f"{release.fullname}-reconciler")
         rounds["denied"] = scale_down_with_busy_and_idle_pods(release, producer)
+        logs = release.logs("app.kubernetes.io/component=reconciler")  # before the upgrade replaces its pod
         release.upgrade({"queues": {"io": {"concurrency": 1}}, "reconciler": {"deletionCost": {"enabled": False}}})
         rounds["off"] = scale_down_with_busy_and_idle_pods(release, producer)
     finally:
@@ -346,6 +334,5 @@ def test_a_scale_down_removes_idle_workers_first_with_pod_deletion_cost(idle, pr
     print("busy pods removed on scale-down: " + json.dumps(rounds))
     assert all(r["busy_removed"] == 0 and len(r["removed"]) == 2 for r in rounds["on"])
     assert len(rounds["denied"]["removed"]) == 2, "refused patches never block a scale-down"
-    logs = "".join(p.read_text() for p in (release.bridge.workdir).glob("ci-celery-autoscale-reconciler-*/container.log"))
     assert "could not update pod deletion costs" in logs or "could not set the deletion cost" in logs
     assert rounds["off"]["busy_removed"] >= 1

@@ -1,0 +1,103 @@
+"""Releases the pod bridge still runs (`make e2e`): a user's own Celery app, and one behind Redis
+Sentinel. Their workers need what the real node cannot give them yet: the user's code in an image
+(here it is on this host's ``PYTHONPATH``) and a Sentinel set whose addresses pods can reach (it
+listens on this host's loopback). See :mod:`bridge`; every other scenario runs on the real node.
+
+values/ci.yaml: io concurrency 4 (listLength 4); maxReplicaCount 4; pollingInterval 2 s.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+
+import pytest
+from tests.e2e.harness import CI_VALUES, KUBECONFIG, NAMESPACE, ROOT, merge, wait_for
+
+pytestmark = [pytest.mark.e2e, pytest.mark.k8s(provider="external", k8s_kubeconfig=str(KUBECONFIG))]
+
+
+def condition(obj: dict, kind: str) -> dict:
+    return next((c for c in obj.get("status", {}).get("conditions", []) if c["type"] == kind), {})
+
+
+@contextlib.contextmanager
+def idle_at_zero(release, name: str, values: dict, deployment: str):
+    """``helm install`` of ``values`` as release ``name``; yields once the ScaledObject of
+    ``deployment`` is Ready and KEDA has scaled it to zero (the Deployment omits spec.replicas,
+    Kubernetes' default is 1, and KEDA scales it to zero on a later poll than the one that marks the
+    ScaledObject Ready); uninstalled on exit."""
+    release.helm.install(release.chart, name, values, namespace=NAMESPACE, timeout=120)
+    try:
+        wait_for(lambda: condition(release.get("scaledobject", deployment), "Ready").get("status") == "True", 90,
+                 f"{deployment} ScaledObject Ready")
+        wait_for(lambda: release.deployment_replicas(deployment) == 0, 90, f"{deployment} idle at zero")
+        yield
+    finally:
+        release.helm.uninstall(name, timeout=60)
+
+
+def test_a_release_behind_redis_sentinel_scales_on_the_masters_lists_from_zero_and_back(idle):
+    """redis.external.sentinel: KEDA's redis-sentinel triggers and the workers both find the master
+    through a real redis-sentinel (primary and replica on the host) and read the same keys."""
+    from celery import Celery
+    from sentinel import MASTER, PASSWORD, SentinelSet
+
+    from celery_autoscale.keys import run_record_key
+    from loadgen.stack import LocalStack
+
+    release = idle
+    import tempfile
+
+    with LocalStack(tempfile.mkdtemp(prefix="sentinel-set-", dir=release.redis.workdir.parent)) as stack:
+        cluster = SentinelSet(stack).start()
+        release.cluster.kubectl("create", "secret", "generic", "sentinel-redis", "-n", NAMESPACE,
+                                f"--from-literal=password={PASSWORD}")
+        values = merge(CI_VALUES, {
+            "redis": {"auth": {"existingSecret": "sentinel-redis"},
+                      "external": {"sentinel": {"enabled": True, "masterName": MASTER,
+                                                "addresses": [f"127.0.0.1:{cluster.sentinel_port}"]}}},
+            "queues": {"cpu": None, "mixed": None}})
+        name = "sentinel-celery-autoscale-worker-io"
+        try:
+            with idle_at_zero(release, "sentinel", values, name):
+                producer = Celery("web", broker=cluster.url)
+                producer.conf.update(broker_transport_options={"master_name": MASTER}, broker_password=PASSWORD)
+                sent = [producer.send_task("tasks.io.transfer", kwargs={"size_bytes": 0, "wait_seconds": 4}, queue="io",
+                                           priority=i % 10) for i in range(12)]
+                # 12 tasks over kombu's priority lists, listLength 4 (io concurrency): 3 replicas.
+                wait_for(lambda: release.deployment_replicas(name) >= 3, 120, "sentinel io scaled up to 3",
+                         explain=lambda: json.dumps(release.get("scaledobject", name).get("status", {}), default=str))
+                master = cluster.client("primary")
+                wait_for(lambda: all(master.exists(run_record_key(r.id)) for r in sent), 180, "all 12 tasks ran",
+                         explain=lambda: f"{sum(master.exists(run_record_key(r.id)) for r in sent)} of 12 ran")
+                wait_for(lambda: release.deployment_replicas(name) == 0, 120, "sentinel io back to zero")
+        finally:
+            release.cluster.kubectl("delete", "secret", "sentinel-redis", "-n", NAMESPACE)
+
+
+def test_a_users_own_app_scales_from_zero_on_a_prioritized_burst_and_loses_nothing(idle):
+    """tests/plainapp, a Celery project that knows nothing of ours, installed as a user would:
+    its app path, a Celery queue name that is not a Kubernetes name, kombu's default priority
+    lists, and a producer with Celery's defaults (no runtime)."""
+    from celery import Celery
+
+    release = idle
+    values = merge(CI_VALUES, {
+        "celery": {"app": "myproject.celery:app", "resultBackend": "redis://127.0.0.1:16379/0",
+                   # In a cluster the user's image holds this code; the bridged workers run on this host.
+                   "extraEnv": [{"name": "PYTHONPATH", "value": str(ROOT / "tests" / "plainapp")}]},
+        "queues": {"cpu": None, "io": None, "mixed": None, "reports": {"queue": "reports.daily", "concurrency": 2}},
+    })
+    name = "plain-celery-autoscale-worker-reports"
+    with idle_at_zero(release, "plain", values, name):
+        producer = Celery("web", broker=release.redis.broker_url, backend=release.redis.broker_url)
+        results = [producer.send_task("myproject.daily_report", args=[f"day-{i}"], kwargs={"seconds": 4},
+                                      queue="reports.daily", priority=i % 10) for i in range(12)]
+        # 12 tasks over four kombu priority lists, listLength 2: 6 replicas, capped at 4.
+        wait_for(lambda: release.deployment_replicas(name) == 4, 120, "reports from 0 to maxReplicaCount 4",
+                 explain=lambda: json.dumps(release.get("scaledobject", name).get("status", {}), default=str))
+        assert sorted(r.get(timeout=240)["day"] for r in results) == sorted(f"day-{i}" for i in range(12))
+        client = release.redis.client()
+        assert [int(client.get(f"myproject:completed:{r.id}") or 0) for r in results] == [1] * 12  # none lost, none twice
+        wait_for(lambda: release.deployment_replicas(name) == 0, 120, "reports back to zero")
