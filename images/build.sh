@@ -2,7 +2,7 @@
 # make image: build the chart's images here with podman (runc), each rebuilt only when its inputs
 # change, and print one JSON line per image (its reference, size in bytes, and whether it was built).
 #
-#   images/build.sh [image ...]     images: python-standin redis-standin pause app (default: all)
+#   images/build.sh [image ...]     images: python-standin redis-standin pause app plainapp (default: all)
 #
 # - app: the repository's Dockerfile, tagged as the chart's default image
 #   (ghcr.io/celery-autoscale/celery-autoscale:<appVersion>).
@@ -14,6 +14,8 @@
 # - pause: the sandbox image the kubelet's container runtime needs for each pod (containerd's
 #   sandbox_image): Kubernetes' own pause.c (build/pause/linux in the k8s.io/kubernetes module of
 #   tests/e2e/versions.env), compiled statically with gcc, alone in its image as upstream's is.
+# - plainapp: a user's own image for the e2e, tests/plainapp's Celery project beside the runtime
+#   (tests/plainapp/Containerfile, FROM the app image).
 #
 # Each image carries the hash of its inputs as the label io.celery-autoscale.inputs; an image whose
 # label matches is kept. Archives for a container runtime's import: $IMAGE_CACHE/<name>.tar.
@@ -22,7 +24,7 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 cache="${IMAGE_CACHE:-${E2E_CACHE:-$HOME/.cache/celery-autoscale-e2e}/images}"
 mkdir -p "$cache"
 images=("$@")
-[ ${#images[@]} -gt 0 ] || images=(python-standin redis-standin pause app)
+[ ${#images[@]} -gt 0 ] || images=(python-standin redis-standin pause app plainapp)
 
 # shellcheck source=../tests/e2e/versions.env
 source "$root/tests/e2e/versions.env"
@@ -31,6 +33,7 @@ APP_IMAGE="ghcr.io/celery-autoscale/celery-autoscale:$app_version"
 PYTHON_STANDIN="localhost/celery-autoscale/python-standin:3.11-bookworm"
 REDIS_STANDIN="localhost/celery-autoscale/redis-standin:bookworm"
 PAUSE_IMAGE="localhost/celery-autoscale/pause:$KUBERNETES_VERSION"
+PLAINAPP_IMAGE="localhost/celery-autoscale/plainapp:test"
 # What the official python image gives that the Dockerfile relies on: python and pip on PATH in
 # /usr/local/bin, pip allowed to install system-wide (no PEP 668 marker), groupadd/useradd, CA
 # certificates. The official redis image: redis-server and redis-cli on PATH, sh and grep.
@@ -115,6 +118,20 @@ build_app() {
   report app "$APP_IMAGE" true
 }
 
+build_plainapp() {
+  local key base_id
+  base_id="$("${PODMAN[@]}" image inspect --format '{{.Id}}' "$APP_IMAGE")"
+  key="$(cd "$root/tests/plainapp" && { echo "$base_id"; find . -type f ! -path '*/__pycache__/*' ! -name '*.pyc' \
+         -print0 | sort -z | xargs -0 sha256sum; } | sha256sum | cut -c1-16)"
+  if [ "$(inputs_of "$PLAINAPP_IMAGE")" = "$key" ] && [ -f "$cache/plainapp.tar" ]; then report plainapp "$PLAINAPP_IMAGE" false; return; fi
+  say "plainapp: podman build (FROM $APP_IMAGE)"
+  "${PODMAN[@]}" build --quiet --pull=never "${LIMITS[@]}" --build-arg "BASE=$APP_IMAGE" \
+    --label "io.celery-autoscale.inputs=$key" --tag "$PLAINAPP_IMAGE" \
+    --file "$root/tests/plainapp/Containerfile" "$root/tests/plainapp" >/dev/null
+  save plainapp "$PLAINAPP_IMAGE"
+  report plainapp "$PLAINAPP_IMAGE" true
+}
+
 for image in "${images[@]}"; do
   case "$image" in
     python-standin)
@@ -124,6 +141,7 @@ for image in "${images[@]}"; do
     redis-standin) debian_image redis-standin "$REDIS_STANDIN" "$REDIS_PACKAGES" '["redis-server"]' ;;
     pause) build_pause ;;
     app) build_app ;;
-    *) echo "images/build.sh: unknown image '$image' (python-standin redis-standin pause app)" >&2; exit 2 ;;
+    plainapp) build_plainapp ;;
+    *) echo "images/build.sh: unknown image '$image' (python-standin redis-standin pause app plainapp)" >&2; exit 2 ;;
   esac
 done

@@ -9,8 +9,7 @@ SIGKILL. So the scaling loop is closed by real workers draining real queues.
 
 Where a host differs from a pod, the bridge translates and says so here:
 
-- a mount path becomes ``<workdir>/<pod>/<volume>``, and env values under a mount path follow it
-  (except ``PYTHONPATH``, which names code on this host: a user's image would hold that code);
+- a mount path becomes ``<workdir>/<pod>/<volume>``, and env values under a mount path follow it;
 - ``%h`` in the args becomes the pod name (a pod's hostname is its name; here all share one host);
 - ``CELERY_METRICS_PORT`` and a ``--metrics-port=`` argument become a free port (pods have a
   network namespace each; here they share one), but for a pod behind a Service;
@@ -144,8 +143,6 @@ class PodBridge:
         container = pod.spec.containers[0]
         env = self._container_env(container, pod)
         for key, value in env.items():
-            if key == "PYTHONPATH":
-                continue
             for mount_path, local in sorted(mounts.items(), key=lambda m: -len(m[0])):
                 if value == mount_path or value.startswith(mount_path.rstrip("/") + "/"):
                     env[key] = str(local) + value[len(mount_path.rstrip("/")):]

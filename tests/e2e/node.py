@@ -62,7 +62,7 @@ PLACEMENT = {"nodeSelector": {"kubernetes.io/hostname": NAME},
 #: The chart's ``redis.image`` on this node: ``images/build.sh``'s stand-in for the official image.
 REDIS_STANDIN = {"repository": "localhost/celery-autoscale/redis-standin", "tag": "bookworm"}
 #: The archives ``images/build.sh`` writes, imported into containerd.
-IMAGES = ("pause", "redis-standin", "app")
+IMAGES = ("pause", "redis-standin", "app", "plainapp")
 PAUSE_IMAGE = f"localhost/celery-autoscale/pause:{versions()['KUBERNETES_VERSION']}"
 CNI_BIN = Path("/usr/lib/cni")
 PROCESSES = ("kube-proxy", "kubelet", "coredns", "socat", "containerd")

@@ -11,6 +11,7 @@ release's objects, pods and logs; :class:`PodEvents` records its pods' starts an
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import threading
 import time
@@ -58,6 +59,19 @@ class PlacedRelease:
 
     def secret(self, name: str, key: str) -> str:
         return base64.b64decode(self.get("secret", name)["data"][key]).decode()
+
+    def redis_password(self) -> str:
+        """The password of the chart's own Redis, from the Secret the chart generated."""
+        return self.secret(f"{self.fullname}-redis", "redis-password")
+
+    def redis_address(self) -> str:
+        """The chart's Redis Service's ClusterIP: kube-proxy's rules take the host's connections to the pod."""
+        return self.get("service", f"{self.fullname}-redis")["spec"]["clusterIP"]
+
+    @functools.cached_property
+    def redis_url(self) -> str:
+        """The chart's own Redis, for a producer or a client on the host."""
+        return f"redis://:{self.redis_password()}@{self.redis_address()}:6379/0"
 
     def logs(self, selector: str) -> str:
         """The log of the newest pod of ``selector`` ("" if there is none)."""

@@ -49,18 +49,12 @@ class ScalingRelease(PlacedRelease):
     def events(self) -> list[tuple[float, str, str]]:
         return self.pod_events.events
 
-    @functools.cached_property
-    def url(self) -> str:
-        """The broker: the Redis Service's ClusterIP (kube-proxy routes the host's connections too)."""
-        password = self.secret(f"{self.fullname}-redis", "redis-password")
-        return f"redis://:{password}@{self.get('service', f'{self.fullname}-redis')['spec']['clusterIP']}:6379/0"
-
     def client(self) -> redis.Redis:
-        return redis.Redis.from_url(self.url)
+        return redis.Redis.from_url(self.redis_url)
 
     def producer(self) -> Celery:
         """A plain Celery producer with the runtime (it names every task's queue)."""
-        return celery_autoscale.install(Celery("producer", broker=self.url, backend=self.url), environ={})
+        return celery_autoscale.install(Celery("producer", broker=self.redis_url, backend=self.redis_url), environ={})
 
     @functools.cached_property
     def _settings(self):
@@ -312,6 +306,41 @@ def test_a_queue_whose_only_pod_dies_mid_task_is_scaled_up_again_and_the_task_co
     print(f"task done {time.monotonic() - killed:.1f}s after its pod died (replicas seen {sorted(seen)})")
     wait_for(lambda: queue_backlog(release, "io") == 0 and release.replicas("io") == 0, 120, "io idle again",
              explain=lambda: release.explain("io"))
+
+
+def test_a_users_own_app_in_its_own_image_scales_from_zero_on_a_prioritized_burst_and_loses_nothing(
+        release, real_node, idle):
+    """tests/plainapp, a Celery project that knows nothing of ours, in its own image (the project
+    beside the runtime: tests/plainapp/Containerfile), installed as a user would: its image, its
+    app path, a Celery queue name that is not a Kubernetes name, kombu's default priority lists, and
+    a producer with Celery's defaults (no runtime). Its release has the chart's own Redis."""
+    name = "plain"
+    values = merge(VALUES, {
+        "image": {"repository": "localhost/celery-autoscale/plainapp", "tag": "test"},
+        # The release's own Redis by its Service's name; the runtime adds the password (from its file).
+        "celery": {"app": "myproject.celery:app", "resultBackend": f"redis://{name}-celery-autoscale-redis:6379/0"},
+        "queues": {"cpu": None, "io": None, "mixed": None,
+                   "reports": {"queue": "reports.daily", "concurrency": 2, "resources": SMALL}},
+    })
+    with placed(release.cluster, real_node, name, values, volumes={"plain-redis": "1Gi"}) as plain:
+        deployment = f"{plain.fullname}-worker-reports"
+        wait_for(lambda: condition(plain.get("scaledobject", deployment), "Ready").get("status") == "True", 180,
+                 "plain reports ScaledObject Ready", explain=plain.scaling)
+        # The Deployment omits spec.replicas (Kubernetes' default is 1); KEDA scales it to zero on a
+        # later poll than the one that marks the ScaledObject Ready.
+        wait_for(lambda: plain.deployment_replicas(deployment) == 0, 90, "reports idle at zero before the burst",
+                 explain=plain.scaling)
+        producer = Celery("web", broker=plain.redis_url, backend=plain.redis_url)
+        results = [producer.send_task("myproject.daily_report", args=[f"day-{i}"], kwargs={"seconds": 4},
+                                      queue="reports.daily", priority=i % 10) for i in range(12)]
+        # 12 tasks over four kombu priority lists, listLength 2: 6 replicas, capped at 4.
+        wait_for(lambda: plain.deployment_replicas(deployment) == 4, 120, "reports from 0 to maxReplicaCount 4",
+                 explain=plain.scaling)
+        assert sorted(r.get(timeout=240)["day"] for r in results) == sorted(f"day-{i}" for i in range(12))
+        client = redis.Redis.from_url(plain.redis_url)
+        assert [int(client.get(f"myproject:completed:{r.id}") or 0) for r in results] == [1] * 12  # none lost, none twice
+        assert {p["spec"]["nodeName"] for p in plain.pods("app.kubernetes.io/component=worker")} <= {"real-node"}
+        wait_for(lambda: plain.deployment_replicas(deployment) == 0, 120, "reports back to zero", explain=plain.scaling)
 
 
 def test_a_scale_down_removes_idle_workers_first_with_pod_deletion_cost(idle, producer):

@@ -94,21 +94,11 @@ class NodeRelease(PlacedRelease):
         (found,) = [p for p in self.pods() if p["metadata"]["name"] == pod]
         return sum(c.get("restartCount", 0) for c in found["status"].get("containerStatuses", []))
 
-    def password(self) -> str:
-        return self.secret(f"{FULLNAME}-redis", "redis-password")
-
-    def redis_address(self) -> str:
-        """The Redis Service's ClusterIP: kube-proxy's rules take the host's connections to the pod."""
-        return self.get("service", f"{FULLNAME}-redis")["spec"]["clusterIP"]
-
-    def url(self) -> str:
-        return f"redis://:{self.password()}@{self.redis_address()}:6379/0"
-
     def client(self) -> redis.Redis:
-        return redis.Redis.from_url(self.url())
+        return redis.Redis.from_url(self.redis_url)
 
     def producer(self) -> Celery:
-        return Celery("node-producer", broker=self.url(), backend=self.url())
+        return Celery("node-producer", broker=self.redis_url, backend=self.redis_url)
 
     def exec(self, pod: str, *argv: str) -> tuple[int, str]:
         """``argv``'s exit code and output in ``pod``; a refused stream (the API server's way to the
@@ -188,7 +178,7 @@ def test_the_kubelet_runs_the_chart_under_its_security_context_and_tasks_reach_r
         code, out = node.exec(pod, "grep", "CapEff", "/proc/1/status")
         assert code == 0 and out.split()[-1] == "0000000000000000", (component, out)
         code, out = node.exec(pod, "sh", "-c", 'test -s "$REDIS_PASSWORD_FILE" && env')
-        assert code == 0 and node.password() not in out, component
+        assert code == 0 and node.redis_password() not in out, component
     (pod,) = node.ready()
     code, out = node.exec(pod, "python", "-c", "import socket; print(socket.gethostbyname("
                           f"'{FULLNAME}-redis.{NAMESPACE}.svc'))")

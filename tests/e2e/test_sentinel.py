@@ -1,7 +1,7 @@
-"""Releases the pod bridge still runs (`make e2e`): a user's own Celery app, and one behind Redis
-Sentinel. Their workers need what the real node cannot give them yet: the user's code in an image
-(here it is on this host's ``PYTHONPATH``) and a Sentinel set whose addresses pods can reach (it
-listens on this host's loopback). See :mod:`bridge`; every other scenario runs on the real node.
+"""A release the pod bridge still runs (`make e2e`): one behind Redis Sentinel. Its workers need
+what the real node cannot give them yet: a Sentinel set whose addresses pods can reach (it
+listens on this host's loopback, and announces the master there). See :mod:`bridge`; every other
+autoscaling scenario runs on the real node.
 
 values/ci.yaml: io concurrency 4 (listLength 4); maxReplicaCount 4; pollingInterval 2 s.
 """
@@ -12,7 +12,7 @@ import contextlib
 import json
 
 import pytest
-from tests.e2e.harness import CI_VALUES, KUBECONFIG, NAMESPACE, ROOT, merge, wait_for
+from tests.e2e.harness import CI_VALUES, KUBECONFIG, NAMESPACE, merge, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.k8s(provider="external", k8s_kubeconfig=str(KUBECONFIG))]
 
@@ -74,30 +74,3 @@ def test_a_release_behind_redis_sentinel_scales_on_the_masters_lists_from_zero_a
                 wait_for(lambda: release.deployment_replicas(name) == 0, 120, "sentinel io back to zero")
         finally:
             release.cluster.kubectl("delete", "secret", "sentinel-redis", "-n", NAMESPACE)
-
-
-def test_a_users_own_app_scales_from_zero_on_a_prioritized_burst_and_loses_nothing(idle):
-    """tests/plainapp, a Celery project that knows nothing of ours, installed as a user would:
-    its app path, a Celery queue name that is not a Kubernetes name, kombu's default priority
-    lists, and a producer with Celery's defaults (no runtime)."""
-    from celery import Celery
-
-    release = idle
-    values = merge(CI_VALUES, {
-        "celery": {"app": "myproject.celery:app", "resultBackend": "redis://127.0.0.1:16379/0",
-                   # In a cluster the user's image holds this code; the bridged workers run on this host.
-                   "extraEnv": [{"name": "PYTHONPATH", "value": str(ROOT / "tests" / "plainapp")}]},
-        "queues": {"cpu": None, "io": None, "mixed": None, "reports": {"queue": "reports.daily", "concurrency": 2}},
-    })
-    name = "plain-celery-autoscale-worker-reports"
-    with idle_at_zero(release, "plain", values, name):
-        producer = Celery("web", broker=release.redis.broker_url, backend=release.redis.broker_url)
-        results = [producer.send_task("myproject.daily_report", args=[f"day-{i}"], kwargs={"seconds": 4},
-                                      queue="reports.daily", priority=i % 10) for i in range(12)]
-        # 12 tasks over four kombu priority lists, listLength 2: 6 replicas, capped at 4.
-        wait_for(lambda: release.deployment_replicas(name) == 4, 120, "reports from 0 to maxReplicaCount 4",
-                 explain=lambda: json.dumps(release.get("scaledobject", name).get("status", {}), default=str))
-        assert sorted(r.get(timeout=240)["day"] for r in results) == sorted(f"day-{i}" for i in range(12))
-        client = release.redis.client()
-        assert [int(client.get(f"myproject:completed:{r.id}") or 0) for r in results] == [1] * 12  # none lost, none twice
-        wait_for(lambda: release.deployment_replicas(name) == 0, 120, "reports back to zero")
