@@ -45,7 +45,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kubernetes import client, watch
+from kubernetes import client
+
+from .watching import list_and_watch
 
 logger = logging.getLogger(__name__)
 VAR = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
@@ -94,33 +96,20 @@ class PodBridge:
             reaper.join()
 
     def _loop(self) -> None:
-        """List, then watch from the list's resourceVersion (client-go's list-and-watch), again
-        every 5 s. A pod deleted between two watches sends its DELETED event to neither: the list
-        finds it gone and its process is stopped (without it, a scale-down there left a process
-        running for good)."""
-        while not self._stop.is_set():
+        list_and_watch(self.api, self.namespace, self.selector, self._reconcile, self._handle, self._stop,
+                       after_round=self._after_round)
+
+    def _after_round(self) -> None:
+        self._reap_exited()
+        if self.services is not None:  # names for KEDA before any pod of a new Service runs
             try:
-                listed = self.api.list_namespaced_pod(self.namespace, label_selector=self.selector)
-                self._reconcile(listed.items)
-                stream = watch.Watch().stream(self.api.list_namespaced_pod, self.namespace,
-                                              label_selector=self.selector, timeout_seconds=5,
-                                              resource_version=listed.metadata.resource_version)
-                for event in stream:
-                    self._handle(event["type"], event["object"])
-                    if self._stop.is_set():
-                        break
-            except Exception:  # the apiserver restarting or a watch expiring: watch again
-                logger.exception("pod watch failed; retrying")
-                time.sleep(1)
-            self._reap_exited()
-            if self.services is not None:  # names for KEDA before any pod of a new Service runs
-                try:
-                    self.services.refresh()
-                except Exception:
-                    logger.exception("could not refresh the Service names")
+                self.services.refresh()
+            except Exception:
+                logger.exception("could not refresh the Service names")
 
     def _reconcile(self, pods: list[client.V1Pod]) -> None:
-        """Every listed pod handled; the process of a pod no longer listed stopped."""
+        """Every listed pod handled; the process of a pod no longer listed stopped (without it, a
+        scale-down between two watches left a process running for good)."""
         for pod in pods:
             self._handle("ADDED", pod)
         present = {pod.metadata.uid for pod in pods}

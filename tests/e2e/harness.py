@@ -161,6 +161,11 @@ def wait_for(check, timeout: float, what: str, interval: float = 1.0, explain=No
     raise AssertionError(f"{what}: still {last!r} after {timeout:.0f}s{detail}")
 
 
+def condition(obj: dict, kind: str) -> dict:
+    """The status condition ``kind`` (e.g. ``Ready``) of a Kubernetes object, or ``{}``."""
+    return next((c for c in obj.get("status", {}).get("conditions", []) if c["type"] == kind), {})
+
+
 def pod_seconds(events: list[tuple[float, str, str]], prefix: str, since: float, until: float) -> tuple[float, float]:
     """Seconds the pods named ``prefix*`` ran within [since, until], and of those, seconds spent
     terminating (SIGTERM to exit): what the pods cost, draining included. ``events`` as a release's
@@ -191,9 +196,11 @@ def scale_down_with_busy_and_idle_pods(release, producer) -> dict:
     4 -> 2. (The first tasks outlast the start of the newer pods by far: a kubelet-run pod takes
     about 10 s from the scale-up to its worker consuming. With first tasks of 24 s, one round of
     four here never saw four running, as when the first tasks end before the newer pods consume:
-    their pods then take the long tasks and the newer pods stay idle.) Returns ``busy_removed`` (removed pods that were running a 50 s task),
-    ``removed`` (pod names), and ``pod_seconds`` / ``terminating_seconds`` of the io pods over
-    the round (from the first task to io idle at 0). ``release``: the bridged :class:`Release`, or
+    their pods then take the long tasks and the newer pods stay idle.)
+
+    Returns ``busy_removed`` (removed pods that were running a 50 s task), ``removed`` (pod
+    names), and ``pod_seconds`` / ``terminating_seconds`` of the io pods over the round (from the
+    first task to io idle at 0). ``release``: the bridged :class:`Release`, or
     one on the real node with the same ``client``, ``settings``, ``replicas`` and ``events``."""
     from celery_autoscale import backlog
 

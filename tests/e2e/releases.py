@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from .harness import ROOT, merge
 from .node import PLACEMENT, REDIS_STANDIN
+from .watching import list_and_watch
 
 
 @dataclass
@@ -31,6 +32,12 @@ class PlacedRelease:
     name: str
     namespace: str
     values: dict  # what was installed, placement included
+    pod_events: PodEvents | None = None  # started by placed()
+
+    @property
+    def events(self) -> list[tuple[float, str, str]]:
+        """``(time, pod, what)`` of the release's namespace: see :class:`PodEvents`."""
+        return self.pod_events.events
 
     @property
     def fullname(self) -> str:
@@ -98,7 +105,7 @@ def placed(cluster, real_node, name: str, values: dict, volumes: dict[str, str] 
            kind: type[PlacedRelease] = PlacedRelease, timeout: float = 180):
     """Release ``name`` of the chart in namespace ``name`` with ``values`` (see :func:`on_the_node`),
     after a ``hostPath`` PersistentVolume on the real node for each of ``volumes`` (name: size);
-    yields a ``kind``. On exit: uninstalled and its namespace deleted (the Secret and the claim the
+    yields a ``kind``, its pods followed by a :class:`PodEvents`. On exit: uninstalled and its namespace deleted (the Secret and the claim the
     chart keeps on uninstall go with it); the volumes go with the node."""
     import helm_python as helm
     from kubernetes import client, config
@@ -110,14 +117,16 @@ def placed(cluster, real_node, name: str, values: dict, volumes: dict[str, str] 
         real_node.volume(volume, size)
     hc = helm.Config(kubeconfig_path=str(cluster.kubeconfig), namespace=name)
     chart = helm.Chart.load(ROOT / "charts" / "celery-autoscale")
-    names = ServiceAddresses(client.CoreV1Api(config.new_client_from_config(str(cluster.kubeconfig))), name,
-                             cluster_ips=True)
+    api = client.CoreV1Api(config.new_client_from_config(str(cluster.kubeconfig)))
+    names = ServiceAddresses(api, name, cluster_ips=True)
+    events = PodEvents(api, name).start()
     try:
-        release = kind(cluster, real_node, hc, chart, name, name, on_the_node(values))
+        release = kind(cluster, real_node, hc, chart, name, name, on_the_node(values), events)
         hc.install(chart, name, release.values, namespace=name, timeout=timeout)
         names.refresh()
         yield release
     finally:
+        events.stop()
         names.stop()
         hc.uninstall(name, timeout=120)
         cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
@@ -126,9 +135,8 @@ def placed(cluster, real_node, name: str, values: dict, volumes: dict[str, str] 
 class PodEvents:
     """What happens to the pods of ``namespace``, as ``(time, pod, what)`` in :attr:`events` (the
     shape the pod bridge records): ``started`` (its container running), ``sigterm`` (its deletion
-    began: the kubelet sends SIGTERM), ``exited`` (the pod gone). A thread lists the pods, then
-    watches from the list's resourceVersion, again every 5 s (client-go's list-and-watch); a pod
-    gone between two watches is found by the next list."""
+    began: the kubelet sends SIGTERM), ``exited`` (the pod gone). A thread follows them with
+    :func:`watching.list_and_watch`."""
 
     def __init__(self, api, namespace: str):
         self.api, self.namespace = api, namespace
@@ -147,22 +155,13 @@ class PodEvents:
         self._thread.join(timeout=15)
 
     def _loop(self) -> None:
-        from kubernetes import watch
+        list_and_watch(self.api, self.namespace, "", self._listed, self._handle, self._stop)
 
-        while not self._stop.is_set():
-            try:
-                listed = self.api.list_namespaced_pod(self.namespace)
-                for uid in set(self._live) - {p.metadata.uid for p in listed.items}:
-                    self._add(uid, self._live.pop(uid), "exited")
-                for pod in listed.items:
-                    self._handle("ADDED", pod)
-                for event in watch.Watch().stream(self.api.list_namespaced_pod, self.namespace, timeout_seconds=5,
-                                                  resource_version=listed.metadata.resource_version):
-                    self._handle(event["type"], event["object"])
-                    if self._stop.is_set():
-                        break
-            except Exception:  # the API server restarting or a watch expiring: list and watch again
-                time.sleep(1)
+    def _listed(self, pods: list) -> None:
+        for uid in set(self._live) - {p.metadata.uid for p in pods}:
+            self._add(uid, self._live.pop(uid), "exited")
+        for pod in pods:
+            self._handle("ADDED", pod)
 
     def _handle(self, kind: str, pod) -> None:
         uid, name = pod.metadata.uid, pod.metadata.name

@@ -22,9 +22,9 @@ import time
 import pytest
 import redis
 from celery import Celery
-from tests.e2e.harness import (CI_VALUES, KUBECONFIG, NAMESPACE, QUEUES, RELEASE, merge, queue_backlog,
+from tests.e2e.harness import (CI_VALUES, KUBECONFIG, NAMESPACE, QUEUES, RELEASE, condition, merge, queue_backlog,
                                scale_down_with_busy_and_idle_pods, wait_for, worker)
-from tests.e2e.releases import PlacedRelease, PodEvents, placed
+from tests.e2e.releases import PlacedRelease, placed
 
 import celery_autoscale
 from celery_autoscale import backlog, settings_of
@@ -42,12 +42,6 @@ VALUES = merge({key: value for key, value in CI_VALUES.items() if key != "redis"
 
 class ScalingRelease(PlacedRelease):
     """Release ``ci`` on the real node, read as the tests of this module read it."""
-
-    pod_events: PodEvents | None = None
-
-    @property
-    def events(self) -> list[tuple[float, str, str]]:
-        return self.pod_events.events
 
     def client(self) -> redis.Redis:
         return redis.Redis.from_url(self.redis_url)
@@ -83,19 +77,12 @@ class ScalingRelease(PlacedRelease):
 
 @pytest.fixture(scope="module")
 def scaling(release, real_node):
-    from kubernetes import client, config
-
     with placed(release.cluster, real_node, RELEASE, VALUES, volumes={"ci-redis": "1Gi"}, kind=ScalingRelease,
                 timeout=120) as found:
-        found.pod_events = PodEvents(client.CoreV1Api(config.new_client_from_config(str(release.cluster.kubeconfig))),
-                                     found.namespace).start()
-        try:
-            wait_for(lambda: found.ready("app.kubernetes.io/component=redis")
-                     and found.ready("app.kubernetes.io/component=reconciler"), 300,
-                     "the ci release's Redis and reconciler Ready on the real node", explain=found.scaling)
-            yield found
-        finally:
-            found.pod_events.stop()
+        wait_for(lambda: found.ready("app.kubernetes.io/component=redis")
+                 and found.ready("app.kubernetes.io/component=reconciler"), 300,
+                 "the ci release's Redis and reconciler Ready on the real node", explain=found.scaling)
+        yield found
 
 
 @pytest.fixture
@@ -109,10 +96,6 @@ def idle(scaling):
 @pytest.fixture
 def producer(scaling):
     return scaling.producer()
-
-
-def condition(obj: dict, kind: str) -> dict:
-    return next((c for c in obj.get("status", {}).get("conditions", []) if c["type"] == kind), {})
 
 
 def test_install_makes_every_scaledobject_ready_with_one_hpa_each(scaling, kube):

@@ -12,13 +12,9 @@ import contextlib
 import json
 
 import pytest
-from tests.e2e.harness import CI_VALUES, KUBECONFIG, NAMESPACE, merge, wait_for
+from tests.e2e.harness import CI_VALUES, KUBECONFIG, NAMESPACE, condition, merge, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.k8s(provider="external", k8s_kubeconfig=str(KUBECONFIG))]
-
-
-def condition(obj: dict, kind: str) -> dict:
-    return next((c for c in obj.get("status", {}).get("conditions", []) if c["type"] == kind), {})
 
 
 @contextlib.contextmanager
