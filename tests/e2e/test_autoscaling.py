@@ -271,8 +271,10 @@ def test_a_queue_whose_only_pod_dies_mid_task_is_scaled_up_again_and_the_task_co
     settings = release.settings()
     client = release.client()
 
-    def running_on():  # this task in flight (not another test's leftover entry) and the io pods
-        pods = release.ready("app.kubernetes.io/component=worker,celery-autoscale/queue=io")
+    def running_on():  # this task in flight (not another test's leftover entry) and the io pods running
+        # Running, not Ready: a new pod can take the task before its readiness probe passes.
+        pods = [p["metadata"]["name"] for p in release.pods("app.kubernetes.io/component=worker,celery-autoscale/queue=io")
+                if p["status"].get("phase") == "Running" and p["metadata"].get("deletionTimestamp") is None]
         return pods if client.zscore(in_flight_key("io", settings.key_prefix), result.id) is not None else []
 
     [pod] = wait_for(running_on, 120, "the task running on the only io pod", explain=lambda: release.explain("io"))
