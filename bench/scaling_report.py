@@ -501,8 +501,12 @@ def measure(release, patterns: list[str], configs: list[str]) -> dict:
     """Run every pattern under every configuration on ``release`` (restored to the chart after)."""
     from loadgen.kube import WorkerDeployments
 
-    os.environ.update(CELERY_BROKER_URL=release.redis.broker_url, CELERY_RESULT_BACKEND=release.redis.broker_url,
-                      CELERY_AUTOSCALE_APP=release.redis.process_env()["CELERY_AUTOSCALE_APP"])
+    app_env = {"CELERY_BROKER_URL": release.redis.broker_url, "CELERY_RESULT_BACKEND": release.redis.broker_url,
+               "CELERY_AUTOSCALE_APP": release.redis.process_env()["CELERY_AUTOSCALE_APP"]}
+    saved = {name: os.environ.get(name) for name in app_env}
+    os.environ.update(app_env)  # the sample app's producer reads them; restored below (Celery's
+    # Settings.broker_url prefers CELERY_BROKER_URL to any app's own broker, so a leftover one
+    # would send a later producer's tasks here)
     deployments = WorkerDeployments(RELEASE, NAMESPACE, str(release.cluster.kubeconfig))
     runs = []
     began = time.time()
@@ -514,6 +518,11 @@ def measure(release, patterns: list[str], configs: list[str]) -> dict:
                 print(f"{config} {pattern}: {runs[-1]['succeeded']}/{runs[-1]['sent']} succeeded", file=sys.stderr)
     finally:
         configure(release, "chart")
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name)
+            else:
+                os.environ[name] = value
     result = {"benchmark": "scaling_report", "queue": QUEUE, "concurrency": CONCURRENCY, "min": LOW, "max": HIGH,
               "timing": {k: AUTOSCALING[k] for k in ("pollingInterval", "cooldownPeriod", "behavior")},
               "versions": versions(), "machine": machine(), "seconds": round(time.time() - began),

@@ -33,6 +33,24 @@ def idle_at_zero(release, name: str, values: dict, deployment: str):
         release.helm.uninstall(name, timeout=60)
 
 
+def explain(release, cluster, deployment: str) -> str:
+    """What KEDA and the workers could see: the master Sentinel names, the io backlog on the primary
+    and the replica (lists by ``LLEN``, sets by ``ZCARD``), the bridged pods' starts and ends, and
+    the ScaledObject's status."""
+    from celery_autoscale.keys import backlog_keys
+
+    def sizes(server: str) -> dict:
+        redis = cluster.client(server)
+        return {key: redis.llen(key) if redis.type(key) == b"list" else redis.zcard(key)
+                for key in backlog_keys("io", (0, 3, 6, 9), "\x06\x16")}
+
+    status = release.get("scaledobject", deployment).get("status", {})
+    return json.dumps({"sentinel master port": cluster.master(), "ports": cluster.ports,
+                       "primary": sizes("primary"), "replica": sizes("replica"),
+                       "pods": [e for e in release.bridge.events if e[1].startswith("sentinel-")],
+                       "scaledobject": status}, default=str)
+
+
 def test_a_release_behind_redis_sentinel_scales_on_the_masters_lists_from_zero_and_back(idle):
     """redis.external.sentinel: KEDA's redis-sentinel triggers and the workers both find the master
     through a real redis-sentinel (primary and replica on the host) and read the same keys."""
@@ -63,7 +81,7 @@ def test_a_release_behind_redis_sentinel_scales_on_the_masters_lists_from_zero_a
                                            priority=i % 10) for i in range(12)]
                 # 12 tasks over kombu's priority lists, listLength 4 (io concurrency): 3 replicas.
                 wait_for(lambda: release.deployment_replicas(name) >= 3, 120, "sentinel io scaled up to 3",
-                         explain=lambda: json.dumps(release.get("scaledobject", name).get("status", {}), default=str))
+                         explain=lambda: explain(release, cluster, name))
                 master = cluster.client("primary")
                 wait_for(lambda: all(master.exists(run_record_key(r.id)) for r in sent), 180, "all 12 tasks ran",
                          explain=lambda: f"{sum(master.exists(run_record_key(r.id)) for r in sent)} of 12 ran")
