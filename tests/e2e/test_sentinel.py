@@ -9,6 +9,7 @@ values/ci.yaml: io concurrency 4 (listLength 4); maxReplicaCount 4; pollingInter
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 
 import pytest
@@ -35,14 +36,12 @@ def idle_at_zero(release, name: str, values: dict, deployment: str):
 
 def explain(release, cluster, deployment: str) -> str:
     """What KEDA and the workers could see: the master Sentinel names, the io backlog on the primary
-    and the replica (lists by ``LLEN``, sets by ``ZCARD``), the bridged pods' starts and ends, and
-    the ScaledObject's status."""
-    from celery_autoscale.keys import backlog_keys
+    and the replica (what KEDA's triggers read), the bridged pods' starts and ends, and the
+    ScaledObject's status."""
+    from celery_autoscale import backlog
 
     def sizes(server: str) -> dict:
-        redis = cluster.client(server)
-        return {key: redis.llen(key) if redis.type(key) == b"list" else redis.zcard(key)
-                for key in backlog_keys("io", (0, 3, 6, 9), "\x06\x16")}
+        return dataclasses.asdict(backlog(cluster.client(server), "io", release.settings()))
 
     status = release.get("scaledobject", deployment).get("status", {})
     return json.dumps({"sentinel master port": cluster.master(), "ports": cluster.ports,
