@@ -19,10 +19,14 @@ def sentinel_binary() -> list[str]:
 
 
 class SentinelSet:
-    """A primary, a replica and one sentinel (quorum 1) on 127.0.0.1, with their files in ``workdir``."""
+    """A primary, a replica and one sentinel (quorum 1), with their files in the stack's workdir.
 
-    def __init__(self, stack: LocalStack):
-        self.stack = stack
+    They listen on ``host`` (an address of this machine; the e2e's real node gives the pod bridge's
+    gateway, which its pods reach), and the sentinel announces the master there.
+    """
+
+    def __init__(self, stack: LocalStack, host: str = "127.0.0.1"):
+        self.stack, self.host = stack, host
         self.ports = {"primary": stack.redis_port, "replica": free_port()}
         self.sentinel_port = free_port()
 
@@ -30,14 +34,14 @@ class SentinelSet:
         for name, port in self.ports.items():
             folder = self.stack.workdir / name
             folder.mkdir()
-            follow = ["--replicaof", "127.0.0.1", str(self.ports["primary"])] if name == "replica" else []
-            self.stack._spawn(name, [redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+            follow = ["--replicaof", self.host, str(self.ports["primary"])] if name == "replica" else []
+            self.stack._spawn(name, [redis_server_binary(), "--port", str(port), "--bind", self.host, "--save", "",
                                      "--appendonly", "yes", "--appendfsync", "always", "--dir", str(folder),
                                      "--requirepass", PASSWORD, "--masterauth", PASSWORD, *follow])
             wait_until(lambda: self.client(name).ping(), 20, f"redis {name}")
         conf = self.stack.workdir / "sentinel.conf"
-        conf.write_text(f"port {self.sentinel_port}\nbind 127.0.0.1\ndir {self.stack.workdir}\n"
-                        f"sentinel monitor {MASTER} 127.0.0.1 {self.ports['primary']} 1\n"
+        conf.write_text(f"port {self.sentinel_port}\nbind {self.host}\ndir {self.stack.workdir}\n"
+                        f"sentinel monitor {MASTER} {self.host} {self.ports['primary']} 1\n"
                         f"sentinel auth-pass {MASTER} {PASSWORD}\n"
                         f"sentinel down-after-milliseconds {MASTER} 1000\n"
                         f"sentinel failover-timeout {MASTER} 5000\n")
@@ -46,10 +50,10 @@ class SentinelSet:
         return self
 
     def client(self, name: str) -> redis.Redis:
-        return redis.Redis(port=self.ports[name], host="127.0.0.1", password=PASSWORD)
+        return redis.Redis(port=self.ports[name], host=self.host, password=PASSWORD)
 
     def sentinel(self) -> redis.Redis:
-        return redis.Redis(port=self.sentinel_port, host="127.0.0.1")
+        return redis.Redis(port=self.sentinel_port, host=self.host)
 
     def master(self) -> int:
         return int(self.sentinel().sentinel_get_master_addr_by_name(MASTER)[1])
@@ -68,4 +72,4 @@ class SentinelSet:
 
     @property
     def url(self) -> str:
-        return f"sentinel://127.0.0.1:{self.sentinel_port}/0"
+        return f"sentinel://{self.host}:{self.sentinel_port}/0"

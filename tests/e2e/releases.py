@@ -102,10 +102,12 @@ def on_the_node(values: dict) -> dict:
 
 @contextmanager
 def placed(cluster, real_node, name: str, values: dict, volumes: dict[str, str] | None = None,
-           kind: type[PlacedRelease] = PlacedRelease, timeout: float = 180):
+           kind: type[PlacedRelease] = PlacedRelease, timeout: float = 180,
+           secrets: dict[str, dict[str, str]] | None = None):
     """Release ``name`` of the chart in namespace ``name`` with ``values`` (see :func:`on_the_node`),
-    after a ``hostPath`` PersistentVolume on the real node for each of ``volumes`` (name: size);
-    yields a ``kind``, its pods followed by a :class:`PodEvents`. On exit: uninstalled and its namespace deleted (the Secret and the claim the
+    after a ``hostPath`` PersistentVolume on the real node for each of ``volumes`` (name: size) and
+    a generic Secret in the namespace for each of ``secrets`` (name: {key: value}, e.g. a password
+    the values name in ``existingSecret``); yields a ``kind``, its pods followed by a :class:`PodEvents`. On exit: uninstalled and its namespace deleted (the Secret and the claim the
     chart keeps on uninstall go with it); the volumes go with the node."""
     import helm_python as helm
     from kubernetes import client, config
@@ -115,6 +117,9 @@ def placed(cluster, real_node, name: str, values: dict, volumes: dict[str, str] 
     cluster.kubectl("create", "namespace", name)
     for volume, size in (volumes or {}).items():
         real_node.volume(volume, size)
+    for secret, data in (secrets or {}).items():  # on kubectl's stdin, never its arguments
+        cluster.apply({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": secret, "namespace": name},
+                       "type": "Opaque", "stringData": data})
     hc = helm.Config(kubeconfig_path=str(cluster.kubeconfig), namespace=name)
     chart = helm.Chart.load(ROOT / "charts" / "celery-autoscale")
     api = client.CoreV1Api(config.new_client_from_config(str(cluster.kubeconfig)))

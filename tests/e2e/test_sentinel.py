@@ -1,89 +1,85 @@
-"""A release the pod bridge still runs (`make e2e`): one behind Redis Sentinel. Its workers need
-what the real node cannot give them yet: a Sentinel set whose addresses pods can reach (it
-listens on this host's loopback, and announces the master there). See :mod:`bridge`; every other
-autoscaling scenario runs on the real node.
+"""A release behind Redis Sentinel, its pods on the real node (`make e2e`).
+
+Release ``sentinel`` in namespace ``sentinel``: values/ci.yaml's io queue (cpu and mixed off) with
+``redis.external.sentinel`` naming a real ``redis-sentinel`` set (a primary, a replica and one
+sentinel, :class:`sentinel.SentinelSet`) that listens on the real node's pod gateway
+(:data:`tests.e2e.node.GATEWAY`, an address of this host) and announces the master there: the
+workers, in their pods, and KEDA's ``redis-sentinel`` triggers, on the host, find the same master.
+The password is in a Secret the test creates (``redis.auth.existingSecret``).
 
 values/ci.yaml: io concurrency 4 (listLength 4); maxReplicaCount 4; pollingInterval 2 s.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
+import tempfile
 
 import pytest
-from tests.e2e.harness import CI_VALUES, KUBECONFIG, NAMESPACE, condition, merge, wait_for
+from tests.e2e.harness import CI_VALUES, KUBECONFIG, RUN_DIR, condition, merge, wait_for
+from tests.e2e.node import GATEWAY
+from tests.e2e.releases import placed
 
 pytestmark = [pytest.mark.e2e, pytest.mark.k8s(provider="external", k8s_kubeconfig=str(KUBECONFIG))]
 
-
-@contextlib.contextmanager
-def idle_at_zero(release, name: str, values: dict, deployment: str):
-    """``helm install`` of ``values`` as release ``name``; yields once the ScaledObject of
-    ``deployment`` is Ready and KEDA has scaled it to zero (the Deployment omits spec.replicas,
-    Kubernetes' default is 1, and KEDA scales it to zero on a later poll than the one that marks the
-    ScaledObject Ready); uninstalled on exit."""
-    release.helm.install(release.chart, name, values, namespace=NAMESPACE, timeout=120)
-    try:
-        wait_for(lambda: condition(release.get("scaledobject", deployment), "Ready").get("status") == "True", 90,
-                 f"{deployment} ScaledObject Ready")
-        wait_for(lambda: release.deployment_replicas(deployment) == 0, 90, f"{deployment} idle at zero")
-        yield
-    finally:
-        release.helm.uninstall(name, timeout=60)
+RELEASE = "sentinel"
+DEPLOYMENT = f"{RELEASE}-celery-autoscale-worker-io"
+SMALL = {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": "512Mi"}}
 
 
-def explain(release, cluster, deployment: str) -> str:
-    """What KEDA and the workers could see: the master Sentinel names, the io backlog on the primary
-    and the replica (what KEDA's triggers read), the bridged pods' starts and ends, and the
-    ScaledObject's status."""
+def explain(release, sentinels, settings) -> str:
+    """What KEDA and the workers could see: the master the sentinel names, the io backlog on the
+    primary and the replica (what KEDA's triggers read), the pods' starts and ends, the
+    ScaledObject's status and the pods."""
     from celery_autoscale import backlog
 
     def sizes(server: str) -> dict:
-        return dataclasses.asdict(backlog(cluster.client(server), "io", release.settings()))
+        return dataclasses.asdict(backlog(sentinels.client(server), "io", settings))
 
-    status = release.get("scaledobject", deployment).get("status", {})
-    return json.dumps({"sentinel master port": cluster.master(), "ports": cluster.ports,
-                       "primary": sizes("primary"), "replica": sizes("replica"),
-                       "pods": [e for e in release.bridge.events if e[1].startswith("sentinel-")],
-                       "scaledobject": status}, default=str)
+    status = release.get("scaledobject", DEPLOYMENT).get("status", {})
+    return json.dumps({"sentinel master port": sentinels.master(), "ports": sentinels.ports,
+                       "primary": sizes("primary"), "replica": sizes("replica"), "events": release.events,
+                       "scaledobject": status}, default=str) + "\n" + release.scaling()
 
 
-def test_a_release_behind_redis_sentinel_scales_on_the_masters_lists_from_zero_and_back(idle):
+def test_a_release_behind_redis_sentinel_scales_on_the_masters_lists_from_zero_and_back(release, real_node):
     """redis.external.sentinel: KEDA's redis-sentinel triggers and the workers both find the master
-    through a real redis-sentinel (primary and replica on the host) and read the same keys."""
+    through a real redis-sentinel and read the same keys; 12 tasks over kombu's priority lists
+    scale io from zero to 3 pods on the real node, every task runs, and io goes back to zero."""
     from celery import Celery
     from sentinel import MASTER, PASSWORD, SentinelSet
 
+    from celery_autoscale import settings_of
     from celery_autoscale.keys import run_record_key
     from loadgen.stack import LocalStack
 
-    release = idle
-    import tempfile
+    values = merge({key: value for key, value in CI_VALUES.items() if key != "redis"}, {
+        "redis": {"enabled": False, "auth": {"enabled": True, "existingSecret": "sentinel-redis",
+                                             "existingSecretPasswordKey": "password"}},
+        "workerDefaults": {"resources": SMALL},
+        "queues": {"cpu": None, "mixed": None, "io": {"resources": SMALL}}})
+    with LocalStack(tempfile.mkdtemp(prefix="sentinel-set-", dir=RUN_DIR)) as stack:
+        sentinels = SentinelSet(stack, host=GATEWAY).start()
+        values["redis"]["external"] = {"sentinel": {"enabled": True, "masterName": MASTER,
+                                                    "addresses": [f"{GATEWAY}:{sentinels.sentinel_port}"]}}
+        with placed(release.cluster, real_node, RELEASE, values, secrets={"sentinel-redis": {"password": PASSWORD}},
+                    timeout=120) as found:
+            producer = Celery("web", broker=sentinels.url)
+            producer.conf.update(broker_transport_options={"master_name": MASTER}, broker_password=PASSWORD)
 
-    with LocalStack(tempfile.mkdtemp(prefix="sentinel-set-", dir=release.redis.workdir.parent)) as stack:
-        cluster = SentinelSet(stack).start()
-        release.cluster.kubectl("create", "secret", "generic", "sentinel-redis", "-n", NAMESPACE,
-                                f"--from-literal=password={PASSWORD}")
-        values = merge(CI_VALUES, {
-            "redis": {"auth": {"existingSecret": "sentinel-redis"},
-                      "external": {"sentinel": {"enabled": True, "masterName": MASTER,
-                                                "addresses": [f"127.0.0.1:{cluster.sentinel_port}"]}}},
-            "queues": {"cpu": None, "mixed": None}})
-        name = "sentinel-celery-autoscale-worker-io"
-        try:
-            with idle_at_zero(release, "sentinel", values, name):
-                producer = Celery("web", broker=cluster.url)
-                producer.conf.update(broker_transport_options={"master_name": MASTER}, broker_password=PASSWORD)
-                sent = [producer.send_task("tasks.io.transfer", kwargs={"size_bytes": 0, "wait_seconds": 4}, queue="io",
-                                           priority=i % 10) for i in range(12)]
-                # 12 tasks over kombu's priority lists, listLength 4 (io concurrency): 3 replicas.
-                wait_for(lambda: release.deployment_replicas(name) >= 3, 120, "sentinel io scaled up to 3",
-                         explain=lambda: explain(release, cluster, name))
-                master = cluster.client("primary")
-                wait_for(lambda: all(master.exists(run_record_key(r.id)) for r in sent), 180, "all 12 tasks ran",
-                         explain=lambda: f"{sum(master.exists(run_record_key(r.id)) for r in sent)} of 12 ran")
-                wait_for(lambda: release.deployment_replicas(name) == 0, 120, "sentinel io back to zero")
-        finally:
-            release.cluster.kubectl("delete", "secret", "sentinel-redis", "-n", NAMESPACE)
+            def why() -> str:
+                return explain(found, sentinels, settings_of(producer))
+
+            wait_for(lambda: condition(found.get("scaledobject", DEPLOYMENT), "Ready").get("status") == "True", 90,
+                     "io ScaledObject Ready", explain=why)
+            # The Deployment omits spec.replicas (Kubernetes' default is 1); KEDA scales it to zero.
+            wait_for(lambda: found.deployment_replicas(DEPLOYMENT) == 0, 90, "io idle at zero", explain=why)
+            sent = [producer.send_task("tasks.io.transfer", kwargs={"size_bytes": 0, "wait_seconds": 4}, queue="io",
+                                       priority=i % 10) for i in range(12)]
+            # 12 tasks over kombu's priority lists, listLength 4 (io concurrency): 3 replicas.
+            wait_for(lambda: found.deployment_replicas(DEPLOYMENT) >= 3, 120, "io scaled up to 3", explain=why)
+            master = sentinels.client("primary")
+            wait_for(lambda: all(master.exists(run_record_key(r.id)) for r in sent), 240, "all 12 tasks ran",
+                     explain=lambda: f"{sum(master.exists(run_record_key(r.id)) for r in sent)} of 12 ran\n{why()}")
+            wait_for(lambda: found.deployment_replicas(DEPLOYMENT) == 0, 120, "io back to zero", explain=why)
