@@ -6,10 +6,15 @@ The backlog is read as KEDA reads it: the raw sizes of the keys the chart's trig
 
 import json
 import os
-from contextlib import contextmanager
+import shutil
 import signal
+import subprocess
+import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
+
+import pytest
 
 from celery import Celery
 from celery_autoscale import backlog, backlog_keys, settings_of
@@ -223,3 +228,27 @@ def test_a_worker_in_warm_shutdown_keeps_its_lease_and_its_task_runs_once(tmp_pa
         assert result.get(timeout=30)["day"] == "d"
         assert int(client.get(f"myproject:completed:{result.id}")) == 1
         assert client.llen(QUEUE) == 0 and not client.keys("celery-autoscale:lease:*"), "the lease ended with it"
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("unshare"), reason="a PID namespace needs root and unshare")
+def test_as_its_containers_pid_1_the_reconciler_stops_on_sigterm_after_its_round(tmp_path):
+    """In a pod the reconciler is its container's PID 1, and the kernel drops any signal to a PID
+    namespace's init that has no handler for it: the kubelet's SIGTERM must still end it, with exit
+    status 0, long before the SIGKILL at the end of the grace period (30 s by default). Here it is
+    PID 1 of a new PID namespace (util-linux's ``unshare --pid --fork``), signalled from outside."""
+    with LocalStack(tmp_path) as stack:
+        stack.start_redis()
+        heartbeat = tmp_path / "reconciler.heartbeat"
+        outer = subprocess.Popen(["unshare", "--pid", "--fork", "--kill-child", "--", sys.executable, "-m",
+                                  "celery_autoscale.reconciler", "--interval", "1", "--heartbeat-file", str(heartbeat)],
+                                 env=stack.process_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            eventually(lambda: heartbeat.exists() or outer.poll() is not None, 60, "the reconciler's first round")
+            [init] = Path(f"/proc/{outer.pid}/task/{outer.pid}/children").read_text().split()
+            nspid = next(line for line in Path(f"/proc/{init}/status").read_text().splitlines() if line.startswith("NSpid:"))
+            assert nspid.split()[-1] == "1", nspid  # its PID inside the namespace
+            os.kill(int(init), signal.SIGTERM)
+            assert outer.wait(timeout=10) == 0, outer.stdout.read()
+        finally:
+            outer.kill()
+    assert "stopping on a signal, after the round" in outer.stdout.read()

@@ -7,8 +7,9 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
-import time
+import threading
 
 from .._loader import AppLoadError, load_app
 from .._metrics import BacklogCollector, serve
@@ -25,7 +26,8 @@ from ._round import reconcile
 def parser() -> argparse.ArgumentParser:
     p = Parser(prog="python -m celery_autoscale.reconciler",
                description="Give dead workers' unacknowledged tasks back to their queues, with no worker running.",
-               epilog="Exit status (--once): 0 done, 2 bad input, 3 broker unreachable.")
+               epilog="Exit status: 0 done (--once) or stopped by SIGTERM or SIGINT after its round, 2 bad input, "
+                      "3 broker unreachable (--once).")
     add_app_option(p)
     p.add_argument("--interval", type=positive_seconds, default=10.0, metavar="SECONDS",
                    help="seconds between rounds (default 10)")
@@ -118,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
             return error(f"--metrics-port {args.metrics_port}: {exc.strerror or exc}", EXIT_BAD_INPUT)
     lost_since: dict[str, float] = {}  # worker -> when its lease was first seen missing (monotonic)
     unserved_before: set[str] = set()
+    stopping = _stop_on_signals()
     while True:
         try:
             with app.connection_for_write() as connection:
@@ -143,7 +146,23 @@ def main(argv: list[str] | None = None) -> int:
             if args.once:
                 print(json.dumps(done.__dict__))
                 return 0
-        time.sleep(args.interval)
+        if stopping.wait(args.interval):
+            log.info("stopping on a signal, after the round")
+            return 0
+
+
+def _stop_on_signals() -> threading.Event:
+    """An event SIGTERM and SIGINT set: the loop ends after its round instead of being killed in one.
+
+    A handler is needed, not Python's default: in a container the reconciler is PID 1, and the
+    kernel drops a signal to a PID namespace's init that has no handler for it, so the kubelet's
+    SIGTERM would go unheard until its SIGKILL at the end of ``terminationGracePeriodSeconds``
+    (30 s by default) (pid_namespaces(7)).
+    """
+    stopping = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stopping.set())
+    return stopping
 
 
 if __name__ == "__main__":
