@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.e2e.harness import environment
+from tests.e2e.harness import QUEUES, environment, queue_backlog, wait_for
 
 
 @pytest.fixture(scope="session")
@@ -33,8 +33,21 @@ def real_node(release):
 
 
 @pytest.fixture
+def producer(release):
+    return release.producer()
+
+
+@pytest.fixture
 def kube(k8s, release):
     """pytest-kubernetes' handle on the running cluster. ``create()`` finds it ready and so marks it
     as not created by pytest-kubernetes, which then leaves it (and its kubeconfig) alone."""
     k8s.create()
     return k8s
+
+
+@pytest.fixture
+def idle(release):
+    """Every queue empty and at its minimum (0) before a test starts."""
+    wait_for(lambda: all(queue_backlog(release, q) == 0 and release.replicas(q) == 0 for q in QUEUES), 180,
+             "all queues idle at zero replicas", explain=lambda: "\n".join(release.explain(q) for q in QUEUES))
+    return release

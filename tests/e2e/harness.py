@@ -27,8 +27,8 @@ RUN_DIR = Path(os.environ.get("E2E_RUN_DIR", "/tmp/celery-autoscale-e2e"))
 KUBECONFIG = RUN_DIR / "cluster" / "kubeconfig"
 NAMESPACE = "celery"
 RELEASE = "ci"
-#: The release whose pods the bridge runs: the sample app's (the scaling report, the admission
-#: tests, the live view). Every other release runs on the real node: see :mod:`releases`.
+#: The release whose pods the bridge runs: the sample app's (the scaling report, the wait target,
+#: the admission tests, the live view). Every other release runs on the real node: see :mod:`releases`.
 BRIDGED_RELEASES = (RELEASE,)
 REDIS_PORT = 16379
 CI_VALUES = yaml.safe_load((ROOT / "values" / "ci.yaml").read_text())

@@ -6,7 +6,6 @@ images this machine has; no registry is reachable), and names the namespace's Se
 ClusterIPs in ``/etc/hosts`` (see :mod:`services`): KEDA and the tests, on the host, reach the
 release's Redis and Flower by the names a pod would use. :class:`PlacedRelease` reads the
 release's objects, pods and logs; :class:`PodEvents` records its pods' starts and ends.
-:func:`ci_on_the_node` places values/ci.yaml with the chart's own Redis as a :class:`CiRelease`.
 """
 
 from __future__ import annotations
@@ -19,7 +18,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from .harness import CI_VALUES, QUEUES, ROOT, merge, wait_for
+from .harness import ROOT, merge
 from .node import PLACEMENT, REDIS_STANDIN
 from .watching import list_and_watch
 
@@ -94,77 +93,6 @@ class PlacedRelease:
         """``helm upgrade`` with ``values`` (placement and the Redis image merged over them again)."""
         self.values = on_the_node(values)
         self.helm.upgrade(self.chart, self.name, self.values, namespace=self.namespace, timeout=timeout)
-
-
-#: Worker resources that let every queue's cap fit the 2-core node (cpu asks for a whole core per
-#: replica by default).
-SMALL = {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": "512Mi"}}
-#: values/ci.yaml with the chart's own Redis (on a 1 Gi volume) instead of the host's, and :data:`SMALL` workers.
-CI_ON_THE_NODE = merge({key: value for key, value in CI_VALUES.items() if key != "redis"}, {
-    "redis": {"persistence": {"size": "1Gi"}},
-    "workerDefaults": {"resources": SMALL},
-    "queues": {queue: {"resources": SMALL} for queue in QUEUES},
-})
-
-
-class CiRelease(PlacedRelease):
-    """A release of :data:`CI_ON_THE_NODE`, read as the sample app's producer and KEDA read it."""
-
-    def worker(self, queue: str) -> str:
-        """Name of the queue's Deployment, ScaledObject and HPA."""
-        return f"{self.fullname}-worker-{queue}"
-
-    def client(self):
-        """A redis-py client of the chart's Redis."""
-        import redis
-
-        return redis.Redis.from_url(self.redis_url)
-
-    def producer(self):
-        """A plain Celery producer with the runtime (it names every task's queue), results in the chart's Redis."""
-        from celery import Celery
-
-        import celery_autoscale
-
-        return celery_autoscale.install(Celery("producer", broker=self.redis_url, backend=self.redis_url), environ={})
-
-    @functools.cached_property
-    def _settings(self):
-        from celery_autoscale import settings_of
-
-        return settings_of(self.producer())
-
-    def settings(self):
-        """The runtime's settings (the chart's: Celery's and kombu's defaults)."""
-        return self._settings
-
-    def replicas(self, queue: str) -> int:
-        """What the queue's Deployment asks for (``spec.replicas``, set by KEDA and the HPA)."""
-        self.cluster.keda_alive()
-        return self.deployment_replicas(self.worker(queue))
-
-    def explain(self, queue: str) -> str:
-        """The ScaledObject's and the HPA's view of ``queue``, and the pods, for a failure message."""
-        so = self.get("scaledobject", self.worker(queue)).get("status", {})
-        hpa = self.get("hpa", self.worker(queue)).get("status", {})
-        return json.dumps({"replicas": self.replicas(queue), "scaledobject": so, "hpa": hpa,
-                           "events": self.events[-10:]}, indent=1, default=str) + "\n" + self.scaling()
-
-    def upgrade(self, values: dict, timeout: float = 120) -> None:
-        """``helm upgrade`` with :data:`CI_ON_THE_NODE` and ``values`` merged over them."""
-        super().upgrade(merge(CI_ON_THE_NODE, values), timeout)
-
-
-@contextmanager
-def ci_on_the_node(cluster, real_node, name: str):
-    """Release ``name`` of :data:`CI_ON_THE_NODE` (see :func:`placed`), yielded as a :class:`CiRelease`
-    once its Redis and reconciler are Ready."""
-    with placed(cluster, real_node, name, CI_ON_THE_NODE, volumes={f"{name}-redis": "1Gi"}, kind=CiRelease,
-                timeout=120) as found:
-        wait_for(lambda: found.ready("app.kubernetes.io/component=redis")
-                 and found.ready("app.kubernetes.io/component=reconciler"), 300,
-                 f"the {name} release's Redis and reconciler Ready on the real node", explain=found.scaling)
-        yield found
 
 
 def on_the_node(values: dict) -> dict:

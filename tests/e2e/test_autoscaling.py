@@ -13,6 +13,7 @@ pollingInterval 2 s, cooldownPeriod 10 s, scale-down stabilization window 5 s; H
 from __future__ import annotations
 
 import datetime
+import functools
 import json
 import os
 import signal
@@ -23,17 +24,64 @@ import redis
 from celery import Celery
 from tests.e2e.harness import (CI_VALUES, KUBECONFIG, NAMESPACE, QUEUES, RELEASE, condition, merge, queue_backlog,
                                scale_down_with_busy_and_idle_pods, wait_for, worker)
-from tests.e2e.releases import CI_ON_THE_NODE, SMALL, ci_on_the_node, placed
+from tests.e2e.releases import PlacedRelease, placed
 
-from celery_autoscale import backlog
+import celery_autoscale
+from celery_autoscale import backlog, settings_of
 from celery_autoscale.keys import in_flight_key
 
 pytestmark = [pytest.mark.e2e, pytest.mark.k8s(provider="external", k8s_kubeconfig=str(KUBECONFIG))]
 
+SMALL = {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": "512Mi"}}
+VALUES = merge({key: value for key, value in CI_VALUES.items() if key != "redis"}, {
+    "redis": {"persistence": {"size": "1Gi"}},
+    "workerDefaults": {"resources": SMALL},
+    "queues": {queue: {"resources": SMALL} for queue in QUEUES},
+})
+
+
+class ScalingRelease(PlacedRelease):
+    """Release ``ci`` on the real node, read as the tests of this module read it."""
+
+    def client(self) -> redis.Redis:
+        return redis.Redis.from_url(self.redis_url)
+
+    def producer(self) -> Celery:
+        """A plain Celery producer with the runtime (it names every task's queue)."""
+        return celery_autoscale.install(Celery("producer", broker=self.redis_url, backend=self.redis_url), environ={})
+
+    @functools.cached_property
+    def _settings(self):
+        return settings_of(self.producer())
+
+    def settings(self):
+        """The runtime's settings (the chart's: Celery's and kombu's defaults)."""
+        return self._settings
+
+    def replicas(self, queue: str) -> int:
+        """What the queue's Deployment asks for (``spec.replicas``, set by KEDA and the HPA)."""
+        self.cluster.keda_alive()
+        return self.deployment_replicas(worker(queue))
+
+    def explain(self, queue: str) -> str:
+        """The ScaledObject's and the HPA's view of ``queue``, and the pods, for a failure message."""
+        so = self.get("scaledobject", worker(queue)).get("status", {})
+        hpa = self.get("hpa", worker(queue)).get("status", {})
+        return json.dumps({"replicas": self.replicas(queue), "scaledobject": so, "hpa": hpa,
+                           "events": self.events[-10:]}, indent=1, default=str) + "\n" + self.scaling()
+
+    def upgrade(self, values: dict, timeout: float = 120) -> None:
+        """``helm upgrade`` with :data:`VALUES` and ``values`` merged over them."""
+        super().upgrade(merge(VALUES, values), timeout)
+
 
 @pytest.fixture(scope="module")
 def scaling(release, real_node):
-    with ci_on_the_node(release.cluster, real_node, RELEASE) as found:
+    with placed(release.cluster, real_node, RELEASE, VALUES, volumes={"ci-redis": "1Gi"}, kind=ScalingRelease,
+                timeout=120) as found:
+        wait_for(lambda: found.ready("app.kubernetes.io/component=redis")
+                 and found.ready("app.kubernetes.io/component=reconciler"), 300,
+                 "the ci release's Redis and reconciler Ready on the real node", explain=found.scaling)
         yield found
 
 
@@ -252,7 +300,7 @@ def test_a_users_own_app_in_its_own_image_scales_from_zero_on_a_prioritized_burs
     app path, a Celery queue name that is not a Kubernetes name, kombu's default priority lists, and
     a producer with Celery's defaults (no runtime). Its release has the chart's own Redis."""
     name = "plain"
-    values = merge(CI_ON_THE_NODE, {
+    values = merge(VALUES, {
         "image": {"repository": "localhost/celery-autoscale/plainapp", "tag": "test"},
         # The release's own Redis by its Service's name; the runtime adds the password (from its file).
         "celery": {"app": "myproject.celery:app", "resultBackend": f"redis://{name}-celery-autoscale-redis:6379/0"},

@@ -19,12 +19,13 @@ import tempfile
 import pytest
 from tests.e2e.harness import CI_VALUES, KUBECONFIG, RUN_DIR, condition, merge, wait_for
 from tests.e2e.node import GATEWAY
-from tests.e2e.releases import SMALL, placed
+from tests.e2e.releases import placed
 
 pytestmark = [pytest.mark.e2e, pytest.mark.k8s(provider="external", k8s_kubeconfig=str(KUBECONFIG))]
 
 RELEASE = "sentinel"
 DEPLOYMENT = f"{RELEASE}-celery-autoscale-worker-io"
+SMALL = {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": "512Mi"}}
 
 
 def explain(release, sentinels, settings) -> str:
