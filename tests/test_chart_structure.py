@@ -163,6 +163,17 @@ def test_every_pod_runs_where_the_chart_places_it_unless_its_component_says_othe
                    for spec in pod_specs(render_chart({"canary": {"enabled": True}})).values())
 
 
+def test_no_app_is_its_pods_pid_1_so_a_sigterm_before_its_handler_still_ends_it():
+    """Every pod shares its process namespace (the pause process is PID 1): a worker deleted while it
+    starts, before Celery's SIGTERM handler exists, ends instead of consuming until its SIGKILL (the
+    kernel drops a signal to a PID namespace's init that has no handler for it), with any image."""
+    for deletion_cost in (True, False):  # the reconciler's pod spec has two forms
+        specs = pod_specs(render_chart({"flower": {"enabled": True}, "beat": {"enabled": True}, "canary": {"enabled": True},
+                                        "reconciler": {"deletionCost": {"enabled": deletion_cost}}}))
+        assert len(specs) == 9
+        assert {name for name, spec in specs.items() if spec.get("shareProcessNamespace") is not True} == set()
+
+
 def test_warm_shutdown_reaches_celery_within_a_grace_period_longer_than_any_task():
     for deployment in by_kind(render_chart(PROD), "Deployment").values():
         if "worker" not in deployment["metadata"]["name"]:

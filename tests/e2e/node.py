@@ -299,7 +299,7 @@ state = "{root / 'state'}"
 
     # -- inside a pod ---------------------------------------------------------------------------
     def container_pid(self, pod: str, namespace: str) -> int:
-        """The host PID of the first process (PID 1 inside) of ``pod``'s running app container."""
+        """The host PID of the first process (the container task's) of ``pod``'s running app container."""
         tasks = {row.split()[0]: int(row.split()[1]) for row in self.ctr("tasks", "list").stdout.splitlines()[1:]
                  if row.split() and row.split()[2] == "RUNNING"}
         for container, pid in tasks.items():

@@ -106,9 +106,15 @@ capabilities:
   drop: [ALL]
 {{- end }}
 
+{{- /* shareProcessNamespace: the pod's pause process is PID 1, not the app. The kernel drops a
+signal to a PID namespace's init that has no handler for it, and Celery installs its SIGTERM
+handler late in its start: a worker pod deleted while starting (KEDA scales every new Deployment
+to zero within seconds) would go on to consume tasks while Terminating, until its SIGKILL at the end
+of terminationGracePeriodSeconds killed them mid-run. Not PID 1, it ends at once (pid_namespaces(7)). */ -}}
 {{- define "celery-autoscale.podSpecCommon" -}}
 serviceAccountName: {{ include "celery-autoscale.serviceAccountName" . }}
 automountServiceAccountToken: false
+shareProcessNamespace: true
 {{- with .Values.imagePullSecrets }}
 imagePullSecrets:
   {{- toYaml . | nindent 2 }}
