@@ -107,8 +107,9 @@ def placed(cluster, real_node, name: str, values: dict, volumes: dict[str, str] 
     """Release ``name`` of the chart in namespace ``name`` with ``values`` (see :func:`on_the_node`),
     after a ``hostPath`` PersistentVolume on the real node for each of ``volumes`` (name: size) and
     a generic Secret in the namespace for each of ``secrets`` (name: {key: value}, e.g. a password
-    the values name in ``existingSecret``); yields a ``kind``, its pods followed by a :class:`PodEvents`. On exit: uninstalled and its namespace deleted (the Secret and the claim the
-    chart keeps on uninstall go with it); the volumes go with the node."""
+    the values name in ``existingSecret``); yields a ``kind``, its pods followed by a
+    :class:`PodEvents`. On exit: uninstalled and its namespace deleted (the Secrets and the claim
+    the chart keeps on uninstall go with it); the volumes go with the node."""
     import helm_python as helm
     from kubernetes import client, config
 
