@@ -54,13 +54,13 @@ bench: $(VENV)/.installed-test  ## the benchmarks, one JSON line each
 	$(PY) -m bench.worker_overhead
 	$(PY) -m bench.delivery_cost
 
-bench-e2e: $(VENV)/.installed-e2e e2e-build  ## which pods a scale-down removes, on the real control plane, one JSON line
+bench-e2e: system-deps node-deps $(VENV)/.installed-e2e e2e-build image  ## which pods a scale-down removes, on the real control plane, one JSON line
 	$(PY) -m bench.deletion_cost
 
-report: system-deps $(VENV)/.installed-e2e e2e-build  ## the scaling analysis: docs/scaling-report.md, bench/results/scaling.json (~30 min warm)
+report: system-deps node-deps $(VENV)/.installed-e2e e2e-build image  ## the scaling analysis: docs/scaling-report.md, bench/results/scaling.json (~30 min warm)
 	$(PY) -m bench.scaling_report
 
-demo-cluster: system-deps $(VENV)/.installed-e2e e2e-build  ## the demo's burst and ramp on a real control plane + KEDA, replicas live
+demo-cluster: system-deps node-deps $(VENV)/.installed-e2e e2e-build image  ## the demo's burst and ramp on a real control plane + KEDA, replicas live
 	$(PY) -m scripts.demo_cluster
 
 dist: $(VENV)/.installed-test  ## dist/: the runtime's and the load generator's wheels and sdists, and the chart archive

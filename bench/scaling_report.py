@@ -39,7 +39,8 @@ import time
 from pathlib import Path
 
 from loadgen import scaling
-from tests.e2e.harness import CI_VALUES, NAMESPACE, RELEASE, environment, wait_for, worker
+from tests.e2e.harness import CI_VALUES, NAMESPACE, RELEASE, wait_for, worker
+from tests.e2e.releases import environment
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -99,7 +100,7 @@ def list_length_scaledobject(list_length: int) -> dict:
             "minReplicaCount": LOW, "maxReplicaCount": HIGH,
             "advanced": {"horizontalPodAutoscalerConfig": {"behavior": AUTOSCALING["behavior"]}},
             "triggers": [{"type": "redis", "metadata": {
-                "address": f"{CI_VALUES['redis']['external']['host']}:{CI_VALUES['redis']['external']['port']}",
+                "address": f"{RELEASE}-celery-autoscale-redis.{NAMESPACE}.svc:6379",  # the chart's own Redis
                 "listName": QUEUE, "listLength": str(list_length)},
                 "authenticationRef": {"name": f"{RELEASE}-celery-autoscale-redis"}}],
         },
@@ -152,7 +153,7 @@ class Recorder(threading.Thread):
                     pod = json.loads(raw)["worker"].split("@")[-1]
                     running[pod] = running.get(pod, 0) + 1
                 replicas = self.deployments.read()[QUEUE]
-                up, terminating = self.release.bridge.alive(prefix)
+                up, terminating = self.release.pod_events.alive(prefix)
                 self.owners.append((now, running))
                 self.samples.append({
                     "t": round(now - self.start_time, 3), "desired": replicas.desired, "ready_api": replicas.ready,
@@ -177,7 +178,7 @@ def at_rest(release, client, settings, floor: int) -> bool:
     from celery_autoscale import backlog
 
     return (backlog(client, QUEUE, settings).total == 0 and release.replicas(QUEUE) == floor
-            and release.bridge.alive(worker(QUEUE)) == (floor, 0))
+            and release.pod_events.alive(worker(QUEUE)) == (floor, 0))
 
 
 def finish(release, client, settings, task_ids: list[str], timeout: float = 600) -> int:
@@ -194,7 +195,7 @@ def finish(release, client, settings, task_ids: list[str], timeout: float = 600)
         if len(run_records(client, settings, task_ids)) == len(task_ids):
             return 0
         left = backlog(client, QUEUE, settings).total
-        unserved = left > 0 and release.replicas(QUEUE) == 0 and release.bridge.alive(worker(QUEUE)) == (0, 0)
+        unserved = left > 0 and release.replicas(QUEUE) == 0 and release.pod_events.alive(worker(QUEUE)) == (0, 0)
         idle_since = (idle_since or time.monotonic()) if unserved else None
         if idle_since and time.monotonic() - idle_since >= STRANDED_AFTER:
             client.delete(*priority_lists(QUEUE, settings.priority_steps, settings.separator, settings.key_prefix))
@@ -211,14 +212,14 @@ def run_once(release, deployments, config: str, pattern: str, floor: int) -> dic
     from loadgen.run import collect, run, run_records
 
     settings = release.settings()
-    client = release.redis.client()
+    client = release.client()
     wait_for(lambda: at_rest(release, client, settings, floor), 240, f"{QUEUE} at rest at {floor} for {config}")
     time.sleep(2)
     argv, period, _ = PATTERNS[pattern]
     args = parser().parse_args(argv)
     app = load(args)
     spec = build_spec(args, app)
-    mark = len(release.bridge.events)
+    mark = len(release.events)
     started = time.time()
     recorder = Recorder(release, deployments, settings, client, started)
     recorder.start()
@@ -236,9 +237,8 @@ def run_once(release, deployments, config: str, pattern: str, floor: int) -> dic
     first_sent = min(s.sent_at for s in outcome.sent)
     offset = first_sent - started  # samples count from the first task
     samples = [{**s, "t": round(s["t"] - offset, 3)} for s in recorder.samples if s["t"] >= offset - 1e-6]
-    events = [e for e in release.bridge.events[mark:] if e[1].startswith(worker(QUEUE))]
-    logs = [line for path in release.bridge.workdir.glob(f"{worker(QUEUE)}-*/container.log")
-            for line in path.read_text(errors="replace").splitlines()]
+    events = [e for e in release.events[mark:] if e[1].startswith(worker(QUEUE))]
+    logs = release.pod_events.log_lines(f"{worker(QUEUE)}-")
     waits = [outcome.runs[s.task_id][0] - s.sent_at for s in outcome.sent if s.task_id in outcome.runs]
     return {
         "config": config, "pattern": pattern, "samples": samples, "measured": time.strftime("%Y-%m-%d"),
@@ -424,8 +424,9 @@ def markdown(result: dict, plots: dict[str, str]) -> str:
         "- **ideal** replicas: `ceil(true backlog / target)` clamped to [minReplicaCount, maxReplicaCount],",
         f"  with target {CONCURRENCY} (the concurrency) and the true backlog = tasks in every priority list +",
         "  running + held for an ETA, sampled once a second. Dotted in the plots.",
-        "- **ready**: worker processes running and not terminating (the bridge's; a Celery worker takes",
-        "  about 2 s more to consume). **replica-seconds**: worker pods alive × seconds, terminating ones",
+        "- **ready**: worker pods whose container runs and that are not being deleted (in runs measured",
+        "  before the e2e's real node: the pod bridge's worker processes); a Celery worker takes a few",
+        "  seconds more to consume. **replica-seconds**: worker pods alive × seconds, terminating ones",
         "  included (a draining pod still costs); **process-seconds**: × concurrency; **utilisation**:",
         "  tasks running × seconds ÷ process-seconds. Costed for every configuration of a pattern over",
         "  the same window: from the first task until the slowest configuration was back at rest.",
@@ -501,8 +502,8 @@ def measure(release, patterns: list[str], configs: list[str]) -> dict:
     """Run every pattern under every configuration on ``release`` (restored to the chart after)."""
     from loadgen.kube import WorkerDeployments
 
-    app_env = {"CELERY_BROKER_URL": release.redis.broker_url, "CELERY_RESULT_BACKEND": release.redis.broker_url,
-               "CELERY_AUTOSCALE_APP": release.redis.process_env()["CELERY_AUTOSCALE_APP"]}
+    app_env = {name: release.process_env()[name]
+               for name in ("CELERY_BROKER_URL", "CELERY_RESULT_BACKEND", "CELERY_AUTOSCALE_APP")}
     saved = {name: os.environ.get(name) for name in app_env}
     os.environ.update(app_env)  # the sample app's producer reads them; restored below (Celery's
     # Settings.broker_url prefers CELERY_BROKER_URL to any app's own broker, so a leftover one

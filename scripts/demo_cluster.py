@@ -16,7 +16,8 @@ import sys
 from pathlib import Path
 
 from loadgen.demo import RUNS
-from tests.e2e.harness import NAMESPACE, RELEASE, environment, wait_for
+from tests.e2e.harness import NAMESPACE, RELEASE, wait_for
+from tests.e2e.releases import environment
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -34,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
                    "--release", RELEASE, "--namespace", NAMESPACE, "--kubeconfig", str(release.cluster.kubeconfig),
                    "--plot", str(args.workdir / f"{name}.png"), "--timeline", str(args.workdir / f"{name}.json")]
             print(f"\n{name}: python -m loadgen {' '.join(load)} --wait --release {RELEASE} ...", flush=True)
-            failed |= subprocess.run(cmd, env=release.redis.process_env()).returncode != 0
+            failed |= subprocess.run(cmd, env=release.process_env()).returncode != 0
             print(f"timeline: {args.workdir / (name + '.png')}", flush=True)
     print("every process stopped; the cluster is gone.")
     return 1 if failed else 0

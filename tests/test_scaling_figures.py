@@ -1,4 +1,4 @@
-"""The figures the real-cluster benchmarks compute from the pod bridge's events, on known samples."""
+"""The figures the real-cluster benchmarks compute from the pods' events, on known samples."""
 
 from pathlib import Path
 

@@ -2,9 +2,10 @@
 
 - ``kwokctl --runtime binary`` starts etcd, kube-apiserver, kube-controller-manager,
   kube-scheduler and the KWOK controller from the binaries ``build.sh`` built from their Go
-  modules (pointed at through a KwokctlConfiguration file). KWOK stands in for nodes: it marks
-  pods Running; :mod:`bridge` runs the real processes behind some of them. KWOK's own
-  ``pod-complete`` stage is left out: a Job's pod runs on the real node (:mod:`node`).
+  modules (pointed at through a KwokctlConfiguration file). KWOK's fake nodes stay for pods whose
+  running does not matter (a second release's workers, where only its ScaledObject and replicas
+  are tested); every other pod runs on the real node (:mod:`node`). KWOK's own ``pod-complete``
+  stage is left out: a Job's pod runs on the real node.
 - KEDA's operator, metrics adapter and admission webhooks run with the cluster's admin
   kubeconfig and TLS certificates this module generates; KEDA's own
   ValidatingWebhookConfiguration points at the webhooks by URL. ``v1beta1.external.metrics.k8s.io`` points at the

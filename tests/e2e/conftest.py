@@ -1,4 +1,5 @@
-"""Fixtures of the real-cluster tests (`make e2e`): one environment (see :mod:`harness`) per session.
+"""Fixtures of the real-cluster tests (`make e2e`): one environment per session (see
+:func:`releases.environment`): the control plane, KEDA, the real node and release ``ci`` on it.
 
 Tests reach the cluster through pytest-kubernetes' ``k8s`` fixture with its ``external``
 provider and this cluster's kubeconfig (``pytestmark`` in each module).
@@ -8,28 +9,29 @@ from __future__ import annotations
 
 import pytest
 
-from tests.e2e.harness import QUEUES, environment, queue_backlog, wait_for
+from tests.e2e.harness import QUEUES, queue_backlog, wait_for
+from tests.e2e.releases import environment
 
 
 @pytest.fixture(scope="session")
 def release():
+    """Release ``ci`` of values/ci.yaml on the real node: a :class:`releases.CiRelease`."""
     with environment() as running:
         yield running
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def real_node(release):
-    """A real node (kubelet, containerd, kube-proxy, CoreDNS) joined to the cluster for one module's
-    tests (its processes would otherwise compete with the scaling tests' for the CPU): see :mod:`node`."""
-    from tests.e2e.harness import RUN_DIR
-    from tests.e2e.node import RealNode
+    """The real node (kubelet, containerd, kube-proxy, CoreDNS) the session's pods run on: see :mod:`node`."""
+    return release.real_node
 
-    node = RealNode(release.cluster, RUN_DIR / "node")
-    try:
-        node.start()
-        yield node
-    finally:
-        node.stop()
+
+@pytest.fixture
+def idle(release):
+    """Every queue of release ``ci`` empty and at its minimum (0) before a test starts."""
+    wait_for(lambda: all(queue_backlog(release, q) == 0 and release.replicas(q) == 0 for q in QUEUES), 180,
+             "all queues idle at zero replicas", explain=lambda: "\n".join(release.explain(q) for q in QUEUES))
+    return release
 
 
 @pytest.fixture
@@ -43,11 +45,3 @@ def kube(k8s, release):
     as not created by pytest-kubernetes, which then leaves it (and its kubeconfig) alone."""
     k8s.create()
     return k8s
-
-
-@pytest.fixture
-def idle(release):
-    """Every queue empty and at its minimum (0) before a test starts."""
-    wait_for(lambda: all(queue_backlog(release, q) == 0 and release.replicas(q) == 0 for q in QUEUES), 180,
-             "all queues idle at zero replicas", explain=lambda: "\n".join(release.explain(q) for q in QUEUES))
-    return release

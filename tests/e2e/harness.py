@@ -1,22 +1,15 @@
-"""Everything the real-cluster tests and the scaling benchmark stand on, brought up in order.
+"""The names, values and helpers every real-cluster test and benchmark shares (`make e2e`).
 
-``environment()`` starts a real ``redis-server`` on 127.0.0.1:16379 (the address
-``values/ci.yaml`` gives KEDA and the workers) with a password, the control plane and KEDA
-built from their Go modules (:mod:`cluster`), installs the chart with ``values/ci.yaml``
-through the real Helm SDK, and starts the pod bridge (:mod:`bridge`). On exit it stops them in
-reverse: bridge, release, KEDA and the cluster, Redis.
+What they run on is :func:`releases.environment`: the control plane and KEDA built from their Go
+modules (:mod:`cluster`), the real node (:mod:`node`), and release :data:`RELEASE` of
+values/ci.yaml on it, in namespace :data:`NAMESPACE`.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import secrets
-import signal
-import sys
 import time
-from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -25,12 +18,8 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 RUN_DIR = Path(os.environ.get("E2E_RUN_DIR", "/tmp/celery-autoscale-e2e"))
 KUBECONFIG = RUN_DIR / "cluster" / "kubeconfig"
-NAMESPACE = "celery"
-RELEASE = "ci"
-#: The release whose pods the bridge runs: the sample app's (the scaling report, the wait target,
-#: the admission tests, the live view). Every other release runs on the real node: see :mod:`releases`.
-BRIDGED_RELEASES = (RELEASE,)
-REDIS_PORT = 16379
+#: The release of values/ci.yaml every test shares, in a namespace of its name (see :func:`releases.placed`).
+RELEASE = NAMESPACE = "ci"
 CI_VALUES = yaml.safe_load((ROOT / "values" / "ci.yaml").read_text())
 QUEUES = ("cpu", "io", "mixed")
 
@@ -47,57 +36,6 @@ def merge(base: dict, override: dict) -> dict:
     return out
 
 
-@dataclass
-class Release:
-    cluster: object
-    helm: object
-    chart: object
-    redis: object
-    bridge: object
-
-    def upgrade(self, values: dict) -> None:
-        """``helm upgrade`` with ci.yaml and ``values`` merged over it."""
-        self.helm.upgrade(self.chart, RELEASE, merge(CI_VALUES, values), namespace=NAMESPACE, timeout=120)
-
-    def get(self, kind: str, name: str) -> dict:
-        return json.loads(self.cluster.kubectl("get", kind, name, "-n", NAMESPACE, "-o", "json").stdout)
-
-    def replicas(self, queue: str) -> int:
-        """What the Deployment asks for (``spec.replicas``, set by KEDA and the HPA)."""
-        self.cluster.keda_alive()
-        return self.deployment_replicas(worker(queue))
-
-    def deployment_replicas(self, name: str) -> int:
-        """``spec.replicas`` of the Deployment ``name`` (of any release)."""
-        return self.get("deployment", name)["spec"].get("replicas", 0)
-
-    def explain(self, queue: str) -> str:
-        """The ScaledObject's and the HPA's view of ``queue``, for a failure message."""
-        so = self.get("scaledobject", worker(queue)).get("status", {})
-        hpa = self.get("hpa", worker(queue)).get("status", {})
-        return json.dumps({"replicas": self.replicas(queue), "scaledobject": so, "hpa": hpa,
-                           "bridge": self.bridge.events[-10:]}, indent=1, default=str)
-
-    def producer(self):
-        """A plain Celery producer with the runtime, bound to this Redis (it names every task's queue)."""
-        return self.redis.producer()
-
-    def client(self):
-        """A redis-py client of the broker."""
-        return self.redis.client()
-
-    @property
-    def events(self) -> list[tuple[float, str, str]]:
-        """``(time, pod, what)`` of the bridged pods' processes: started, sigterm, exited N, crashed N."""
-        return self.bridge.events
-
-    def settings(self):
-        """The runtime's settings for this Redis (kombu's default priority lists, as the chart's)."""
-        from celery_autoscale import settings_of
-
-        return settings_of(self.redis.producer())
-
-
 def queue_backlog(release, queue: str) -> int:
     """``queue``'s true backlog in the release's Redis (waiting, running, scheduled)."""
     from celery_autoscale import backlog
@@ -105,51 +43,9 @@ def queue_backlog(release, queue: str) -> int:
     return backlog(release.client(), queue, release.settings()).total
 
 
-@contextmanager
-def environment(run_dir: Path = RUN_DIR):
-    import helm_python as helm
-    from .bridge import PodBridge
-    from .cluster import E2ECluster
-    from kubernetes import client, config
-    from .services import ServiceAddresses
-
-    from loadgen.stack import LocalStack
-
-    # A SIGTERM (a CI timeout, a Ctrl-C'd make) must still run the teardown below.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    with LocalStack(run_dir / "redis", redis_port=REDIS_PORT, redis_password=secrets.token_hex(16)) as redis:
-        redis.start_redis(persist=True)  # an append-only file, as the chart's Redis keeps on its volume
-        cluster = E2ECluster(run_dir / "cluster")
-        # pytest-kubernetes runs the kubectl it finds on PATH: the one built with the control plane.
-        os.environ["PATH"] = f"{cluster.bins['kubectl'].parent}{os.pathsep}{os.environ['PATH']}"
-        try:
-            cluster.start()
-            cluster.kubectl("create", "namespace", NAMESPACE)
-            cluster.kubectl("create", "secret", "generic", "ci-redis", "-n", NAMESPACE,
-                            f"--from-literal=password={redis.redis_password}")
-            hc = helm.Config(kubeconfig_path=str(cluster.kubeconfig), namespace=NAMESPACE)
-            chart = helm.Chart.load(ROOT / "charts" / "celery-autoscale")
-            hc.install(chart, RELEASE, CI_VALUES, namespace=NAMESPACE, timeout=120)
-            api = client.CoreV1Api(config.new_client_from_config(str(cluster.kubeconfig)))
-            services = ServiceAddresses(api, NAMESPACE)
-            bridge = PodBridge(api, NAMESPACE,
-                               f"app.kubernetes.io/instance in ({','.join(BRIDGED_RELEASES)}),"
-                               "app.kubernetes.io/component in (worker,reconciler)",
-                               run_dir / "pods", services=services)
-            bridge.start()
-            try:
-                yield Release(cluster, hc, chart, redis, bridge)
-            finally:
-                bridge.stop()
-                services.stop()
-                hc.uninstall(RELEASE, timeout=60)
-        finally:
-            cluster.stop()
-
-
 def wait_for(check, timeout: float, what: str, interval: float = 1.0, explain=None):
     """Poll until ``check()`` is truthy; return it. Fails naming ``what``, the last value and
-    ``explain()`` (e.g. :meth:`Release.explain`)."""
+    ``explain()`` (e.g. :meth:`releases.CiRelease.explain`)."""
     deadline, last = time.monotonic() + timeout, None
     while time.monotonic() < deadline:
         last = check()
@@ -168,7 +64,7 @@ def condition(obj: dict, kind: str) -> dict:
 def pod_seconds(events: list[tuple[float, str, str]], prefix: str, since: float, until: float) -> tuple[float, float]:
     """Seconds the pods named ``prefix*`` ran within [since, until], and of those, seconds spent
     terminating (SIGTERM to exit): what the pods cost, draining included. ``events`` as a release's
-    :attr:`Release.events` (the bridge's) or :class:`releases.PodEvents` (the real node's)."""
+    :class:`releases.PodEvents`."""
     started, stopping, total, terminating = {}, {}, 0.0, 0.0
     for when, pod, what in sorted(events):
         if not pod.startswith(prefix):
@@ -199,8 +95,7 @@ def scale_down_with_busy_and_idle_pods(release, producer) -> dict:
 
     Returns ``busy_removed`` (removed pods that were running a 50 s task), ``removed`` (pod
     names), and ``pod_seconds`` / ``terminating_seconds`` of the io pods over the round (from the
-    first task to io idle at 0). ``release``: the bridged :class:`Release`, or
-    one on the real node with the same ``client``, ``settings``, ``replicas`` and ``events``."""
+    first task to io idle at 0). ``release``: a :class:`releases.CiRelease`."""
     from celery_autoscale import backlog
 
     settings = release.settings()

@@ -6,6 +6,10 @@ images this machine has; no registry is reachable), and names the namespace's Se
 ClusterIPs in ``/etc/hosts`` (see :mod:`services`): KEDA and the tests, on the host, reach the
 release's Redis and Flower by the names a pod would use. :class:`PlacedRelease` reads the
 release's objects, pods and logs; :class:`PodEvents` records its pods' starts and ends.
+
+:func:`environment` is what every e2e test, ``make report`` and ``make demo-cluster`` stand on:
+the control plane and KEDA (:mod:`cluster`), the real node (:mod:`node`), and release ``ci`` of
+values/ci.yaml placed on it as a :class:`CiRelease`.
 """
 
 from __future__ import annotations
@@ -13,12 +17,17 @@ from __future__ import annotations
 import base64
 import functools
 import json
+import os
+import shutil
+import signal
+import sys
 import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
-from .harness import ROOT, merge
+from .harness import CI_VALUES, RELEASE, ROOT, RUN_DIR, merge, wait_for
 from .node import PLACEMENT, REDIS_STANDIN
 from .watching import list_and_watch
 
@@ -95,6 +104,103 @@ class PlacedRelease:
         self.helm.upgrade(self.chart, self.name, self.values, namespace=self.namespace, timeout=timeout)
 
 
+class CiRelease(PlacedRelease):
+    """A release of values/ci.yaml, read as the sample app's producer and KEDA read it."""
+
+    def worker(self, queue: str) -> str:
+        """Name of the queue's Deployment, ScaledObject and HPA."""
+        return f"{self.fullname}-worker-{queue}"
+
+    def client(self):
+        """A redis-py client of the chart's Redis."""
+        import redis
+
+        return redis.Redis.from_url(self.redis_url)
+
+    def producer(self):
+        """A plain Celery producer with the runtime (it names every task's queue), results in the chart's Redis."""
+        from celery import Celery
+
+        import celery_autoscale
+
+        return celery_autoscale.install(Celery("producer", broker=self.redis_url, backend=self.redis_url), environ={})
+
+    def process_env(self) -> dict[str, str]:
+        """The environment of a ``python -m loadgen`` child: ours with the chart's Redis as broker
+        and result backend and the sample app as the producer's app."""
+        from loadgen.stack import WorkerSpec
+
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CELERY_")}
+        env.update(CELERY_BROKER_URL=self.redis_url, CELERY_RESULT_BACKEND=self.redis_url,
+                   CELERY_AUTOSCALE_APP=WorkerSpec.app)
+        return env
+
+    @functools.cached_property
+    def _settings(self):
+        from celery_autoscale import settings_of
+
+        return settings_of(self.producer())
+
+    def settings(self):
+        """The runtime's settings (the chart's: Celery's and kombu's defaults)."""
+        return self._settings
+
+    def replicas(self, queue: str) -> int:
+        """What the queue's Deployment asks for (``spec.replicas``, set by KEDA and the HPA)."""
+        self.cluster.keda_alive()
+        return self.deployment_replicas(self.worker(queue))
+
+    def explain(self, queue: str) -> str:
+        """The ScaledObject's and the HPA's view of ``queue``, and the pods, for a failure message."""
+        so = self.get("scaledobject", self.worker(queue)).get("status", {})
+        hpa = self.get("hpa", self.worker(queue)).get("status", {})
+        return json.dumps({"replicas": self.replicas(queue), "scaledobject": so, "hpa": hpa,
+                           "events": self.events[-10:]}, indent=1, default=str) + "\n" + self.scaling()
+
+    def upgrade(self, values: dict, timeout: float = 120) -> None:
+        """``helm upgrade`` with values/ci.yaml and ``values`` merged over it."""
+        super().upgrade(merge(CI_VALUES, values), timeout)
+
+
+@contextmanager
+def ci_on_the_node(cluster, real_node, name: str, logs: Path | None = None):
+    """Release ``name`` of values/ci.yaml (see :func:`placed`; its worker pods' logs kept in
+    ``logs``), yielded as a :class:`CiRelease` once its Redis and reconciler are Ready."""
+    with placed(cluster, real_node, name, CI_VALUES, volumes={f"{name}-redis": "1Gi"}, kind=CiRelease,
+                timeout=120, logs=logs) as found:
+        wait_for(lambda: found.ready("app.kubernetes.io/component=redis")
+                 and found.ready("app.kubernetes.io/component=reconciler"), 300,
+                 f"the {name} release's Redis and reconciler Ready on the real node", explain=found.scaling)
+        yield found
+
+
+@contextmanager
+def environment(run_dir: Path = RUN_DIR):
+    """The control plane and KEDA (:mod:`cluster`), the real node (:mod:`node`) and release
+    :data:`harness.RELEASE` of values/ci.yaml on it (:func:`ci_on_the_node`, its worker pods' logs
+    in ``run_dir/pods``); on exit all stopped in reverse, whatever the node left removed."""
+    from .cluster import E2ECluster
+    from .node import RealNode
+
+    # A SIGTERM (a CI timeout, a Ctrl-C'd make) must still run the teardown below.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    cluster = E2ECluster(run_dir / "cluster")
+    # pytest-kubernetes runs the kubectl it finds on PATH: the one built with the control plane.
+    os.environ["PATH"] = f"{cluster.bins['kubectl'].parent}{os.pathsep}{os.environ['PATH']}"
+    try:
+        cluster.start()
+        node = RealNode(cluster, run_dir / "node")
+        try:
+            node.start()
+            shutil.rmtree(run_dir / "pods", ignore_errors=True)  # an earlier run's logs
+            with ci_on_the_node(cluster, node, RELEASE, logs=run_dir / "pods") as release:
+                yield release
+        finally:
+            node.stop()
+    finally:
+        cluster.stop()
+
+
 def on_the_node(values: dict) -> dict:
     """``values`` with every pod placed on the real node and the chart's Redis from the stand-in image."""
     return merge(merge(values, PLACEMENT), {"redis": {"image": REDIS_STANDIN}})
@@ -103,12 +209,12 @@ def on_the_node(values: dict) -> dict:
 @contextmanager
 def placed(cluster, real_node, name: str, values: dict, volumes: dict[str, str] | None = None,
            kind: type[PlacedRelease] = PlacedRelease, timeout: float = 180,
-           secrets: dict[str, dict[str, str]] | None = None):
+           secrets: dict[str, dict[str, str]] | None = None, logs: Path | None = None):
     """Release ``name`` of the chart in namespace ``name`` with ``values`` (see :func:`on_the_node`),
     after a ``hostPath`` PersistentVolume on the real node for each of ``volumes`` (name: size) and
     a generic Secret in the namespace for each of ``secrets`` (name: {key: value}, e.g. a password
     the values name in ``existingSecret``); yields a ``kind``, its pods followed by a
-    :class:`PodEvents`. On exit: uninstalled and its namespace deleted (the Secrets and the claim
+    :class:`PodEvents` (which keeps the worker pods' logs in ``logs``, if given). On exit: uninstalled and its namespace deleted (the Secrets and the claim
     the chart keeps on uninstall go with it); the volumes go with the node."""
     import helm_python as helm
     from kubernetes import client, config
@@ -124,8 +230,8 @@ def placed(cluster, real_node, name: str, values: dict, volumes: dict[str, str] 
     hc = helm.Config(kubeconfig_path=str(cluster.kubeconfig), namespace=name)
     chart = helm.Chart.load(ROOT / "charts" / "celery-autoscale")
     api = client.CoreV1Api(config.new_client_from_config(str(cluster.kubeconfig)))
-    names = ServiceAddresses(api, name, cluster_ips=True)
-    events = PodEvents(api, name).start()
+    names = ServiceAddresses(api, name)
+    events = PodEvents(api, name, logs).start()
     try:
         release = kind(cluster, real_node, hc, chart, name, name, on_the_node(values), events)
         hc.install(chart, name, release.values, namespace=name, timeout=timeout)
@@ -139,18 +245,21 @@ def placed(cluster, real_node, name: str, values: dict, volumes: dict[str, str] 
 
 
 class PodEvents:
-    """What happens to the pods of ``namespace``, as ``(time, pod, what)`` in :attr:`events` (the
-    shape the pod bridge records): ``started`` (its container running), ``sigterm`` (its deletion
-    began: the kubelet sends SIGTERM), ``exited`` (the pod gone). A thread follows them with
-    :func:`watching.list_and_watch`."""
+    """What happens to the pods of ``namespace``, as ``(time, pod, what)`` in :attr:`events`:
+    ``started`` (its container running), ``sigterm`` (its deletion began: the kubelet sends
+    SIGTERM), ``exited`` (the pod gone). A thread follows them with :func:`watching.list_and_watch`.
+    With ``logs`` (a folder), each worker pod's log is followed from its start to its container's
+    end into ``logs/<pod>.log``: the kubelet deletes a pod's log with the pod."""
 
-    def __init__(self, api, namespace: str):
-        self.api, self.namespace = api, namespace
+    def __init__(self, api, namespace: str, logs: Path | None = None):
+        self.api, self.namespace, self.logs = api, namespace, logs
         self.events: list[tuple[float, str, str]] = []
         self._seen: set[tuple[str, str]] = set()  # (pod uid, what)
         self._live: dict[str, str] = {}  # uid -> name
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True, name=f"pod-events-{namespace}")
+        if logs:
+            logs.mkdir(parents=True, exist_ok=True)
 
     def start(self) -> PodEvents:
         self._thread.start()
@@ -159,6 +268,17 @@ class PodEvents:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(timeout=15)
+
+    def alive(self, prefix: str) -> tuple[int, int]:
+        """``(running, terminating)``: pods named ``prefix*`` whose container runs, not being
+        deleted / being deleted and not yet gone."""
+        last = {pod: what for _, pod, what in list(self.events) if pod.startswith(prefix)}
+        return sum(w == "started" for w in last.values()), sum(w == "sigterm" for w in last.values())
+
+    def log_lines(self, prefix: str) -> list[str]:
+        """Every line the worker pods named ``prefix*`` logged so far (see ``logs``)."""
+        return [line for path in sorted(self.logs.glob(f"{prefix}*.log"))
+                for line in path.read_text(errors="replace").splitlines()]
 
     def _loop(self) -> None:
         list_and_watch(self.api, self.namespace, "", self._listed, self._handle, self._stop)
@@ -177,11 +297,30 @@ class PodEvents:
             return
         self._live[uid] = name
         if any(s.state and s.state.running for s in pod.status.container_statuses or []):
-            self._add(uid, name, "started")
+            if self._add(uid, name, "started") and self.logs and \
+                    (pod.metadata.labels or {}).get("app.kubernetes.io/component") == "worker":
+                threading.Thread(target=self._follow, args=(name, pod.spec.containers[0].name), daemon=True,
+                                 name=f"log-{name}").start()
         if pod.metadata.deletion_timestamp is not None:
             self._add(uid, name, "sigterm")
 
-    def _add(self, uid: str, name: str, what: str) -> None:
-        if (uid, what) not in self._seen:
-            self._seen.add((uid, what))
-            self.events.append((time.time(), name, what))
+    def _add(self, uid: str, name: str, what: str) -> bool:
+        """Record ``what`` once per pod; True if it is new."""
+        if (uid, what) in self._seen:
+            return False
+        self._seen.add((uid, what))
+        self.events.append((time.time(), name, what))
+        return True
+
+    def _follow(self, pod: str, container: str) -> None:
+        """Copy the log of ``pod``'s ``container`` until the container ends (the stream closes)."""
+        try:
+            stream = self.api.read_namespaced_pod_log(pod, self.namespace, container=container, follow=True,
+                                                      _preload_content=False)
+            with open(self.logs / f"{pod}.log", "ab") as out:
+                for chunk in stream.stream(65536):
+                    out.write(chunk)
+                    out.flush()
+        except Exception as exc:  # the pod gone before its log was asked for: what it logged is lost
+            with open(self.logs / f"{pod}.log", "a") as out:
+                out.write(f"# log follower: {type(exc).__name__}: {exc}\n")

@@ -1,10 +1,8 @@
 """Autoscaling on a real control plane with the real KEDA, closed by real workers (`make e2e`).
 
-Release ``ci`` in namespace ``ci``: values/ci.yaml with the chart's own Redis instead of the
-host's, every pod run by the real node's kubelet from the images `make image` built (see
-:mod:`releases`); KEDA, on the host, reads that Redis by its Service's name. The workers' CPU
-requests are lowered so that the cap of every queue fits the 2-core node (cpu asks for a whole
-core per replica by default).
+Release ``ci`` in namespace ``ci`` (the session's, :func:`releases.environment`): values/ci.yaml,
+the chart's own Redis, every pod run by the real node's kubelet from the images `make image`
+built; KEDA, on the host, reads that Redis by its Service's name.
 
 values/ci.yaml: cpu concurrency 1, io 4, mixed 2 (so listLength 1, 4 and 2); maxReplicaCount 4;
 pollingInterval 2 s, cooldownPeriod 10 s, scale-down stabilization window 5 s; HPA sync 2 s.
@@ -13,93 +11,26 @@ pollingInterval 2 s, cooldownPeriod 10 s, scale-down stabilization window 5 s; H
 from __future__ import annotations
 
 import datetime
-import functools
 import json
 import os
+import secrets
 import signal
 import time
 
 import pytest
 import redis
 from celery import Celery
-from tests.e2e.harness import (CI_VALUES, KUBECONFIG, NAMESPACE, QUEUES, RELEASE, condition, merge, queue_backlog,
+from tests.e2e.harness import (CI_VALUES, KUBECONFIG, QUEUES, RUN_DIR, condition, merge, queue_backlog,
                                scale_down_with_busy_and_idle_pods, wait_for, worker)
-from tests.e2e.releases import PlacedRelease, placed
+from tests.e2e.releases import placed
 
-import celery_autoscale
-from celery_autoscale import backlog, settings_of
+from celery_autoscale import backlog
 from celery_autoscale.keys import in_flight_key
 
 pytestmark = [pytest.mark.e2e, pytest.mark.k8s(provider="external", k8s_kubeconfig=str(KUBECONFIG))]
 
-SMALL = {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": "512Mi"}}
-VALUES = merge({key: value for key, value in CI_VALUES.items() if key != "redis"}, {
-    "redis": {"persistence": {"size": "1Gi"}},
-    "workerDefaults": {"resources": SMALL},
-    "queues": {queue: {"resources": SMALL} for queue in QUEUES},
-})
 
-
-class ScalingRelease(PlacedRelease):
-    """Release ``ci`` on the real node, read as the tests of this module read it."""
-
-    def client(self) -> redis.Redis:
-        return redis.Redis.from_url(self.redis_url)
-
-    def producer(self) -> Celery:
-        """A plain Celery producer with the runtime (it names every task's queue)."""
-        return celery_autoscale.install(Celery("producer", broker=self.redis_url, backend=self.redis_url), environ={})
-
-    @functools.cached_property
-    def _settings(self):
-        return settings_of(self.producer())
-
-    def settings(self):
-        """The runtime's settings (the chart's: Celery's and kombu's defaults)."""
-        return self._settings
-
-    def replicas(self, queue: str) -> int:
-        """What the queue's Deployment asks for (``spec.replicas``, set by KEDA and the HPA)."""
-        self.cluster.keda_alive()
-        return self.deployment_replicas(worker(queue))
-
-    def explain(self, queue: str) -> str:
-        """The ScaledObject's and the HPA's view of ``queue``, and the pods, for a failure message."""
-        so = self.get("scaledobject", worker(queue)).get("status", {})
-        hpa = self.get("hpa", worker(queue)).get("status", {})
-        return json.dumps({"replicas": self.replicas(queue), "scaledobject": so, "hpa": hpa,
-                           "events": self.events[-10:]}, indent=1, default=str) + "\n" + self.scaling()
-
-    def upgrade(self, values: dict, timeout: float = 120) -> None:
-        """``helm upgrade`` with :data:`VALUES` and ``values`` merged over them."""
-        super().upgrade(merge(VALUES, values), timeout)
-
-
-@pytest.fixture(scope="module")
-def scaling(release, real_node):
-    with placed(release.cluster, real_node, RELEASE, VALUES, volumes={"ci-redis": "1Gi"}, kind=ScalingRelease,
-                timeout=120) as found:
-        wait_for(lambda: found.ready("app.kubernetes.io/component=redis")
-                 and found.ready("app.kubernetes.io/component=reconciler"), 300,
-                 "the ci release's Redis and reconciler Ready on the real node", explain=found.scaling)
-        yield found
-
-
-@pytest.fixture
-def idle(scaling):
-    """Every queue empty and at its minimum (0) before a test starts."""
-    wait_for(lambda: all(queue_backlog(scaling, q) == 0 and scaling.replicas(q) == 0 for q in QUEUES), 180,
-             "all queues idle at zero replicas", explain=lambda: "\n".join(scaling.explain(q) for q in QUEUES))
-    return scaling
-
-
-@pytest.fixture
-def producer(scaling):
-    return scaling.producer()
-
-
-def test_install_makes_every_scaledobject_ready_with_one_hpa_each(scaling, kube):
-    release = scaling
+def test_install_makes_every_scaledobject_ready_with_one_hpa_each(release, kube):
     for queue in QUEUES:
         scaled = wait_for(lambda: (so := release.get("scaledobject", worker(queue)))
                           and condition(so, "Ready").get("status") == "True" and so, 120, f"{queue} ScaledObject Ready")
@@ -183,12 +114,22 @@ def test_a_cron_window_holds_desired_replicas_with_an_empty_queue(idle):
              explain=lambda: release.explain("mixed"))
 
 
+def on_a_host_redis(release, port: int, password: str, queues: dict) -> dict:
+    """values/ci.yaml for a second release beside ``ci`` (on KWOK's node: only its ScaledObject and
+    replicas matter) whose Redis is a ``redis-server`` on this host's loopback at ``port``, KEDA's
+    view of it, with ``password`` in the Secret ``host-redis`` (created in ``ci``'s namespace)."""
+    release.cluster.apply({"apiVersion": "v1", "kind": "Secret", "type": "Opaque", "stringData": {"password": password},
+                           "metadata": {"name": "host-redis", "namespace": release.namespace}})
+    return merge(CI_VALUES, {"redis": {"enabled": False, "external": {"host": "127.0.0.1", "port": port},
+                                       "auth": {"existingSecret": "host-redis", "existingSecretPasswordKey": "password"}},
+                             "queues": queues})
+
+
 def test_a_wrong_redis_address_is_a_condition_not_a_crash_and_the_others_keep_scaling(release, idle, producer):
-    """A second release of the chart (beside the bridged one, on KWOK's node: only its ScaledObject
-    matters) with a wrong Redis address: KEDA cannot build its scalers and says so on the
-    ScaledObject; KEDA keeps running and the release on the real node keeps scaling."""
-    values = merge(CI_VALUES, {"redis": {"external": {"port": 1}}, "queues": {"cpu": None, "mixed": None}})
-    release.helm.install(release.chart, "broken", values, namespace=NAMESPACE, timeout=120)
+    """A second release of the chart with a wrong Redis address: KEDA cannot build its scalers and
+    says so on the ScaledObject; KEDA keeps running and release ``ci`` keeps scaling."""
+    values = on_a_host_redis(release, 1, secrets.token_hex(16), {"cpu": None, "mixed": None})
+    release.helm.install(release.chart, "broken", values, namespace=release.namespace, timeout=120)
     try:
         broken = wait_for(lambda: (so := release.get("scaledobject", "broken-celery-autoscale-worker-io"))
                           and condition(so, "Ready").get("status") == "False" and so, 90, "broken io not Ready")
@@ -205,9 +146,9 @@ def test_a_wrong_redis_address_is_a_condition_not_a_crash_and_the_others_keep_sc
 
 
 def test_a_redis_that_stops_answering_is_reported_and_never_scales_workers_away(release):
-    """A release (beside the bridged one, on KWOK's node: its ScaledObject and replicas are what
-    matter) whose Redis, on this host, goes away: KEDA reports the failure and the workers keep their
-    replicas (never scaled to zero on a backlog nobody can read); KEDA keeps running.
+    """A second release of the chart whose Redis, on this host, goes away: KEDA reports the failure
+    and the workers keep their replicas (never scaled to zero on a backlog nobody can read); KEDA
+    keeps running.
 
     Measured with KEDA v2.20.2: its Redis scaler pings when it is built, and KEDA rebuilds a
     failing scaler, so while Redis is down the ScaledObject is not Ready and the HPA, without a
@@ -215,12 +156,11 @@ def test_a_redis_that_stops_answering_is_reported_and_never_scales_workers_away(
     """
     from loadgen.stack import LocalStack
 
-    with LocalStack(release.redis.workdir.parent / "doomed-redis", redis_password=release.redis.redis_password) as doomed:
+    with LocalStack(RUN_DIR / "doomed-redis", redis_password=secrets.token_hex(16)) as doomed:
         doomed.start_redis()
-        values = merge(CI_VALUES, {"redis": {"external": {"port": doomed.redis_port}},
-                                   "queues": {"cpu": None, "mixed": None,
-                                              "io": {"autoscaling": {"minReplicaCount": 1}}}})
-        release.helm.install(release.chart, "doomed", values, namespace=NAMESPACE, timeout=120)
+        values = on_a_host_redis(release, doomed.redis_port, doomed.redis_password,
+                                 {"cpu": None, "mixed": None, "io": {"autoscaling": {"minReplicaCount": 1}}})
+        release.helm.install(release.chart, "doomed", values, namespace=release.namespace, timeout=120)
         name = "doomed-celery-autoscale-worker-io"
         try:
             wait_for(lambda: condition(release.get("scaledobject", name), "Ready").get("status") == "True", 90,
@@ -300,12 +240,13 @@ def test_a_users_own_app_in_its_own_image_scales_from_zero_on_a_prioritized_burs
     app path, a Celery queue name that is not a Kubernetes name, kombu's default priority lists, and
     a producer with Celery's defaults (no runtime). Its release has the chart's own Redis."""
     name = "plain"
-    values = merge(VALUES, {
+    values = merge(CI_VALUES, {
         "image": {"repository": "localhost/celery-autoscale/plainapp", "tag": "test"},
         # The release's own Redis by its Service's name; the runtime adds the password (from its file).
         "celery": {"app": "myproject.celery:app", "resultBackend": f"redis://{name}-celery-autoscale-redis:6379/0"},
         "queues": {"cpu": None, "io": None, "mixed": None,
-                   "reports": {"queue": "reports.daily", "concurrency": 2, "resources": SMALL}},
+                   "reports": {"queue": "reports.daily", "concurrency": 2,
+                               "resources": CI_VALUES["workerDefaults"]["resources"]}},
     })
     with placed(release.cluster, real_node, name, values, volumes={"plain-redis": "1Gi"}) as plain:
         deployment = f"{plain.fullname}-worker-reports"

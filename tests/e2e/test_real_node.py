@@ -11,8 +11,6 @@ counter, which an acknowledgement adds to once per run).
 The release starts with autoscaling off, so each test knows its worker pod; the last test turns it
 on and KEDA (on the host, where ``/etc/hosts`` names the release's Services by their ClusterIPs,
 see :mod:`tests.e2e.services`) scales the queue's pods on this node from zero and back.
-
-Not here yet (issue 18): the other scenarios still run on KWOK's nodes with the pod bridge.
 """
 
 from __future__ import annotations

@@ -48,7 +48,7 @@ def test_loadgen_shows_the_worker_deployments_replicas_from_the_kubernetes_api(r
         [sys.executable, "-m", "loadgen", "burst", "--count", "16", "--queues", "io", "--size-bytes", "0",
          "--wait-seconds", "6", "--wait", "--json", "--release", RELEASE, "--namespace", NAMESPACE,
          "--kubeconfig", str(KUBECONFIG), "--timeline", str(tmp_path / "t.json"), "--plot", str(tmp_path / "t.png")],
-        env=release.redis.process_env(), capture_output=True, text=True, timeout=300)
+        env=release.process_env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     summary = json.loads(done.stdout.splitlines()[-1])
     assert summary["lost"] == 0

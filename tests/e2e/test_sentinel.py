@@ -25,7 +25,6 @@ pytestmark = [pytest.mark.e2e, pytest.mark.k8s(provider="external", k8s_kubeconf
 
 RELEASE = "sentinel"
 DEPLOYMENT = f"{RELEASE}-celery-autoscale-worker-io"
-SMALL = {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": "512Mi"}}
 
 
 def explain(release, sentinels, settings) -> str:
@@ -57,8 +56,7 @@ def test_a_release_behind_redis_sentinel_scales_on_the_masters_lists_from_zero_a
     values = merge({key: value for key, value in CI_VALUES.items() if key != "redis"}, {
         "redis": {"enabled": False, "auth": {"enabled": True, "existingSecret": "sentinel-redis",
                                              "existingSecretPasswordKey": "password"}},
-        "workerDefaults": {"resources": SMALL},
-        "queues": {"cpu": None, "mixed": None, "io": {"resources": SMALL}}})
+        "queues": {"cpu": None, "mixed": None}})
     with LocalStack(tempfile.mkdtemp(prefix="sentinel-set-", dir=RUN_DIR)) as stack:
         sentinels = SentinelSet(stack, host=GATEWAY).start()
         values["redis"]["external"] = {"sentinel": {"enabled": True, "masterName": MASTER,
