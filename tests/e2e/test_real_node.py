@@ -54,14 +54,17 @@ VALUES = {
                        "probes": {"heartbeatInterval": 2,
                                   "liveness": {"maxAge": 10, "periodSeconds": 5, "failureThreshold": 2}},
                        "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": "400Mi"}}},
-    "queues": {"cpu": None, "mixed": None, "io": {"pool": "prefork", "concurrency": 2}},
+    # io's workers are the tests' own; mixed's one worker runs the threads pool beside them.
+    "queues": {"cpu": None, "mixed": {"pool": "threads", "concurrency": 2},
+               "io": {"pool": "prefork", "concurrency": 2}},
 }
 DEPLOYMENT = f"{FULLNAME}-worker-io"
 DELETION_COST = "controller.kubernetes.io/pod-deletion-cost"
 #: The io queue scaled by KEDA as ci.yaml scales it (short windows), to at most 3 replicas.
 AUTOSCALED = {"autoscaling": {**CI_VALUES["workerDefaults"]["autoscaling"], "enabled": True, "maxReplicaCount": 3}}
-#: The release's pods that run the app image, by component (the workers are the tests' own).
-APP_COMPONENTS = ("worker", "flower", "reconciler", "beat")
+#: The release's pods that run the app image, one each, by what they are: selector.
+APP_PODS = {"prefork worker": WORKERS, "threads worker": "app.kubernetes.io/component=worker,celery-autoscale/queue=mixed",
+            **{c: f"app.kubernetes.io/component={c}" for c in ("flower", "reconciler", "beat")}}
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +72,8 @@ def node(release, real_node):
     """The ``node`` release installed and its pods Ready on the real node."""
     with placed(release.cluster, real_node, RELEASE, VALUES, volumes={"node-redis": "1Gi"}, kind=NodeRelease,
                 timeout=120) as found:
-        wait_for(lambda: all(found.ready(f"app.kubernetes.io/component={c}") for c in ("redis", *APP_COMPONENTS)), 300,
+        wait_for(lambda: all(found.ready(selector) for selector in ("app.kubernetes.io/component=redis",
+                                                                    *APP_PODS.values())), 300,
                  "the node release's pods Ready on the real node",
                  explain=lambda: found.kubectl("get", "pods,pvc", "-o", "wide").stdout)
         yield found
@@ -165,11 +169,11 @@ def send(producer, count: int, **kwargs):
 
 
 def test_the_kubelet_runs_the_chart_under_its_security_context_and_tasks_reach_redis_by_its_service_name(node):
-    """Probes passed (the pods are Ready); the worker (prefork), Flower, the reconciler and beat each
-    run as 10001 on a read-only root with no capabilities, with the password from the mounted Secret
+    """Probes passed (the pods are Ready); the workers (prefork and threads), Flower, the reconciler
+    and beat each run as 10001 on a read-only root with no capabilities, with the password from the mounted Secret
     file and never in their environment; and 40 tasks sent to the Redis Service run once each."""
-    for component in APP_COMPONENTS:
-        (pod,) = node.ready(f"app.kubernetes.io/component={component}")
+    for component, selector in APP_PODS.items():
+        (pod,) = node.ready(selector)
         assert node.exec(pod, "id", "-u") == (0, "10001\n"), component
         code, out = node.exec(pod, "touch", "/x")
         assert code != 0 and "Read-only file system" in out, (component, out)
