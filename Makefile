@@ -57,7 +57,7 @@ bench: $(VENV)/.installed-test  ## the benchmarks, one JSON line each
 bench-e2e: system-deps node-deps $(VENV)/.installed-e2e e2e-build image  ## which pods a scale-down removes, on the real control plane, one JSON line
 	$(PY) -m bench.deletion_cost
 
-report: system-deps node-deps $(VENV)/.installed-e2e e2e-build image  ## the scaling analysis: docs/scaling-report.md, bench/results/scaling.json (~30 min warm)
+report: system-deps node-deps $(VENV)/.installed-e2e e2e-build image  ## the scaling analysis: docs/scaling-report.md, bench/results/scaling.json (~1 h warm)
 	$(PY) -m bench.scaling_report
 
 demo-cluster: system-deps node-deps $(VENV)/.installed-e2e e2e-build image  ## the demo's burst and ramp on a real control plane + KEDA, replicas live
