@@ -80,6 +80,30 @@ def test_the_run_time_is_learnt_from_runs_seen_ending_and_survives_a_reconciler_
     assert resumed.processes == 5
 
 
+def test_a_queue_whose_tasks_got_shorter_is_sized_for_them_after_a_few_dozen_runs(fresh_stack):
+    """After 30 s runs, 6 tasks/s of 0.3 s: a minute of time smoothing alone would still have the run
+    time near 11 s (λ·R some 66 processes); counted by runs, 60 runs (10 s) bring it under 2 s, and
+    the queue back to the few processes its arrivals keep busy."""
+    client, now = fresh_stack.client(), [1000.0]
+    stats = stats_key("io")
+    client.hset(stats, mapping={"runs": 0, "run_seconds": 0.0})
+    sizer = QueueSizer("io", 5, settings(fresh_stack), clock=lambda: now[0])
+    sizer.read(client)
+    for _ in range(3):  # 30 s tasks, one ending every 10 s
+        now[0] += 10
+        client.hincrby(stats, "runs", 1)
+        client.hincrbyfloat(stats, "run_seconds", 30.0)
+        sizer.read(client)
+    assert sizer.read(client).run_seconds == pytest.approx(30.0)
+    for _ in range(10):  # 6 runs of 0.3 s a second, read every second
+        now[0] += 1
+        client.hincrby(stats, "runs", 6)
+        client.hincrbyfloat(stats, "run_seconds", 6 * 0.3)
+        found = sizer.read(client)
+    assert found.run_seconds < 2.0
+    assert found.processes <= 12, found
+
+
 def test_the_reconciler_serves_the_desired_processes_from_a_plain_apps_tasks(plain_stack):
     """A plain producer (no ``published_at``) sends 12 tasks of 0.5 s to ``reports.daily``; one plain
     worker of 2 threads runs them. The reconciler's /metrics, at each scrape: the queue latency
