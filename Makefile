@@ -6,8 +6,8 @@ PY     := $(VENV)/bin/python
 SYSTEM_PACKAGES := redis-server redis-sentinel chromium prometheus
 # Debian packages `make image` builds with: podman (with runc, not crun), and mmdebstrap for the stand-in bases.
 IMAGE_PACKAGES := podman runc mmdebstrap
-# Debian packages of the e2e's real node (tests/e2e/node.py): its container runtime, the CNI plugins, conntrack for kube-proxy.
-NODE_PACKAGES := containerd containernetworking-plugins conntrack socat
+# Debian packages of the e2e's real node (tests/e2e/node.py): its container runtime, the CNI plugins, conntrack for kube-proxy, ipset for kube-router.
+NODE_PACKAGES := containerd containernetworking-plugins conntrack socat ipset
 
 # checkov (the chart's security scan) pins libraries that clash with pytest's: its own venv.
 CHECKOV_VENV := .venv-checkov
@@ -39,7 +39,7 @@ $(CHECKOV_VENV)/bin/checkov:
 test: system-deps $(VENV)/.installed-test $(CHECKOV_VENV)/bin/checkov  ## the whole test suite on real processes
 	CHECKOV=$(CHECKOV_VENV)/bin/checkov $(PY) -m pytest -m "not e2e"
 
-e2e-build:  ## build the control plane and KEDA from their Go modules (cached in E2E_CACHE)
+e2e-build:  ## build the control plane, the node's commands and KEDA from their Go modules (cached in E2E_CACHE)
 	tests/e2e/build.sh
 
 image: image-deps  ## the chart's images with podman: the Dockerfile's app image and stand-in bases (cached), one JSON line each
@@ -86,7 +86,7 @@ image-deps:  ## the same for the image build's packages
 	$(call install-missing,$(IMAGE_PACKAGES))
 
 node-deps:  ## the same for the real node's packages (the CNI plugins are no command: their bridge plugin is looked for)
-	@if command -v containerd >/dev/null && command -v conntrack >/dev/null && command -v socat >/dev/null && [ -x /usr/lib/cni/bridge ]; then exit 0; fi; \
+	@if command -v containerd >/dev/null && command -v conntrack >/dev/null && command -v socat >/dev/null && command -v ipset >/dev/null && [ -x /usr/lib/cni/bridge ]; then exit 0; fi; \
 	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 		echo "installing: $(NODE_PACKAGES)"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(NODE_PACKAGES) >/dev/null; \
 	else echo "please install the Debian packages: $(NODE_PACKAGES)"; exit 1; fi

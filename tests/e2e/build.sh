@@ -2,10 +2,11 @@
 # Build the real control plane and KEDA from their Go modules into a cache outside the
 # repository, skipping whatever the cache already holds for the recorded versions.
 #
-#   tests/e2e/build.sh [component ...]     components: kube etcd kwok keda node coredns (default: all)
+#   tests/e2e/build.sh [component ...]     components: kube etcd kwok keda node coredns kube-router
+#                                          (default: all)
 #
 # node: the kubelet and kube-proxy (the real node of tests/e2e/node.py), from kube's wrapper module;
-# coredns: its cluster DNS.
+# coredns: its cluster DNS; kube-router: its NetworkPolicy enforcement.
 #
 # Cache: $E2E_CACHE (default ~/.cache/celery-autoscale-e2e); binaries in $E2E_CACHE/bin/<version>/.
 # Each component is built in a wrapper module of its own under $E2E_CACHE/src, so an
@@ -17,7 +18,7 @@ source "$here/versions.env"
 cache="${E2E_CACHE:-$HOME/.cache/celery-autoscale-e2e}"
 export GOFLAGS="${GOFLAGS:--mod=mod}" CGO_ENABLED=0
 components=("$@")
-[ ${#components[@]} -gt 0 ] || components=(kube etcd kwok keda node coredns)
+[ ${#components[@]} -gt 0 ] || components=(kube etcd kwok keda node coredns kube-router)
 
 say() { printf '[e2e-build %(%H:%M:%S)T] %s\n' -1 "$*"; }
 mkdir -p "$cache"
@@ -175,6 +176,19 @@ GO
   quiet go mod tidy
   mkdir -p "$out.tmp"
   quiet go build -trimpath -ldflags "-s -w" -o "$out.tmp/coredns" .
+  rm -rf "$out" && mv "$out.tmp" "$out"
+}
+
+build_kube-router() {
+  # kube-router's NetworkPolicy controller (the node runs only that part of it): its module has
+  # no replace directives, so go install builds it as released.
+  local out="$cache/bin/kube-router-$KUBE_ROUTER_VERSION"
+  if [ -x "$out/kube-router" ]; then say "kube-router $KUBE_ROUTER_VERSION: cached"; return; fi
+  say "kube-router $KUBE_ROUTER_VERSION: building"
+  mkdir -p "$out.tmp"
+  GOBIN="$out.tmp" quiet go install -trimpath \
+    -ldflags "-s -w -X github.com/cloudnativelabs/kube-router/v2/pkg/version.Version=$KUBE_ROUTER_VERSION" \
+    "github.com/cloudnativelabs/kube-router/v2/cmd/kube-router@$KUBE_ROUTER_VERSION"
   rm -rf "$out" && mv "$out.tmp" "$out"
 }
 

@@ -10,6 +10,13 @@ KWOK's fake ones. Everything on it is real and runs on this machine:
   ``make image`` are imported into it; nothing is pulled (no registry is reachable).
 - **the kubelet** and **kube-proxy** (iptables mode), built by ``build.sh`` from the control
   plane's own Kubernetes module and version, with the cluster's admin kubeconfig.
+- **NetworkPolicies enforced** by kube-router's policy controller alone (``--run-firewall``; its
+  router and service proxy stay off), built by ``build.sh`` from its Go module: iptables chains
+  and ipsets (Debian's ``ipset``) per pod of this node. As in any kube-router cluster, traffic
+  from the node itself (the host: KEDA, the tests, kubelet probes) is always admitted.
+  kube-network-policies (sigs.k8s.io) would be the smaller choice, but it hands packets to user
+  space with nftables' ``queue`` expression, which this kernel lacks (``CONFIG_NFT_QUEUE`` is not
+  set: ``nft add rule ... queue num 100`` fails with "No such file or directory").
 - **pod networking**: Debian's CNI ``bridge`` and ``host-local`` plugins on a bridge of the
   harness's own, :data:`BRIDGE`, whose address :data:`GATEWAY` is the node's (the kubelet refuses
   a loopback node address). Pod addresses (:data:`POD_CIDR`) and Service addresses exist only on
@@ -27,7 +34,7 @@ KWOK's fake ones. Everything on it is real and runs on this machine:
 The node carries the taint :data:`TAINT` and the label ``kubernetes.io/hostname: real-node``: only
 pods that select it and tolerate the taint run there (:data:`PLACEMENT`); KWOK's nodes keep the
 rest. :meth:`RealNode.stop`, and :meth:`RealNode.start` before anything else, remove what a node
-leaves: containers and their shims, mounts, the bridge, routes, iptables chains, cgroups.
+leaves: containers and their shims, mounts, the bridge, routes, iptables chains, ipsets, cgroups.
 """
 
 from __future__ import annotations
@@ -65,7 +72,9 @@ REDIS_STANDIN = {"repository": "localhost/celery-autoscale/redis-standin", "tag"
 IMAGES = ("pause", "redis-standin", "app", "plainapp")
 PAUSE_IMAGE = f"localhost/celery-autoscale/pause:{versions()['KUBERNETES_VERSION']}"
 CNI_BIN = Path("/usr/lib/cni")
-PROCESSES = ("kube-proxy", "kubelet", "coredns", "socat", "containerd")
+PROCESSES = ("kube-router", "kube-proxy", "kubelet", "coredns", "socat", "containerd")
+#: Name prefixes of the ipsets kube-router's policy controller makes (pkg/controllers/netpol, pkg/utils/ipset.go).
+IPSET_PREFIXES = ("KUBE-SRC-", "KUBE-DST-", "TMP-", "inet6:KUBE-")
 #: Kernel settings the node changes: forwarding (this harness), and those the kubelet sets to its
 #: liking at start (``protectKernelDefaults: false``; pkg/kubelet/cm/container_manager_linux.go,
 #: setupKernelTunables). Their values before the first start are kept in a file beside the node's
@@ -81,13 +90,15 @@ def node_binaries() -> dict[str, Path]:
     kube = bin_dir / f"kubernetes-{v['KUBERNETES_VERSION']}"
     paths = {"kubelet": kube / "kubelet", "kube-proxy": kube / "kube-proxy",
              "coredns": bin_dir / f"coredns-{v['COREDNS_VERSION']}" / "coredns",
+             "kube-router": bin_dir / f"kube-router-{v['KUBE_ROUTER_VERSION']}" / "kube-router",
+             "ipset": Path(shutil.which("ipset") or "/usr/sbin/ipset"),
              "containerd": Path(shutil.which("containerd") or "/usr/bin/containerd"),
              "ctr": Path(shutil.which("ctr") or "/usr/bin/ctr"),
              "socat": Path(shutil.which("socat") or "/usr/bin/socat")}
     missing = [name for name, path in paths.items() if not path.exists()]
     if missing:
         raise FileNotFoundError(f"not built or installed: {', '.join(missing)}; run tests/e2e/build.sh and "
-                                "apt-get install containerd containernetworking-plugins conntrack socat")
+                                "apt-get install containerd containernetworking-plugins conntrack socat ipset")
     return paths
 
 
@@ -139,8 +150,8 @@ class RealNode:
 
     # -- start ----------------------------------------------------------------------------------
     def start(self) -> None:
-        """Network, containerd with the images, CoreDNS, the kubelet and kube-proxy; returns once the
-        node is Ready."""
+        """Network, containerd with the images, CoreDNS, the kubelet, kube-proxy and kube-router;
+        returns once the node is Ready."""
         self.clean()
         self.workdir.mkdir(parents=True, exist_ok=True)
         self._network()
@@ -150,6 +161,7 @@ class RealNode:
         self._kubelet()
         self._kube_proxy()
         self._wait(self._ready, 180, f"node {NAME}")
+        self._kube_router()
 
     def _network(self) -> None:
         self.sysctls.write_text(json.dumps({name: (Path("/proc/sys") / name).read_text().strip() for name in SYSCTLS}))
@@ -161,7 +173,7 @@ class RealNode:
         run("ip", "link", "set", BRIDGE, "up")
         run("ip", "route", "replace", self.service_cidr, "dev", BRIDGE, "src", GATEWAY)
         for rule in self._forward_guard():
-            run("iptables", "-I", "FORWARD", "1", *rule)
+            run("iptables", "-t", "mangle", "-I", "FORWARD", "1", *rule)
         Path("/proc/sys/net/ipv4/ip_forward").write_text("1")
         cni = self.workdir / "cni"
         cni.mkdir(parents=True, exist_ok=True)
@@ -188,7 +200,9 @@ class RealNode:
 
     @staticmethod
     def _forward_guard() -> list[list[str]]:
-        """FORWARD rules: nothing crosses between the bridge and another interface."""
+        """FORWARD rules: nothing crosses between the bridge and another interface. They sit in the
+        ``mangle`` table, whose FORWARD hook runs before ``filter``'s: kube-router keeps its own
+        jump first in ``filter``'s FORWARD and accepts the traffic its policies admit there."""
         return [["-i", BRIDGE, "!", "-o", BRIDGE, "-j", "DROP", "-m", "comment", "--comment", "celery-e2e-guard"],
                 ["!", "-i", BRIDGE, "-o", BRIDGE, "-j", "DROP", "-m", "comment", "--comment", "celery-e2e-guard"]]
 
@@ -276,6 +290,17 @@ state = "{root / 'state'}"
                                    f"--healthz-bind-address=127.0.0.1:{free_port()}",
                                    "--conntrack-max-per-core", "0", "--v=1"])
 
+    def _kube_router(self) -> None:
+        """kube-router's NetworkPolicy controller for this node's pods (see the module docs)."""
+        self._spawn("kube-router", [str(self.bins["kube-router"]), "--kubeconfig", str(self.cluster.kubeconfig),
+                                    "--hostname-override", NAME, "--run-firewall=true", "--run-router=false",
+                                    "--run-service-proxy=false", "--run-loadbalancer=false", "--enable-cni=false",
+                                    "--health-port=0", "--metrics-port=0",
+                                    "--service-cluster-ip-range", self.service_cidr,
+                                    "--iptables-sync-period", "1m", "--v=1"])
+        self._wait(lambda: "KUBE-ROUTER-FORWARD" in run("iptables", "-S", "FORWARD", check=False).stdout, 60,
+                   "kube-router's policy chains")
+
     def _ready(self) -> bool:
         done = self.cluster.kubectl("get", "node", NAME, "-o", "json", check=False)
         if done.returncode != 0:
@@ -354,6 +379,9 @@ state = "{root / 'state'}"
             for rule in rules:
                 if rule.startswith("-N KUBE-"):
                     run("iptables", "-t", table, "-X", rule[3:], check=False)
+        for name in run(str(self.bins["ipset"]), "list", "-n", check=False).stdout.split():
+            if name.startswith(IPSET_PREFIXES):
+                run(str(self.bins["ipset"]), "destroy", name, check=False)
         run("ip", "link", "delete", BRIDGE, check=False)
         for route in json.loads(run("ip", "-j", "route", "show", "type", "unreachable", check=False).stdout or "[]"):
             if route.get("metric") == ROUTE_METRIC:

@@ -30,6 +30,7 @@ import redis
 from celery import Celery
 
 from tests.e2e.harness import CI_VALUES, KUBECONFIG, merge, wait_for
+from tests.e2e.node import PLACEMENT
 from tests.e2e.releases import PlacedRelease, placed
 
 from celery_autoscale.keys import stats_key
@@ -287,6 +288,55 @@ def test_helm_test_passes_with_its_job_on_the_real_node(node):
     node.helm.test(RELEASE, timeout=180)
     jobs = node.pods("app.kubernetes.io/component=helm-test")
     assert [p["spec"]["nodeName"] for p in jobs] == ["real-node"] and jobs[0]["status"]["phase"] == "Succeeded"
+
+
+#: Tries to open a TCP connection to host:port (argv 1, 2) for up to argv[3] seconds; prints the outcome.
+CONNECT = """
+import socket, sys, time
+host, port, deadline = sys.argv[1], int(sys.argv[2]), time.monotonic() + float(sys.argv[3])
+while True:
+    try:
+        socket.create_connection((host, port), timeout=2).close()
+        print("connected"); break
+    except OSError as error:
+        if time.monotonic() > deadline:
+            print(f"not connected: {error!r}"); break
+        time.sleep(1)
+"""
+
+
+def connect_from_pod(node, name: str, labels: dict, seconds: float = 20) -> str:
+    """What a pod of the app image labelled ``labels`` on the real node printed after trying
+    :data:`CONNECT` to the Redis Service's name for up to ``seconds``."""
+    (worker,) = node.pods()
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": NAMESPACE, "labels": labels},
+           "spec": {**PLACEMENT, "restartPolicy": "Never", "automountServiceAccountToken": False,
+                    "securityContext": worker["spec"]["securityContext"],
+                    "containers": [{"name": "connect", "image": worker["spec"]["containers"][0]["image"],
+                                    "imagePullPolicy": "IfNotPresent",
+                                    "securityContext": worker["spec"]["containers"][0]["securityContext"],
+                                    "command": ["python", "-c", CONNECT, f"{FULLNAME}-redis", "6379", str(seconds)]}]}}
+    node.cluster.apply(pod)
+    try:
+        wait_for(lambda: node.cluster.kubectl("get", "pod", "-n", NAMESPACE, name, "-o", "jsonpath={.status.phase}",
+                                              check=False).stdout in ("Succeeded", "Failed"),
+                 seconds + 60, f"pod {name} done")
+        return node.cluster.kubectl("logs", "-n", NAMESPACE, name).stdout.strip()
+    finally:
+        node.cluster.kubectl("delete", "pod", "-n", NAMESPACE, name, "--wait=false", check=False)
+
+
+def test_the_redis_network_policy_refuses_a_pod_outside_the_release_and_admits_the_release_s_own(node):
+    """kube-router, on the real node, enforces the chart's Redis NetworkPolicy: a pod of the app
+    image labelled as no component of the release gets no connection to Redis's Service in 20 s
+    (kube-router rejects what no policy admits: "Connection refused"), while the same pod labelled
+    as the release's helm test (one of the admitted peers) connects."""
+    outsider = connect_from_pod(node, "outsider", {"app": "outsider"})
+    admitted = connect_from_pod(node, "admitted", {"app.kubernetes.io/name": "celery-autoscale",
+                                                   "app.kubernetes.io/instance": RELEASE,
+                                                   "app.kubernetes.io/component": "helm-test"})
+    assert admitted == "connected", admitted
+    assert outsider.startswith("not connected"), outsider
 
 
 def test_keda_scales_the_queue_from_zero_with_pods_on_the_real_node_and_running_tasks_hold_them(node):
