@@ -54,7 +54,14 @@ def security_flags(pod: dict, container: dict) -> list[str]:
 @pytest.fixture
 def network():
     name = f"ca-images-{uuid.uuid4().hex[:8]}"
-    podman("network", "create", name)
+    for attempt in range(5):
+        # podman picks a free subnet from the host's routes and looks up each route's interface: a pod's
+        # veth that the real node removes meanwhile fails that ("route ip+net: no such network interface").
+        done = podman("network", "create", name, check=attempt == 4)
+        if done.returncode == 0:
+            break
+        print(f"podman network create: {done.stderr.strip()}; again")
+        time.sleep(2)
     containers: list[str] = []
     try:
         yield name, containers
