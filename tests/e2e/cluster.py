@@ -165,6 +165,13 @@ def write_certificates(folder: Path, names: list[str]) -> dict[str, Path]:
     return {name: folder / name for name in files}
 
 
+class KubectlError(subprocess.CalledProcessError):
+    """A kubectl that exited non-zero; its message ends with kubectl's stderr."""
+
+    def __str__(self) -> str:
+        return f"{super().__str__()}: {(self.stderr or '').strip()}"
+
+
 @dataclass
 class E2ECluster:
     """Start with :meth:`start`; the kubeconfig is :attr:`kubeconfig`."""
@@ -183,8 +190,12 @@ class E2ECluster:
 
     # -- helpers --------------------------------------------------------------------------
     def kubectl(self, *args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
-        return subprocess.run([str(self.bins["kubectl"]), "--kubeconfig", str(self.kubeconfig), *args],
-                              input=input, capture_output=True, text=True, check=check, env=self.env, timeout=120)
+        """``kubectl args`` on this cluster; with ``check``, a non-zero exit raises :class:`KubectlError`."""
+        done = subprocess.run([str(self.bins["kubectl"]), "--kubeconfig", str(self.kubeconfig), *args],
+                              input=input, capture_output=True, text=True, env=self.env, timeout=120)
+        if check and done.returncode != 0:
+            raise KubectlError(done.returncode, done.args, done.stdout, done.stderr)
+        return done
 
     def apply(self, *objects: dict, server_side: bool = False) -> None:
         args = ["apply", "-f", "-"] + (["--server-side", "--force-conflicts"] if server_side else [])
@@ -260,6 +271,9 @@ class E2ECluster:
         }
         path = self.workdir / "kwokctl.yaml"
         path.write_text(yaml.safe_dump_all([config, *kwok_stages()]))
+        # `kwokctl create cluster` resumes a cluster of the same name that a killed run left in the
+        # workdir (kwok pkg/kwokctl/cmd/create/cluster: "Cluster already exists"), its etcd and all.
+        self._delete_cluster()
         subprocess.run([str(b["kwokctl"]), "create", "cluster", "--name", CLUSTER_NAME, "--config", str(path),
                         "--kubeconfig", str(self.kubeconfig), "--wait", "120s"],
                        check=True, env=self.env, capture_output=True, text=True, timeout=300)
@@ -363,6 +377,9 @@ class E2ECluster:
                          "--wait=false", check=False)
         for name in ("keda-webhooks", "keda-adapter", "keda-operator"):
             terminate(self.procs.pop(name, None))
+        self._delete_cluster()
+
+    def _delete_cluster(self) -> None:
         subprocess.run([str(self.bins["kwokctl"]), "delete", "cluster", "--name", CLUSTER_NAME],
                        env=self.env, capture_output=True, text=True, timeout=120)
         shutil.rmtree(self.workdir / "kwok", ignore_errors=True)
