@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 SYSTEM_PACKAGES := redis-server redis-sentinel chromium prometheus
 # Debian packages `make image` builds with: podman (with runc, not crun), and mmdebstrap for the stand-in bases.
 IMAGE_PACKAGES := podman runc mmdebstrap
-# Debian packages of the e2e's real node (tests/e2e/node.py): its container runtime, the CNI plugins, conntrack for kube-proxy, ipset for kube-router.
+# Debian packages of the e2e's real node (tools/e2e-cluster, node.py): its container runtime, the CNI plugins, conntrack for kube-proxy, ipset for kube-router.
 NODE_PACKAGES := containerd containernetworking-plugins conntrack socat ipset
 
 # checkov (the chart's security scan) pins libraries that clash with pytest's: its own venv.
@@ -22,11 +22,13 @@ export E2E_CACHE
 # The sample app (src/tasks) is not installed: the demo, benchmarks and scripts import it from src/.
 export PYTHONPATH := $(CURDIR)/src$(if $(PYTHONPATH),:$(PYTHONPATH))
 
-# Two distributions from this repository: the runtime (.) and the load generator (tools/loadgen).
-$(VENV)/.installed-%: pyproject.toml tools/loadgen/pyproject.toml
+# Distributions from this repository: the runtime (.) and the load generator (tools/loadgen), and,
+# except for the demo, the e2e cluster the real-cluster tests, benchmarks and scripts import
+# (tools/e2e-cluster, never published).
+$(VENV)/.installed-%: pyproject.toml tools/loadgen/pyproject.toml tools/e2e-cluster/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ./tools/loadgen -e ".[$*]"
+	$(PY) -m pip install -q -e ./tools/loadgen $(if $(filter demo,$*),,-e ./tools/e2e-cluster) -e ".[$*]"
 	touch $@
 
 demo: $(VENV)/.installed-demo  ## Redis, 3 workers, Flower on :5555; a burst and a ramp; a summary
@@ -40,7 +42,7 @@ test: system-deps $(VENV)/.installed-test $(CHECKOV_VENV)/bin/checkov  ## the wh
 	CHECKOV=$(CHECKOV_VENV)/bin/checkov $(PY) -m pytest -m "not e2e"
 
 e2e-build:  ## build the control plane, the node's commands and KEDA from their Go modules (cached in E2E_CACHE)
-	tests/e2e/build.sh
+	tools/e2e-cluster/build.sh
 
 image: image-deps  ## the chart's images with podman: the Dockerfile's app image and stand-in bases (cached), one JSON line each
 	images/build.sh

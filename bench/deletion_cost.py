@@ -1,9 +1,9 @@
 """Which pods a scale-down removes, with and without the reconciler's pod deletion cost; one JSON line.
 
-    python -m bench.deletion_cost      # needs tests/e2e/build.sh to have built the binaries
+    python -m bench.deletion_cost      # needs tools/e2e-cluster/build.sh to have built the binaries
 
 Brings up the `make e2e` environment (release ``ci`` of values/ci.yaml on the real node) and runs the same round twice on `io` at
-concurrency 1 (tests/e2e/harness.py, ``scale_down_with_busy_and_idle_pods``): two tasks of 36 s on
+concurrency 1 (e2e_cluster.scenarios, ``scale_down_with_busy_and_idle_pods``): two tasks of 36 s on
 two pods, two of 50 s on two newer pods, then the HPA scales 4 -> 2 when the first two end. For
 each of ``deletion_cost`` and ``no_deletion_cost``:
 
@@ -20,8 +20,7 @@ from __future__ import annotations
 import json
 import platform
 
-from tests.e2e.harness import scale_down_with_busy_and_idle_pods, wait_for
-from tests.e2e.releases import environment
+from e2e_cluster import environment, scale_down_with_busy_and_idle_pods, wait_for
 
 
 def main() -> None:

@@ -13,7 +13,7 @@
 #   chart with redis.image set to the Redis stand-in. A user's docker build pulls the official image.
 # - pause: the sandbox image the kubelet's container runtime needs for each pod (containerd's
 #   sandbox_image): Kubernetes' own pause.c (build/pause/linux in the k8s.io/kubernetes module of
-#   tests/e2e/versions.env), compiled statically with gcc, alone in its image as upstream's is.
+#   tools/e2e-cluster/versions.env), compiled statically with gcc, alone in its image as upstream's is.
 # - plainapp: a user's own image for the e2e, tests/plainapp's Celery project beside the runtime
 #   (tests/plainapp/Containerfile, FROM the app image).
 #
@@ -26,8 +26,8 @@ mkdir -p "$cache"
 images=("$@")
 [ ${#images[@]} -gt 0 ] || images=(python-standin redis-standin pause app plainapp)
 
-# shellcheck source=../tests/e2e/versions.env
-source "$root/tests/e2e/versions.env"
+# shellcheck source=../tools/e2e-cluster/versions.env
+source "$root/tools/e2e-cluster/versions.env"
 app_version="$(sed -n 's/^appVersion: *"\{0,1\}\([^"]*\)"\{0,1\}$/\1/p' "$root/charts/celery-autoscale/Chart.yaml")"
 APP_IMAGE="ghcr.io/celery-autoscale/celery-autoscale:$app_version"
 PYTHON_STANDIN="localhost/celery-autoscale/python-standin:3.11-bookworm"

@@ -22,8 +22,6 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-import yaml
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 import monitoring  # noqa: E402

@@ -1,8 +1,8 @@
 """``make demo-cluster``: the demo's burst and ramp on a real control plane with the real KEDA.
 
-Brings up the `make e2e` environment (the control plane and KEDA built from their Go modules by
-tests/e2e/build.sh, cached; the chart installed with values/ci.yaml through the Helm SDK; real
-Celery workers behind the pods), then runs ``python -m loadgen`` with the demo's burst and ramp
+Brings up the `make e2e` environment (``e2e_cluster.environment``: the control plane and KEDA built
+from their Go modules by tools/e2e-cluster/build.sh, cached; the chart installed with values/ci.yaml
+through the Helm SDK; its pods run by the real node's kubelet), then runs ``python -m loadgen`` with the demo's burst and ramp
 (:data:`loadgen.demo.RUNS`) and ``--release``, so the worker Deployments' replicas show live
 beside the progress bar and in the plots. Writes ``<workdir>/{burst,ramp}.png`` and
 ``.json`` timelines, and tears everything down. Exits 1 if a task was lost.
@@ -15,9 +15,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from e2e_cluster import NAMESPACE, RELEASE, environment, wait_for
 from loadgen.demo import RUNS
-from tests.e2e.harness import NAMESPACE, RELEASE, wait_for
-from tests.e2e.releases import environment
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -13,7 +13,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 CHART = ROOT / "charts" / "celery-autoscale"
 VALUES_FILES = sorted((ROOT / "values").glob("*.yaml"))
-#: KEDA's CRDs at the version the e2e runs (tests/e2e/versions.env), kept in the repository.
+#: KEDA's CRDs at the version the e2e runs (tools/e2e-cluster/versions.env), kept in the repository.
 KEDA_CRDS = ROOT / "tests" / "schemas" / "keda-v2.20.2"
 #: The Prometheus Operator's CRDs (PodMonitor, ServiceMonitor, PrometheusRule), kept in the repository.
 MONITORING_CRDS = ROOT / "tests" / "schemas" / "prometheus-operator-v0.88.0"

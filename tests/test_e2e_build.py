@@ -1,4 +1,4 @@
-"""tests/e2e/build.sh is safe to run twice at once: the second run waits for the first's lock."""
+"""tools/e2e-cluster/build.sh is safe to run twice at once: the second run waits for the first's lock."""
 
 import os
 import subprocess
@@ -6,11 +6,11 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-BUILD = ROOT / "tests" / "e2e" / "build.sh"
+BUILD = ROOT / "tools" / "e2e-cluster" / "build.sh"
 
 
 def etcd_version() -> str:
-    for line in (ROOT / "tests" / "e2e" / "versions.env").read_text().splitlines():
+    for line in (BUILD.parent / "versions.env").read_text().splitlines():
         if line.startswith("ETCD_VERSION="):
             return line.split("=", 1)[1]
     raise AssertionError("no ETCD_VERSION")

@@ -84,10 +84,12 @@ def test_one_version_everywhere():
         return re.search(r'^version = "(.*)"', pyproject.read_text(), re.M).group(1)
 
     chart = yaml.safe_load((ROOT / "charts" / "celery-autoscale" / "Chart.yaml").read_text())
-    versions = {version_of(ROOT / "pyproject.toml"), version_of(ROOT / "tools" / "loadgen" / "pyproject.toml"),
+    tools = [ROOT / "tools" / "loadgen" / "pyproject.toml", ROOT / "tools" / "e2e-cluster" / "pyproject.toml"]
+    versions = {version_of(ROOT / "pyproject.toml"), *map(version_of, tools),
                 celery_autoscale.__version__, chart["version"], chart["appVersion"]}
     assert len(versions) == 1, versions
-    assert f'celery-autoscale=={celery_autoscale.__version__}"' in (ROOT / "tools/loadgen/pyproject.toml").read_text()
+    for pyproject in tools:
+        assert f'celery-autoscale=={celery_autoscale.__version__}"' in pyproject.read_text()
 
 
 def imports_of(path: Path) -> set[str]:
@@ -113,6 +115,17 @@ def imports_of(path: Path) -> set[str]:
         elif isinstance(node, ast.Import):
             found |= {a.name for a in node.names if a.name.startswith("celery_autoscale")}
     return found
+
+
+def test_nothing_outside_the_tests_imports_them():
+    """The benchmarks, scripts and tools import the e2e cluster by name (``e2e_cluster``), not the tests."""
+    offenders = []
+    for path in [*ROOT.glob("bench/*.py"), *ROOT.glob("scripts/*.py"), *ROOT.glob("tools/*/src/**/*.py")]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level
+                     else [a.name for a in node.names] if isinstance(node, ast.Import) else [])
+            offenders += [f"{path.relative_to(ROOT)}: {n}" for n in names if n == "tests" or n.startswith("tests.")]
+    assert not offenders
 
 
 def test_the_runtime_has_no_import_cycle():

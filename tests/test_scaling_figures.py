@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from tests.e2e.harness import pod_seconds
+from e2e_cluster import pod_seconds
 
 
 def test_pod_seconds_count_running_and_terminating_time_within_the_window():

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.e2e.harness import QUEUES, queue_backlog, wait_for
-from tests.e2e.releases import environment
+from e2e_cluster import QUEUES, environment, queue_backlog, wait_for
 
 
 @pytest.fixture(scope="session")

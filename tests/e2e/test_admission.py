@@ -15,7 +15,7 @@ import helm_python as helm
 import pytest
 import yaml
 from chart import VALUES_FILES, load_values, render_chart
-from tests.e2e.harness import KUBECONFIG, NAMESPACE
+from e2e_cluster import KUBECONFIG, NAMESPACE
 
 pytestmark = [pytest.mark.e2e, pytest.mark.k8s(provider="external", k8s_kubeconfig=str(KUBECONFIG))]
 DENIED = 'admission webhook "vscaledobject.kb.io" denied the request'
@@ -68,7 +68,7 @@ def test_a_cpu_trigger_is_admitted_beside_the_backlog_and_becomes_an_hpa_resourc
     Utilization metric beside the composite backlog metric (the HPA runs the larger count)."""
     import subprocess
 
-    from tests.e2e.harness import wait_for, worker
+    from e2e_cluster import wait_for, worker
 
     def resource_metrics():
         try:  # KEDA replaces the HPA when its metrics change

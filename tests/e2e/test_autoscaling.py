@@ -20,9 +20,8 @@ import time
 import pytest
 import redis
 from celery import Celery
-from tests.e2e.harness import (CI_VALUES, KUBECONFIG, QUEUES, RUN_DIR, condition, merge, queue_backlog,
-                               scale_down_with_busy_and_idle_pods, wait_for, worker)
-from tests.e2e.releases import placed
+from e2e_cluster import (CI_VALUES, KUBECONFIG, QUEUES, RUN_DIR, condition, merge, placed, queue_backlog,
+                         scale_down_with_busy_and_idle_pods, wait_for, worker)
 
 from celery_autoscale import backlog
 from celery_autoscale.keys import in_flight_key

@@ -17,8 +17,7 @@ import helm_python as helm
 import pytest
 import redis
 import yaml
-from tests.e2e.harness import KUBECONFIG, ROOT, merge, wait_for
-from tests.e2e.releases import placed
+from e2e_cluster import KUBECONFIG, ROOT, merge, placed, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.k8s(provider="external", k8s_kubeconfig=str(KUBECONFIG))]
 FAST = {"workerDefaults": {"autoscaling": {"pollingInterval": 2, "cooldownPeriod": 10}},

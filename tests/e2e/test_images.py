@@ -19,9 +19,9 @@ import uuid
 import pytest
 import redis
 from celery import Celery
+from loadgen.stack import free_port
 
 from tests.chart import by_kind, render_chart
-from tests.e2e.cluster import free_port
 
 pytestmark = pytest.mark.e2e
 

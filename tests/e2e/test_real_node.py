@@ -29,9 +29,7 @@ import pytest
 import redis
 from celery import Celery
 
-from tests.e2e.harness import CI_VALUES, KUBECONFIG, merge, wait_for
-from tests.e2e.node import PLACEMENT
-from tests.e2e.releases import PlacedRelease, placed
+from e2e_cluster import CI_VALUES, KUBECONFIG, PLACEMENT, PlacedRelease, merge, placed, wait_for
 
 from celery_autoscale.keys import stats_key
 

@@ -15,7 +15,7 @@ import sys
 import pytest
 
 from bench import scaling_report
-from tests.e2e.harness import KUBECONFIG, NAMESPACE, RELEASE, wait_for
+from e2e_cluster import KUBECONFIG, NAMESPACE, RELEASE, wait_for
 
 pytestmark = pytest.mark.e2e
 

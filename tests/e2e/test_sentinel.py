@@ -17,9 +17,7 @@ import json
 import tempfile
 
 import pytest
-from tests.e2e.harness import CI_VALUES, KUBECONFIG, RUN_DIR, condition, merge, wait_for
-from tests.e2e.node import GATEWAY
-from tests.e2e.releases import placed
+from e2e_cluster import CI_VALUES, GATEWAY, KUBECONFIG, RUN_DIR, condition, merge, placed, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.k8s(provider="external", k8s_kubeconfig=str(KUBECONFIG))]
 

@@ -15,7 +15,7 @@ import urllib.request
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from tests.e2e.harness import KUBECONFIG, wait_for
+from e2e_cluster import KUBECONFIG, wait_for
 
 from celery_autoscale import backlog
 

@@ -1,4 +1,4 @@
-"""A real node for the e2e control plane (test harness for `make e2e`): pods run by the kubelet.
+"""A real node for the e2e control plane: pods run by the kubelet.
 
 :class:`RealNode` joins one node, ``real-node``, to the control plane of :mod:`cluster`, beside
 KWOK's fake ones. Everything on it is real and runs on this machine:
@@ -97,7 +97,7 @@ def node_binaries() -> dict[str, Path]:
              "socat": Path(shutil.which("socat") or "/usr/bin/socat")}
     missing = [name for name, path in paths.items() if not path.exists()]
     if missing:
-        raise FileNotFoundError(f"not built or installed: {', '.join(missing)}; run tests/e2e/build.sh and "
+        raise FileNotFoundError(f"not built or installed: {', '.join(missing)}; run tools/e2e-cluster/build.sh (make e2e-build) and "
                                 "apt-get install containerd containernetworking-plugins conntrack socat ipset")
     return paths
 

@@ -1,4 +1,4 @@
-"""Service names for host processes (test harness for `make e2e`): the cluster DNS a pod would use.
+"""Service names for host processes (the e2e cluster): the cluster DNS a pod would use.
 
 On the real node (:mod:`node`) Services have ClusterIPs that kube-proxy routes, the host's
 connections included, but the host's resolver does not ask the node's CoreDNS. So the names of a

@@ -1,4 +1,4 @@
-"""client-go's list-and-watch for a namespace's pods (test harness for `make e2e`)."""
+"""client-go's list-and-watch for a namespace's pods (the e2e cluster)."""
 
 from __future__ import annotations
 

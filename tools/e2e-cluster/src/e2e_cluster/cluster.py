@@ -1,4 +1,4 @@
-"""The real control plane and the real KEDA, as host processes (test harness for `make e2e`).
+"""The real control plane and the real KEDA, as host processes (`make e2e`, `make report`, `make demo-cluster`).
 
 - ``kwokctl --runtime binary`` starts etcd, kube-apiserver, kube-controller-manager,
   kube-scheduler and the KWOK controller from the binaries ``build.sh`` built from their Go
@@ -33,7 +33,8 @@ from pathlib import Path
 import yaml
 from loadgen.stack import free_port
 
-HERE = Path(__file__).resolve().parent
+from .harness import TOOL
+
 CLUSTER_NAME = "celery-e2e"
 KEDA_NAMESPACE = "keda"
 #: The real node's address on its bridge (:mod:`node`), where pods reach the API server.
@@ -45,7 +46,7 @@ KUBERNETES_SERVICE_IP = "10.0.0.1"
 
 def versions() -> dict[str, str]:
     """The pinned upstream versions, from versions.env (the one place they are recorded)."""
-    pairs = (line.split("=", 1) for line in (HERE / "versions.env").read_text().splitlines()
+    pairs = (line.split("=", 1) for line in (TOOL / "versions.env").read_text().splitlines()
              if line and not line.startswith("#"))
     return {k.strip(): v.strip() for k, v in pairs}
 
@@ -71,7 +72,7 @@ def binaries() -> dict[str, Path]:
     }
     missing = [name for name, path in paths.items() if not path.exists()]
     if missing:
-        raise FileNotFoundError(f"not built: {', '.join(missing)}; run tests/e2e/build.sh")
+        raise FileNotFoundError(f"not built: {', '.join(missing)}; run tools/e2e-cluster/build.sh (make e2e-build)")
     return paths
 
 
@@ -254,16 +255,16 @@ class E2ECluster:
                 "extraArgs": [{"key": "horizontal-pod-autoscaler-sync-period", "value": f"{self.hpa_sync_seconds}s"}],
             }, {
                 # kwokctl's binary runtime has KWOK manage every node; it would then run its stages on
-                # the real node (tests/e2e/node.py) too: its daemon port in the Node's status and its
+                # the real node (node.py) too: its daemon port in the Node's status and its
                 # pods marked Ready before, or instead of, the kubelet's own status. Only the nodes
                 # `kwokctl scale node` makes (annotated so, kustomize/kwokctl/resource/node.yaml) are KWOK's.
                 "name": "kwok-controller",
                 "extraArgs": [{"key": "manage-all-nodes", "value": "false"},
                               {"key": "manage-nodes-with-annotation-selector", "value": "kwok.x-k8s.io/node=fake"}],
             }, {
-                # The real node's kubelet (tests/e2e/node.py) is reached at its address, not its name.
+                # The real node's kubelet (node.py) is reached at its address, not its name.
                 "name": "kube-apiserver",
-                # It advertises the real node's gateway, where tests/e2e/node.py forwards to it, so
+                # It advertises the real node's gateway, where node.py forwards to it, so
                 # the `kubernetes` Service's endpoint is one that pods reach; it listens on loopback only.
                 "extraArgs": [{"key": "kubelet-preferred-address-types", "value": "InternalIP"},
                               {"key": "advertise-address", "value": POD_GATEWAY}],

@@ -1,4 +1,4 @@
-"""Releases of the chart whose pods all run on the real node (test harness for `make e2e`).
+"""Releases of the chart whose pods all run on the real node (the e2e cluster).
 
 :func:`placed` installs the chart through the real Helm SDK into a namespace of its own, with
 :data:`node.PLACEMENT` and the Redis stand-in image merged over the given values (the only

@@ -2,10 +2,10 @@
 # Build the real control plane and KEDA from their Go modules into a cache outside the
 # repository, skipping whatever the cache already holds for the recorded versions.
 #
-#   tests/e2e/build.sh [component ...]     components: kube etcd kwok keda node coredns kube-router
-#                                          (default: all)
+#   tools/e2e-cluster/build.sh [component ...]     (default: all)
+#   components: kube etcd kwok keda node coredns kube-router
 #
-# node: the kubelet and kube-proxy (the real node of tests/e2e/node.py), from kube's wrapper module;
+# node: the kubelet and kube-proxy (the real node of src/e2e_cluster/node.py), from kube's wrapper module;
 # coredns: its cluster DNS; kube-router: its NetworkPolicy enforcement.
 #
 # Cache: $E2E_CACHE (default ~/.cache/celery-autoscale-e2e); binaries in $E2E_CACHE/bin/<version>/.
@@ -149,7 +149,7 @@ build_node() {
 
 build_coredns() {
   # Cluster DNS for the real node's pods: CoreDNS with only the plugins its Corefile uses
-  # (tests/e2e/node.py), from the CoreDNS module through a wrapper main, as its own
+  # (src/e2e_cluster/node.py), from the CoreDNS module through a wrapper main, as its own
   # coredns.go does with every plugin.
   local out="$cache/bin/coredns-$COREDNS_VERSION" dir="$cache/src/coredns-$COREDNS_VERSION"
   if [ -x "$out/coredns" ]; then say "coredns $COREDNS_VERSION: cached"; return; fi
