@@ -96,6 +96,42 @@ def test_every_priority_list_counts_towards_the_replicas(idle, producer):
         r.get(timeout=180)
 
 
+def test_a_cpu_trigger_adds_replicas_the_backlog_would_not_ask_for_and_lets_the_queue_go_to_zero(idle, producer):
+    """``io`` with ``cpuUtilization`` 50 (its pods request 50m CPU) and at most 2 CPU-bound tasks sent
+    at a time: the backlog alone asks for ceil(3 / 4) = 1 replica at most, the pods' CPU
+    utilisation, read from metrics-server scraping the kubelet, for more; the HPA runs the larger.
+    Every task succeeds, and with the queue empty again KEDA takes it to zero (a resource
+    trigger does not hold a queue up)."""
+    release = idle
+    try:
+        release.upgrade({"queues": {"io": {"autoscaling": {"cpuUtilization": 50}}}})
+
+        def cpu_metric():
+            try:  # KEDA replaces the HPA when its metrics change
+                hpa = release.get("hpa", worker("io"))
+            except Exception:
+                return None
+            return next((m["resource"]["current"] for m in hpa.get("status", {}).get("currentMetrics") or []
+                         if m["type"] == "Resource"), None)
+
+        sent, deadline, most = [], time.monotonic() + 150, 0
+        while time.monotonic() < deadline and most < 2:
+            if sum(not r.ready() for r in sent) < 2:  # about 4 s of CPU each
+                sent.append(producer.send_task("tasks.cpu.hash_chain", kwargs={"work_units": 15_000_000}, queue="io"))
+            # 2 running, and for a moment a third: a task's result is stored before its acknowledgement.
+            assert queue_backlog(release, "io") <= 3
+            most = max(most, release.replicas("io"))
+            time.sleep(0.5)
+        assert most >= 2, release.explain("io")
+        current = cpu_metric()
+        assert current is not None and current["averageUtilization"] > 50, release.explain("io")
+        assert all(r.get(timeout=120)["queue"] == "io" for r in sent)
+        wait_for(lambda: release.replicas("io") == 0, 180, "io back to zero with nothing to run",
+                 explain=lambda: release.explain("io"))
+    finally:
+        release.upgrade({})
+
+
 def test_a_cron_window_holds_desired_replicas_with_an_empty_queue(idle):
     release = idle
     now = datetime.datetime.now(datetime.timezone.utc)

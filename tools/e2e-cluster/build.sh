@@ -3,10 +3,10 @@
 # repository, skipping whatever the cache already holds for the recorded versions.
 #
 #   tools/e2e-cluster/build.sh [component ...]     (default: all)
-#   components: kube etcd kwok keda node coredns kube-router
+#   components: kube etcd kwok keda node coredns kube-router metrics-server
 #
 # node: the kubelet and kube-proxy (the real node of src/e2e_cluster/node.py), from kube's wrapper module;
-# coredns: its cluster DNS; kube-router: its NetworkPolicy enforcement.
+# coredns: its cluster DNS; kube-router: its NetworkPolicy enforcement; metrics-server: resource metrics.
 #
 # Cache: $E2E_CACHE (default ~/.cache/celery-autoscale-e2e); binaries in $E2E_CACHE/bin/<version>/.
 # Each component is built in a wrapper module of its own under $E2E_CACHE/src, so an
@@ -18,7 +18,7 @@ source "$here/versions.env"
 cache="${E2E_CACHE:-$HOME/.cache/celery-autoscale-e2e}"
 export GOFLAGS="${GOFLAGS:--mod=mod}" CGO_ENABLED=0
 components=("$@")
-[ ${#components[@]} -gt 0 ] || components=(kube etcd kwok keda node coredns kube-router)
+[ ${#components[@]} -gt 0 ] || components=(kube etcd kwok keda node coredns kube-router metrics-server)
 
 say() { printf '[e2e-build %(%H:%M:%S)T] %s\n' -1 "$*"; }
 mkdir -p "$cache"
@@ -189,6 +189,18 @@ build_kube-router() {
   GOBIN="$out.tmp" quiet go install -trimpath \
     -ldflags "-s -w -X github.com/cloudnativelabs/kube-router/v2/pkg/version.Version=$KUBE_ROUTER_VERSION" \
     "github.com/cloudnativelabs/kube-router/v2/cmd/kube-router@$KUBE_ROUTER_VERSION"
+  rm -rf "$out" && mv "$out.tmp" "$out"
+}
+
+build_metrics-server() {
+  # The resource metrics API (metrics.k8s.io) from the real node's kubelet: its module has no
+  # replace directives, so go install builds it as released.
+  local out="$cache/bin/metrics-server-$METRICS_SERVER_VERSION"
+  if [ -x "$out/metrics-server" ]; then say "metrics-server $METRICS_SERVER_VERSION: cached"; return; fi
+  say "metrics-server $METRICS_SERVER_VERSION: building"
+  mkdir -p "$out.tmp"
+  GOBIN="$out.tmp" quiet go install -trimpath -ldflags "-s -w" \
+    "sigs.k8s.io/metrics-server/cmd/metrics-server@$METRICS_SERVER_VERSION"
   rm -rf "$out" && mv "$out.tmp" "$out"
 }
 

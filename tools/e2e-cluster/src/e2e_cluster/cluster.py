@@ -11,7 +11,11 @@
   ValidatingWebhookConfiguration points at the webhooks by URL. ``v1beta1.external.metrics.k8s.io`` points at the
   adapter through an ExternalName Service to ``localhost`` (aggregator routing is off, so the
   apiserver dials the service's DNS name and the ban on loopback endpoint IPs does not apply).
-- :meth:`E2ECluster.stop` tears down in order: the APIService first, then KEDA, then the cluster.
+- metrics-server (:meth:`E2ECluster.start_metrics_server`, once the real node has joined) serves
+  ``metrics.k8s.io`` from the real node's kubelet the same way, behind an ExternalName Service in
+  ``kube-system``: CPU- and memory-utilisation HPAs and KEDA's ``cpu``/``memory`` triggers read it.
+- :meth:`E2ECluster.stop` tears down in order: the APIServices first, then KEDA and metrics-server,
+  then the cluster.
 
 Every port is on 127.0.0.1 and chosen free at start.
 """
@@ -69,6 +73,7 @@ def binaries() -> dict[str, Path]:
         "keda-operator": bin_dir / f"keda-{v['KEDA_VERSION']}" / "keda-operator",
         "keda-adapter": bin_dir / f"keda-{v['KEDA_VERSION']}" / "keda-adapter",
         "keda-webhooks": bin_dir / f"keda-{v['KEDA_VERSION']}" / "keda-webhooks",
+        "metrics-server": bin_dir / f"metrics-server-{v['METRICS_SERVER_VERSION']}" / "metrics-server",
     }
     missing = [name for name, path in paths.items() if not path.exists()]
     if missing:
@@ -338,7 +343,8 @@ class E2ECluster:
                       "service": {"name": "keda-metrics-apiserver", "namespace": KEDA_NAMESPACE,
                                   "port": self.keda_ports["adapter"]}}},
         )
-        self._wait(self._external_metrics_available, 180, "KEDA metrics adapter behind the aggregator")
+        self._wait(lambda: self._api_available("v1beta1.external.metrics.k8s.io", "keda-adapter")
+                   and self.keda_alive() is None, 180, "KEDA metrics adapter behind the aggregator")
 
     def _listening(self, port: int) -> bool:
         import socket
@@ -351,18 +357,58 @@ class E2ECluster:
             return False
 
     def keda_alive(self) -> None:
-        """Raises RuntimeError naming a KEDA process that exited, with its exit code and the end of its log
-        (CI keeps only the test output, not the workdir)."""
-        for name in ("keda-operator", "keda-adapter", "keda-webhooks"):
+        """Raises RuntimeError naming a KEDA process that exited (see :meth:`alive`)."""
+        self.alive("keda-operator", "keda-adapter", "keda-webhooks")
+
+    def alive(self, *names: str) -> None:
+        """Raises RuntimeError naming a process of ``names`` that exited, with its exit code and the end
+        of its log (CI keeps only the test output, not the workdir)."""
+        for name in names:
             code = self.procs[name].poll()
             if code is not None:
                 log = self.workdir / f"{name}.log"
                 tail = log.read_text(errors="replace").splitlines()[-15:] if log.exists() else []
                 raise RuntimeError(f"{name} exited with {code}; the end of {log}:\n" + "\n".join(tail))
 
-    def _external_metrics_available(self) -> bool:
-        self.keda_alive()
-        done = self.kubectl("get", "apiservice", "v1beta1.external.metrics.k8s.io", "-o", "json", check=False)
+    # -- resource metrics ---------------------------------------------------------------------
+    def start_metrics_server(self, node: str, resolution_seconds: int = 10) -> None:
+        """metrics-server on the host, behind the aggregator as ``v1beta1.metrics.k8s.io``, scraping
+        the kubelet of ``node`` (a Node's name; KWOK's fake nodes have none) every
+        ``resolution_seconds`` (metrics-server's least: 10 s). What a CPU- or memory-utilisation HPA and
+        KEDA's ``cpu`` and ``memory`` triggers read. The kubelet's serving certificate is self-signed:
+        ``--kubelet-insecure-tls``, as metrics-server's own docs say for kind and minikube."""
+        service = "metrics-server.kube-system.svc"
+        certs = write_certificates(self.workdir / "metrics-server-certs", [service, "localhost", "127.0.0.1"])
+        self.metrics_server_port = port = free_port()
+        self._spawn("metrics-server", [
+            str(self.bins["metrics-server"]), "--kubeconfig", str(self.kubeconfig),
+            "--authentication-kubeconfig", str(self.kubeconfig), "--authorization-kubeconfig", str(self.kubeconfig),
+            f"--secure-port={port}", "--bind-address=127.0.0.1",
+            f"--tls-cert-file={certs['tls.crt']}", f"--tls-private-key-file={certs['tls.key']}",
+            "--kubelet-insecure-tls", "--kubelet-preferred-address-types=InternalIP",
+            "--kubelet-use-node-status-port", f"--node-selector=kubernetes.io/hostname={node}",
+            # metrics-server refuses a resolution not above the kubelet request timeout (10 s by default).
+            f"--metric-resolution={resolution_seconds}s", f"--kubelet-request-timeout={resolution_seconds // 2}s",
+        ])
+        self.apply(
+            {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "metrics-server", "namespace": "kube-system"},
+             "spec": {"type": "ExternalName", "externalName": "localhost",
+                      "ports": [{"name": "https", "port": port, "protocol": "TCP"}]}},
+            {"apiVersion": "apiregistration.k8s.io/v1", "kind": "APIService",
+             "metadata": {"name": "v1beta1.metrics.k8s.io"},
+             "spec": {"group": "metrics.k8s.io", "version": "v1beta1", "groupPriorityMinimum": 100,
+                      "versionPriority": 100, "caBundle": base64.b64encode(certs["ca.crt"].read_bytes()).decode(),
+                      "service": {"name": "metrics-server", "namespace": "kube-system", "port": port}}},
+        )
+        self._wait(lambda: self._api_available("v1beta1.metrics.k8s.io", "metrics-server"), 180,
+                   "metrics-server behind the aggregator")
+        # Its first node metrics come after two scrapes (a rate needs two samples).
+        self._wait(lambda: self.kubectl("top", "node", node, check=False).returncode == 0,
+                   4 * resolution_seconds + 60, f"metrics of node {node}")
+
+    def _api_available(self, name: str, process: str) -> bool:
+        self.alive(process)
+        done = self.kubectl("get", "apiservice", name, "-o", "json", check=False)
         if done.returncode != 0:
             return False
         conditions = json.loads(done.stdout).get("status", {}).get("conditions", [])
@@ -370,13 +416,13 @@ class E2ECluster:
 
     # -- teardown ---------------------------------------------------------------------------
     def stop(self) -> None:
-        """APIService first (the aggregator stops calling the adapter), then KEDA, then the cluster."""
+        """APIServices first (the aggregator stops calling them), then KEDA and metrics-server, then the cluster."""
         if self.kubeconfig.exists():
-            self.kubectl("delete", "apiservice", "v1beta1.external.metrics.k8s.io", "--ignore-not-found",
-                         "--wait=false", check=False)
+            for api in ("v1beta1.external.metrics.k8s.io", "v1beta1.metrics.k8s.io"):
+                self.kubectl("delete", "apiservice", api, "--ignore-not-found", "--wait=false", check=False)
             self.kubectl("delete", "validatingwebhookconfiguration", "keda-admission", "--ignore-not-found",
                          "--wait=false", check=False)
-        for name in ("keda-webhooks", "keda-adapter", "keda-operator"):
+        for name in ("metrics-server", "keda-webhooks", "keda-adapter", "keda-operator"):
             terminate(self.procs.pop(name, None))
         self._delete_cluster()
 

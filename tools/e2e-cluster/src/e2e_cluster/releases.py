@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .harness import CI_VALUES, RELEASE, ROOT, RUN_DIR, merge, wait_for
-from .node import PLACEMENT, REDIS_STANDIN
+from .node import NAME as NODE_NAME, PLACEMENT, REDIS_STANDIN
 from .watching import list_and_watch
 
 
@@ -176,7 +176,7 @@ def ci_on_the_node(cluster, real_node, name: str, logs: Path | None = None):
 
 @contextmanager
 def environment(run_dir: Path = RUN_DIR):
-    """The control plane and KEDA (:mod:`cluster`), the real node (:mod:`node`) and release
+    """The control plane and KEDA (:mod:`cluster`), the real node (:mod:`node`), metrics-server, and release
     :data:`harness.RELEASE` of values/ci.yaml on it (:func:`ci_on_the_node`, its worker pods' logs
     in ``run_dir/pods``); on exit all stopped in reverse, whatever the node left removed."""
     from .cluster import E2ECluster
@@ -192,6 +192,7 @@ def environment(run_dir: Path = RUN_DIR):
         node = RealNode(cluster, run_dir / "node")
         try:
             node.start()
+            cluster.start_metrics_server(NODE_NAME)
             shutil.rmtree(run_dir / "pods", ignore_errors=True)  # an earlier run's logs
             with ci_on_the_node(cluster, node, RELEASE, logs=run_dir / "pods") as release:
                 yield release
