@@ -20,6 +20,11 @@ cooldownPeriod 10 s, the HPA behaviour: scale-up window 0 s, scale-down stabiliz
   trigger on the queue's list (``listName: io``) with ``listLength`` 5 / 50, no formula.
 - ``fixed-1`` / ``fixed-4``: no autoscaler, 1 replica (the least that serves a task) and 4
   (``maxReplicaCount``): the latency and cost bounds.
+- ``cpu-hpa``: no KEDA; a plain ``autoscaling/v2`` HorizontalPodAutoscaler on the pods' CPU
+  utilisation, target :data:`CPU_TARGET` % of their request (the Kubernetes HPA walkthrough's
+  ``kubectl autoscale --cpu-percent=50``), 1 to 4 replicas (an HPA cannot go to zero), the same
+  behaviour, the pods' CPU request raised to :data:`CPU_HPA_REQUEST`; its metrics come from
+  metrics-server scraping the node's kubelet every 10 s.
 
 Writes ``bench/results/scaling.json`` (every figure and sample, the versions, the machine),
 ``docs/scaling-report.md`` with its plots in ``docs/scaling/``, and prints one JSON line of
@@ -82,7 +87,15 @@ CONFIGS = {
     "listlength-50": "one redis trigger on the queue's list, listLength 50",
     "fixed-1": "no autoscaler, 1 replica",
     "fixed-4": "no autoscaler, 4 replicas (maxReplicaCount)",
+    "cpu-hpa": "a plain HPA on the pods' CPU utilisation (50 % of a 200m request), 1 to 4 replicas",
 }
+#: The cpu-hpa configuration's target, percent of the pods' CPU request: the Kubernetes docs' HPA
+#: walkthrough (``kubectl autoscale deployment php-apache --cpu-percent=50 --min=1 --max=10``).
+CPU_TARGET = 50
+#: The io pods' CPU request under cpu-hpa. At values/ci.yaml's 50m an idle worker alone sat at 40-80 %
+#: of it (19-41m in `kubectl top`: its exec probes start a Python process every period), so the HPA
+#: held 4 replicas with nothing to run and never came back to one.
+CPU_HPA_REQUEST = "200m"
 
 AUTOSCALING = CI_VALUES["workerDefaults"]["autoscaling"]
 
@@ -106,8 +119,25 @@ def list_length_scaledobject(list_length: int) -> dict:
     }
 
 
+def cpu_hpa() -> dict:
+    """A plain HPA on the pods' CPU utilisation (:data:`CPU_TARGET`), on values/ci.yaml's behaviour."""
+    name = worker(QUEUE)
+    return {
+        "apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
+        "metadata": {"name": f"{name}-cpu", "namespace": NAMESPACE},
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
+            "minReplicas": 1, "maxReplicas": HIGH, "behavior": AUTOSCALING["behavior"],
+            "metrics": [{"type": "Resource", "resource": {
+                "name": "cpu", "target": {"type": "Utilization", "averageUtilization": CPU_TARGET}}}],
+        },
+    }
+
+
 def rest(config: str) -> int:
     """The replicas ``config`` rests at with an empty queue."""
+    if config == "cpu-hpa":
+        return 1
     return int(config.split("-")[1]) if config.startswith("fixed-") else LOW
 
 
@@ -115,6 +145,8 @@ def configure(release, config: str) -> int:
     """Put ``io`` under ``config``; returns the replicas it rests at."""
     release.cluster.kubectl("delete", "scaledobject", f"{worker(QUEUE)}-listlength", "-n", NAMESPACE,
                             "--ignore-not-found", "--wait=true")
+    release.cluster.kubectl("delete", "hpa", f"{worker(QUEUE)}-cpu", "-n", NAMESPACE, "--ignore-not-found",
+                            "--wait=true")
     if config == "chart":
         release.upgrade({})
     elif config == "chart-wait":
@@ -122,6 +154,10 @@ def configure(release, config: str) -> int:
     elif config.startswith("listlength-"):
         release.upgrade({"queues": {QUEUE: {"replicas": 0, "autoscaling": {"enabled": False}}}})
         release.cluster.apply(list_length_scaledobject(int(config.split("-")[1])))
+    elif config == "cpu-hpa":
+        release.upgrade({"queues": {QUEUE: {"replicas": rest(config), "autoscaling": {"enabled": False},
+                                            "resources": {"requests": {"cpu": CPU_HPA_REQUEST}}}}})
+        release.cluster.apply(cpu_hpa())
     else:
         release.upgrade({"queues": {QUEUE: {"replicas": rest(config), "autoscaling": {"enabled": False}}}})
     return rest(config)
@@ -406,9 +442,9 @@ def markdown(result: dict, plots: dict[str, str]) -> str:
             else:
                 judged = (f" `chart-wait` met it at {'no more' if verdict['chart_wait_cheapest'] else 'more'} replica-seconds"
                           f" than the cheapest other that did (`{other}`).")
-        measured = next((r.get("measured") for r in result["runs"] if r["pattern"] == pattern and r.get("measured")),
-                        None)
-        lines += [f"## {pattern}", "", PATTERNS[pattern][2] + "." + (f" Measured {measured}." if measured else ""), "",
+        dates = sorted({r["measured"] for r in result["runs"] if r["pattern"] == pattern and r.get("measured")})
+        measured = f" Measured {' and '.join(dates)}." if dates else ""
+        lines += [f"## {pattern}", "", PATTERNS[pattern][2] + "." + measured, "",
                   f"p95 queue wait within {verdict['target_s']} s: {', '.join(within) or 'none'}.{judged}", "",
                   "| figure | " + " | ".join(f"`{c}`" for c in by_config) + " |",
                   "| --- |" + " ---: |" * len(by_config)]
@@ -543,8 +579,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rewrite", action="store_true",
                    help="no cluster: recompute the figures and rewrite the report from --results")
     p.add_argument("--keep", action="store_true",
-                   help="keep the runs of --results for the patterns not measured now (the report says when each "
-                        "pattern was measured)")
+                   help="keep the runs of --results of every pattern and configuration pair not measured now (the "
+                        "report says when each was measured)")
     args = p.parse_args(argv)
     if args.rewrite:
         result = json.loads(args.results.read_text())
@@ -560,7 +596,8 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"unknown {what} {unknown[0]!r}; choose from {', '.join(known)}" if unknown else f"no {what} given")
     kept = []
     if args.keep and args.results.exists():
-        kept = [r for r in json.loads(args.results.read_text())["runs"] if r["pattern"] not in patterns]
+        kept = [r for r in json.loads(args.results.read_text())["runs"]
+                if r["pattern"] not in patterns or r["config"] not in configs]
     with environment() as release:
         result = measure(release, patterns, configs)
     if kept:
