@@ -326,10 +326,10 @@ def versions() -> dict:
     import celery
     import kombu
 
-    env = dict(line.split("=", 1) for line in (ROOT / "tools" / "e2e-cluster" / "versions.env").read_text().splitlines()
-               if "=" in line and not line.startswith("#"))
+    from e2e_cluster.cluster import versions as pinned
+
     return {"celery": celery.__version__, "kombu": kombu.__version__, "python": platform.python_version(),
-            **{k.lower(): v.strip('"') for k, v in env.items()}}
+            **{k.lower(): v for k, v in pinned().items()}}
 
 
 def machine() -> dict:

@@ -41,6 +41,8 @@ from .harness import TOOL
 
 CLUSTER_NAME = "celery-e2e"
 KEDA_NAMESPACE = "keda"
+#: KEDA's host processes, by their names in :attr:`E2ECluster.procs`.
+KEDA_PROCESSES = ("keda-operator", "keda-adapter", "keda-webhooks")
 #: The real node's address on its bridge (:mod:`node`), where pods reach the API server.
 POD_GATEWAY = "10.244.0.1"
 #: The ``kubernetes`` Service's ClusterIP: the first of kube-apiserver's default Service range,
@@ -331,20 +333,30 @@ class E2ECluster:
         ca_bundle = base64.b64encode(certs["ca.crt"].read_bytes()).decode()
         self._wait(lambda: self._listening(self.keda_ports["webhooks"]), 120, "KEDA admission webhooks")
         self.apply(keda_webhook_configuration(self.keda_ports["webhooks"], ca_bundle))
+        self._serve_api("external.metrics.k8s.io", "keda-metrics-apiserver", KEDA_NAMESPACE, self.keda_ports["adapter"],
+                        ca_bundle, KEDA_PROCESSES)
+
+    def _serve_api(self, group: str, service: str, namespace: str, port: int, ca_bundle: str,
+                   processes: tuple[str, ...]) -> None:
+        """``v1beta1.<group>`` served by a host process on ``port`` behind the aggregator, through an
+        ExternalName Service ``service`` to ``localhost``; waits until it is Available (180 s), failing
+        at once if one of ``processes`` exited."""
         self.apply(
-            {"apiVersion": "v1", "kind": "Service",
-             "metadata": {"name": "keda-metrics-apiserver", "namespace": KEDA_NAMESPACE},
+            {"apiVersion": "v1", "kind": "Service", "metadata": {"name": service, "namespace": namespace},
              "spec": {"type": "ExternalName", "externalName": "localhost",
-                      "ports": [{"name": "https", "port": self.keda_ports["adapter"], "protocol": "TCP"}]}},
-            {"apiVersion": "apiregistration.k8s.io/v1", "kind": "APIService",
-             "metadata": {"name": "v1beta1.external.metrics.k8s.io"},
-             "spec": {"group": "external.metrics.k8s.io", "version": "v1beta1", "groupPriorityMinimum": 100,
-                      "versionPriority": 100, "caBundle": ca_bundle,
-                      "service": {"name": "keda-metrics-apiserver", "namespace": KEDA_NAMESPACE,
-                                  "port": self.keda_ports["adapter"]}}},
+                      "ports": [{"name": "https", "port": port, "protocol": "TCP"}]}},
+            {"apiVersion": "apiregistration.k8s.io/v1", "kind": "APIService", "metadata": {"name": f"v1beta1.{group}"},
+             "spec": {"group": group, "version": "v1beta1", "groupPriorityMinimum": 100, "versionPriority": 100,
+                      "caBundle": ca_bundle, "service": {"name": service, "namespace": namespace, "port": port}}},
         )
-        self._wait(lambda: self._api_available("v1beta1.external.metrics.k8s.io", "keda-adapter")
-                   and self.keda_alive() is None, 180, "KEDA metrics adapter behind the aggregator")
+
+        def available() -> bool:
+            self.alive(*processes)
+            done = self.kubectl("get", "apiservice", f"v1beta1.{group}", "-o", "json", check=False)
+            conditions = json.loads(done.stdout).get("status", {}).get("conditions", []) if done.returncode == 0 else []
+            return any(c["type"] == "Available" and c["status"] == "True" for c in conditions)
+
+        self._wait(available, 180, f"{' and '.join(processes)} behind the aggregator (v1beta1.{group})")
 
     def _listening(self, port: int) -> bool:
         import socket
@@ -358,7 +370,7 @@ class E2ECluster:
 
     def keda_alive(self) -> None:
         """Raises RuntimeError naming a KEDA process that exited (see :meth:`alive`)."""
-        self.alive("keda-operator", "keda-adapter", "keda-webhooks")
+        self.alive(*KEDA_PROCESSES)
 
     def alive(self, *names: str) -> None:
         """Raises RuntimeError naming a process of ``names`` that exited, with its exit code and the end
@@ -390,29 +402,11 @@ class E2ECluster:
             # metrics-server refuses a resolution not above the kubelet request timeout (10 s by default).
             f"--metric-resolution={resolution_seconds}s", f"--kubelet-request-timeout={resolution_seconds // 2}s",
         ])
-        self.apply(
-            {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "metrics-server", "namespace": "kube-system"},
-             "spec": {"type": "ExternalName", "externalName": "localhost",
-                      "ports": [{"name": "https", "port": port, "protocol": "TCP"}]}},
-            {"apiVersion": "apiregistration.k8s.io/v1", "kind": "APIService",
-             "metadata": {"name": "v1beta1.metrics.k8s.io"},
-             "spec": {"group": "metrics.k8s.io", "version": "v1beta1", "groupPriorityMinimum": 100,
-                      "versionPriority": 100, "caBundle": base64.b64encode(certs["ca.crt"].read_bytes()).decode(),
-                      "service": {"name": "metrics-server", "namespace": "kube-system", "port": port}}},
-        )
-        self._wait(lambda: self._api_available("v1beta1.metrics.k8s.io", "metrics-server"), 180,
-                   "metrics-server behind the aggregator")
+        self._serve_api("metrics.k8s.io", "metrics-server", "kube-system", port,
+                        base64.b64encode(certs["ca.crt"].read_bytes()).decode(), ("metrics-server",))
         # Its first node metrics come after two scrapes (a rate needs two samples).
         self._wait(lambda: self.kubectl("top", "node", node, check=False).returncode == 0,
                    4 * resolution_seconds + 60, f"metrics of node {node}")
-
-    def _api_available(self, name: str, process: str) -> bool:
-        self.alive(process)
-        done = self.kubectl("get", "apiservice", name, "-o", "json", check=False)
-        if done.returncode != 0:
-            return False
-        conditions = json.loads(done.stdout).get("status", {}).get("conditions", [])
-        return any(c["type"] == "Available" and c["status"] == "True" for c in conditions)
 
     # -- teardown ---------------------------------------------------------------------------
     def stop(self) -> None:
