@@ -11,16 +11,13 @@ task's request. Configurations, each timed ``--repeat`` times (the fastest count
 this process, ``time.process_time``):
 
 - ``kombu``: kombu's own Redis QoS, no signal receiver: plain Celery;
-- ``runtime``: the runtime's QoS (:mod:`celery_autoscale.worker._delivery`), the in-flight record
-  in kombu's transactions, and its signal handlers with the worker's metrics;
-- ``runtime_without_commands``: the same with the runtime's Redis commands left out of the
-  transactions (its ``start_commands``, ``end_commands`` and ``count_commands`` queue nothing):
-  what its Python costs by itself. Not a configuration a worker can run: a measurement only.
+- ``runtime``: the runtime's QoS (:mod:`celery_autoscale.worker._delivery`), kombu's delivery
+  and acknowledgement with the in-flight record as one script each, and its signal handlers with
+  the worker's metrics.
 
 Fields: ``*_delivery_us``: CPU microseconds per task of ``append`` + ``ack``; ``*_signals_us``:
-of the two signals; ``*_commands``: Redis commands per task (``INFO commandstats``).
-``us_per_runtime_command``: (runtime − runtime_without_commands) delivery time ÷ the runtime's
-extra commands per task, redis-py's cost of one more command in a ``MULTI``/``EXEC``.
+of the two signals; ``*_commands``: Redis commands per task (``INFO commandstats``, which counts
+the commands a script runs as well as the ``EVALSHA``).
 """
 
 from __future__ import annotations
@@ -39,7 +36,7 @@ from celery.exceptions import DuplicateTaskNameWarning
 
 from bench.worker_overhead import commandstats
 
-CONFIGURATIONS = ("kombu", "runtime", "runtime_without_commands")
+CONFIGURATIONS = ("kombu", "runtime")
 
 
 def make_app(url: str) -> Celery:
@@ -106,8 +103,6 @@ def measure(configuration: str, url: str, raw: dict, count: int, repeat: int) ->
         channel = connection.default_channel
         if configuration != "kombu":
             record_in(channel, runtime, "bench@host")
-        if configuration == "runtime_without_commands":
-            runtime.start_commands = runtime.end_commands = runtime.count_commands = lambda *_, **__: None
         client = channel.client
         delivery_us(channel, raw, 200)  # warm up: connections, caches
         before = commandstats(client)
@@ -144,10 +139,6 @@ def main(argv: list[str] | None = None) -> int:
     out: dict = {"count": args.count, "repeat": args.repeat}
     for name, fields in result.items():
         out.update({f"{name}_{field}": value for field, value in fields.items()})
-    extra = sum(out["runtime_commands"].values()) - sum(out["kombu_commands"].values())
-    out["runtime_extra_commands"] = round(extra, 2)
-    out["us_per_runtime_command"] = round(
-        (out["runtime_delivery_us"] - out["runtime_without_commands_delivery_us"]) / extra, 1) if extra else None
     print(json.dumps(out))
     return 0
 

@@ -59,10 +59,11 @@ def test_running_tasks_count_as_in_flight_and_waiting_ones_stay_in_redis(fresh_s
 
 
 @pytest.mark.parametrize("pool", ["prefork", "threads"])
-def test_the_in_flight_record_rides_in_kombus_own_delivery_and_ack_transactions(fresh_stack, pool):
+def test_the_in_flight_record_is_written_in_the_same_script_as_kombus_delivery_and_ack(fresh_stack, pool):
     """Redis's MONITOR, while a worker runs 3 tasks: each task's in-flight entry and owner are
-    written in the MULTI/EXEC in which kombu records its message as unacknowledged, and removed in
-    the one in which kombu acknowledges it, with the run record; the run counters count all 3."""
+    written by the script (``EVALSHA``, atomic) that records its message in kombu's ``unacked``
+    hash, and removed by the one that acknowledges it, with the run record; the run counters count
+    all 3. No other command touches the in-flight keys."""
     import threading
 
     app = producer(fresh_stack)
@@ -87,21 +88,28 @@ def test_the_in_flight_record_rides_in_kombus_own_delivery_and_ack_transactions(
     app.send_task("tasks.io.transfer", kwargs={"size_bytes": 0, "wait_seconds": 0}, queue="io").get(timeout=30)
     stop.set()
 
-    transactions, outside, open_ = [], [], {}
-    for entry in seen:  # MONITOR lists a transaction's commands at its EXEC, after its MULTI
+    units, outside, open_, script = [], [], {}, None
+    for entry in seen:  # MONITOR lists a transaction's commands at its EXEC, a script's after its EVALSHA
         words, who = entry["command"].split(), (entry["client_address"], entry["client_port"])
-        if words[0] == "MULTI":
+        if entry["client_type"] == "lua" and script is not None:
+            script.append(words)
+            continue
+        script = None
+        if words[0] == "EVALSHA":
+            script = []
+            units.append(script)
+        elif words[0] == "MULTI":
             open_[who] = []
         elif words[0] == "EXEC" and who in open_:
-            transactions.append(open_.pop(who))
+            units.append(open_.pop(who))
         else:
             (open_[who] if who in open_ else outside).append(words)
 
     def written(cmd: str, key: str, where) -> set[str]:
         return {w[2 if cmd != "ZADD" else 3] for t in where for w in t if w[0] == cmd and w[1] == key}
 
-    delivered = [t for t in transactions if any(w[:2] == ["HSET", "unacked"] for w in t)]
-    acked = [t for t in transactions if any(w[:2] == ["HDEL", "unacked"] for w in t)]
+    delivered = [t for t in units if any(w[:2] == ["HSET", "unacked"] for w in t)]
+    acked = [t for t in units if any(w[:2] == ["HDEL", "unacked"] for w in t)]
     assert written("ZADD", "celery-autoscale:in-flight:io", delivered) >= ids
     assert written("HSET", "celery-autoscale:in-flight-owner:io", delivered) >= ids
     assert written("ZREM", "celery-autoscale:in-flight:io", acked) >= ids

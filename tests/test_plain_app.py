@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from celery import Celery
+import celery_autoscale
 from celery_autoscale import backlog, settings_of
 from chart import by_kind, render_chart
 from helpers import eventually, run_module, scrape
@@ -173,3 +174,73 @@ def test_a_queue_the_release_does_not_serve_is_logged_once_and_exported_by_the_r
     log = (plain_stack.workdir / "reconciler.log").read_text()
     lines = [line for line in log.splitlines() if "no worker of this release serves" in line]
     assert len(lines) == 1 and "celery (1), reports (10) (served: reports.daily, emails)" in lines[0], log
+
+
+#: A user's app that keeps its keys under a prefix (kombu's ``global_keyprefix``), nothing else of ours.
+PREFIXED_APP = '''
+import time
+from celery import Celery
+
+app = Celery("shop")  # broker and backend: CELERY_BROKER_URL, CELERY_RESULT_BACKEND
+app.conf.broker_transport_options = {"global_keyprefix": "shop:"}
+
+
+@app.task(name="shop.slow")
+def slow(seconds):
+    time.sleep(seconds)
+    return seconds
+'''
+
+
+def prefixed_app(stack) -> Celery:
+    app = Celery("web", broker=stack.broker_url, backend=stack.broker_url)
+    app.conf.broker_transport_options = {"global_keyprefix": "shop:"}
+    return app
+
+
+def test_an_app_with_a_global_keyprefix_has_its_running_tasks_counted_under_its_prefix(tmp_path):
+    """kombu's client prefixes the keys of some commands and not others: every key the runtime
+    writes must carry the prefix exactly once, where the backlog (and KEDA) read it."""
+    (tmp_path / "shop.py").write_text(PREFIXED_APP)
+    with LocalStack(tmp_path, env={"PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}) as stack:
+        stack.start_redis()
+        stack.start_worker(WorkerSpec("celery", "threads", concurrency=2, app="shop:app"), name="shop")
+        producer = prefixed_app(stack)
+        settings = settings_of(producer)
+        assert settings.key_prefix == "shop:"
+        results = [producer.send_task("shop.slow", args=[3]) for _ in range(2)]
+        client = stack.client()
+        eventually(lambda: backlog(client, "celery", settings).in_flight == 2, 10, "both running, counted under shop:")
+        assert [r.get(timeout=30) for r in results] == [3, 3]
+        eventually(lambda: backlog(client, "celery", settings).total == 0, 10, "both acknowledged")
+        names = {k.decode() for k in client.scan_iter("*")}
+        assert not [k for k in names if k.startswith("shop:shop:")]
+        assert {f"shop:celery-autoscale:run:{r.id}" for r in results} <= names
+        assert client.hget("shop:celery-autoscale:stats:celery", "runs") == b"2"
+        assert client.hlen("shop:unacked") == 0
+
+
+def test_a_task_put_back_on_its_list_leaves_the_in_flight_record_under_a_global_keyprefix(tmp_path):
+    """A reject with requeue (Celery's ``Reject(requeue=True)``, a restore at close) runs in kombu's
+    own restore transaction, through kombu's prefixing pipeline: the task is back on its list and
+    out of the in-flight record, counted once, with no doubled prefix."""
+    from celery_autoscale.worker._delivery import record_in
+    from celery_autoscale.worker._runtime import runtime_of
+
+    (tmp_path / "shop.py").write_text(PREFIXED_APP)
+    with LocalStack(tmp_path) as stack:
+        stack.start_redis()
+        app = prefixed_app(stack)
+        celery_autoscale.install(app, environ=stack.env)
+        settings = settings_of(app)
+        sent = app.send_task("shop.slow", args=[1])
+        client = stack.client()
+        with app.connection_for_read() as connection:
+            channel = connection.default_channel
+            record_in(channel, runtime_of(app), "shop@host")
+            message = channel.basic_get("celery")
+            assert message.headers["id"] == sent.id
+            assert backlog(client, "celery", settings).in_flight == 1 and client.llen("shop:celery") == 0
+            message.reject(requeue=True)
+            assert backlog(client, "celery", settings).in_flight == 0 and client.llen("shop:celery") == 1
+        assert not [k for k in client.scan_iter("shop:shop:*")]

@@ -10,7 +10,7 @@ and workers:
 - ``task_prerun``: for a task with an ETA (or under a ``broker_transport`` other than kombu's Redis
   one, :data:`KOMBU_REDIS`), record the task in its queue's in-flight sorted set, its worker and
   deadline (start + its hard time limit) in the owners hash, and take it out of the scheduled set;
-  any other task was recorded when the worker took its message, in kombu's own transaction
+  any other task was recorded when the worker took its message, with kombu's own delivery
   (:mod:`~celery_autoscale.worker._delivery`, with the helpers :meth:`Runtime.start_commands` and
   :meth:`Runtime.end_commands`);
 - ``task_postrun`` (sent after success, failure and retry alike): for those same tasks, remove it,
@@ -126,12 +126,15 @@ class Runtime:
         pipe.hset(keys.owners_key(queue, prefix), task_id, owner)
 
     def end_commands(self, pipe, queue: str, task_id: str, started: float | None = None,
-                     finished: float | None = None, took: float | None = None) -> None:
+                     finished: float | None = None, took: float | None = None, prefix: str | None = None) -> None:
         """Queue on ``pipe`` the end of a task's in-flight record; with ``finished``, its run record
-        (``started``, ``finished``: Unix seconds) and its run counters (``took``: seconds)."""
+        (``started``, ``finished``: Unix seconds) and its run counters (``took``: seconds). ``prefix``
+        replaces the key prefix of the in-flight record's keys (``""`` on a pipeline of kombu's that
+        adds it)."""
         settings = self.settings
-        pipe.zrem(keys.in_flight_key(queue, settings.key_prefix), task_id)
-        pipe.hdel(keys.owners_key(queue, settings.key_prefix), task_id)
+        own = settings.key_prefix if prefix is None else prefix
+        pipe.zrem(keys.in_flight_key(queue, own), task_id)
+        pipe.hdel(keys.owners_key(queue, own), task_id)
         if finished is None:
             return
         if started is not None and settings.run_record_ttl:
