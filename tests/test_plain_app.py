@@ -198,11 +198,15 @@ def prefixed_app(stack) -> Celery:
     return app
 
 
+def prefixed_stack(tmp_path) -> LocalStack:
+    (tmp_path / "shop.py").write_text(PREFIXED_APP)
+    return LocalStack(tmp_path, env={"PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])})
+
+
 def test_an_app_with_a_global_keyprefix_has_its_running_tasks_counted_under_its_prefix(tmp_path):
     """kombu's client prefixes the keys of some commands and not others: every key the runtime
     writes must carry the prefix exactly once, where the backlog (and KEDA) read it."""
-    (tmp_path / "shop.py").write_text(PREFIXED_APP)
-    with LocalStack(tmp_path, env={"PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}) as stack:
+    with prefixed_stack(tmp_path) as stack:
         stack.start_redis()
         stack.start_worker(WorkerSpec("celery", "threads", concurrency=2, app="shop:app"), name="shop")
         producer = prefixed_app(stack)
@@ -243,4 +247,42 @@ def test_a_task_put_back_on_its_list_leaves_the_in_flight_record_under_a_global_
             assert backlog(client, "celery", settings).in_flight == 1 and client.llen("shop:celery") == 0
             message.reject(requeue=True)
             assert backlog(client, "celery", settings).in_flight == 0 and client.llen("shop:celery") == 1
+        assert not [k for k in client.scan_iter("shop:shop:*")]
+
+
+def test_a_prefixed_apps_far_future_eta_task_is_parked_and_put_back_under_its_prefix(tmp_path):
+    """Parking (the worker) and putting back (the reconciler) name the runtime's keys in full and
+    leave kombu's list to kombu's prefix: the task is parked under ``shop:``, back on ``shop:celery``
+    before its ETA, and runs once."""
+    with prefixed_stack(tmp_path) as stack:
+        stack.start_redis()
+        stack.env["CELERY_ETA_HORIZON"] = "4"
+        stack.start_worker(WorkerSpec("celery", "threads", concurrency=1, app="shop:app"), name="shop")
+        producer = prefixed_app(stack)
+        far = producer.send_task("shop.slow", args=[0], countdown=8)
+        client = stack.client()
+        eventually(lambda: client.zcard("shop:celery-autoscale:parked-eta") == 1, 30, "parked under shop:")
+        assert client.hlen("shop:celery-autoscale:parked") == 1 and client.hlen("shop:unacked") == 0
+        stack.start_reconciler("--interval", "0.5", app="shop:app")
+        assert far.get(timeout=30) == 0
+        assert client.zcard("shop:celery-autoscale:parked-eta") == 0 and client.llen("celery") == 0
+        eventually(lambda: client.exists(f"shop:celery-autoscale:run:{far.id}"), 10, "its run record")
+        assert client.hget("shop:celery-autoscale:stats:celery", "runs") == b"1"
+        assert not [k for k in client.scan_iter("shop:shop:*")]
+
+
+def test_a_prefixed_apps_dead_letter_entry_is_requeued_onto_its_prefixed_list(tmp_path):
+    """The move reads and watches the dead-letter list under ``shop:`` and kombu pushes the task onto
+    ``shop:celery``; a malformed entry left behind is reported at its index in that list."""
+    with prefixed_stack(tmp_path) as stack:
+        stack.start_redis()
+        client = stack.client()
+        entry = {"task_id": "t1", "task": "shop.slow", "queue": "celery", "args": [0], "kwargs": {},
+                 "error": "TransientError: x", "retries": 2, "failed_at": 1.0, "traceback": ""}
+        client.rpush("shop:celery-autoscale:dead-letter", "not json", json.dumps(entry))
+        requeued = run_module(stack, "celery_autoscale.deadletter", "--app", "shop:app", "requeue")
+        assert requeued.returncode == 1 and requeued.stdout.strip() == "requeued 1", requeued.stderr
+        assert requeued.stderr.strip() == "error: skipped 1 malformed entries at index 0 (0: newest)"
+        assert client.llen("shop:celery") == 1 and client.llen("celery") == 0
+        assert client.lrange("shop:celery-autoscale:dead-letter", 0, -1) == [b"not json"]
         assert not [k for k in client.scan_iter("shop:shop:*")]

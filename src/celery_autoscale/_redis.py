@@ -6,12 +6,13 @@ import json
 from urllib.parse import urlsplit
 
 import redis
+from kombu.transport.redis import GlobalKeyPrefixMixin
 from redis.sentinel import Sentinel
 
 from . import keys
 from ._settings import Settings
 
-__all__ = ["BrokerRefused", "as_text", "check_credentials", "connect", "unacked_tags"]
+__all__ = ["BrokerRefused", "KombuPipe", "as_text", "check_credentials", "connect", "unacked_tags", "unprefixed"]
 
 
 class BrokerRefused(Exception):
@@ -35,6 +36,42 @@ def connect(settings: Settings, decode_responses: bool = False) -> redis.Redis:
         return sentinel.master_for(settings.master_name, db=db, password=password, decode_responses=decode_responses)
     return redis.Redis.from_url(settings.broker_url, password=settings.password, decode_responses=decode_responses,
                                 **(settings.ssl or {}))
+
+
+def unprefixed(client) -> redis.Redis:
+    """``client``, a kombu channel's client, without kombu's key prefixing, on the same connections.
+
+    With a ``global_keyprefix`` kombu's client (``GlobalKeyPrefixMixin``) adds the prefix to the
+    key of some commands (``HSET``, ``ZADD``, ``LLEN``, ``WATCH``, ...) and not of others
+    (``HINCRBY``, ``LINDEX``, ``LREM``, ...). The runtime names its keys in full
+    (:mod:`celery_autoscale.keys`), so it sends them through a plain client. Any other client is
+    returned as it is.
+    """
+    if isinstance(client, GlobalKeyPrefixMixin):
+        return redis.Redis(connection_pool=client.connection_pool)
+    return client
+
+
+class KombuPipe:
+    """A plain redis-py pipeline (``pipe``: the runtime's keys named in full) as kombu's code must
+    see it: kombu names its keys without its ``global_keyprefix`` and leaves the prefix to its
+    client. Each command kombu queues here (``lpush``, ``rpush``, ``pexpire``: commands whose
+    redis-py method takes the command's arguments in order) gets the prefix by kombu's own rule,
+    the ``_prefix_args`` of ``client`` (kombu's channel's client), when that client prefixes."""
+
+    def __init__(self, pipe, client):
+        self.pipe, self.client = pipe, client
+
+    def add(self, name: str, *args) -> KombuPipe:
+        """Queue command ``name`` (a redis-py method name, e.g. ``"lpush"``) with ``args``."""
+        command = [name.upper(), *args]
+        if isinstance(self.client, GlobalKeyPrefixMixin):
+            command = self.client._prefix_args(command)
+        self.pipe.execute_command(*command)
+        return self
+
+    def __getattr__(self, name: str):
+        return lambda *args: self.add(name, *args)
 
 
 def check_credentials(settings: Settings) -> None:

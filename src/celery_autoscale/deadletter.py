@@ -24,7 +24,7 @@ import redis
 
 from . import keys
 from ._loader import AppLoadError, load_app
-from ._redis import connect
+from ._redis import KombuPipe, connect, unprefixed
 from ._settings import ConfigError, redact, settings_of
 from .cli import EXIT_BAD_INPUT, EXIT_BROKER, EXIT_FAILED, Parser, add_app_option, error, positive_int
 from .worker._deadletter import FIELDS
@@ -82,12 +82,13 @@ class _Move:
 
     def __init__(self, channel, pipe):
         self.channel, self.pipe = channel, pipe
+        self.kombu = KombuPipe(pipe, channel.client)  # kombu's commands get its global_keyprefix
 
     def publish(self, message, **kwargs):
         return self.channel.basic_publish(message, _publish_batch=self, **kwargs)
 
     def add(self, name, *args):
-        getattr(self.pipe, name)(*args)
+        self.kombu.add(name, *args)
 
     def flush(self):
         self.pipe.execute()  # redis.WatchError: the list changed since WATCH; nothing was applied
@@ -128,7 +129,7 @@ def requeue(app, settings, limit: int | None = None, progress: list[int] | None 
                               "(retry_on_timeout, retry_on_error): a retried move could send a task twice")
         producer = app.amqp.Producer(channel)
         while limit is None or sent < limit:
-            with channel.client.pipeline() as pipe:
+            with unprefixed(channel.client).pipeline() as pipe:
                 try:
                     pipe.watch(name)
                     raw, length = pipe.lindex(name, position), pipe.llen(name)

@@ -9,7 +9,7 @@ import json
 import time
 
 from .. import keys
-from .._redis import as_text
+from .._redis import KombuPipe, as_text
 
 __all__ = ["unpark_due"]
 
@@ -18,7 +18,7 @@ def unpark_due(client, channel, horizon: float, prefix: str = "", now: float | N
     """Put every parked message due within ``horizon / 2`` s back on its list; return their ids.
 
     Args:
-        client: a ``redis.Redis`` for the broker.
+        client: a ``redis.Redis`` for the broker (a plain one: the runtime's keys are named in full).
         channel: a kombu Redis channel of the app (``connection.default_channel``): its
             ``_do_restore_message`` picks the list (queue, priority) as kombu's restore does.
     """
@@ -35,7 +35,7 @@ def unpark_due(client, channel, horizon: float, prefix: str = "", now: float | N
             pipe.hdel(keys.parked_key(prefix), task_id)
             if entry:
                 payload, exchange, routing_key = json.loads(entry)
-                channel._do_restore_message(payload, exchange, routing_key, pipe)
+                channel._do_restore_message(payload, exchange, routing_key, KombuPipe(pipe, channel.client))
 
         client.transaction(restore, keys.parked_key(prefix))
         moved.append(task_id)

@@ -30,6 +30,7 @@ import time
 from datetime import datetime, timezone
 
 from .. import keys
+from .._redis import unprefixed
 
 __all__ = ["eta_of", "park"]
 
@@ -67,7 +68,7 @@ def park(message, horizon: float, prefix: str = "", now: float | None = None) ->
     info = message.delivery_info or {}
     entry = json.dumps([raw, info.get("exchange", ""), info.get("routing_key", "")])
     with message.channel.conn_or_acquire() as client:
-        pipe = client.pipeline()  # MULTI/EXEC
+        pipe = unprefixed(client).pipeline()  # MULTI/EXEC; the keys are named in full
         pipe.hset(keys.parked_key(prefix), task_id, entry)
         pipe.zadd(keys.parked_eta_key(prefix), {task_id: eta})
         pipe.execute()
