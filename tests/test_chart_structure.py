@@ -52,7 +52,8 @@ def runtime_settings(transport: dict | None = None):
 @pytest.mark.parametrize("values, transport", [
     ({}, None),
     ({"celery": {"priority": {"separator": ":", "steps": [0, 5]}}}, {"sep": ":", "priority_steps": [0, 5]}),
-], ids=["kombu-defaults", "own-separator"])
+    ({"celery": {"keyPrefix": "shop:"}}, {"global_keyprefix": "shop:"}),
+], ids=["kombu-defaults", "own-separator", "key-prefix"])
 def test_triggers_watch_exactly_the_keys_producers_and_workers_write_and_the_formula_sums_them(values, transport):
     for so in by_kind(render_chart(values), "ScaledObject").values():
         queue = queue_of(so)

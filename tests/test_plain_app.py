@@ -215,6 +215,14 @@ def test_an_app_with_a_global_keyprefix_has_its_running_tasks_counted_under_its_
         results = [producer.send_task("shop.slow", args=[3]) for _ in range(2)]
         client = stack.client()
         eventually(lambda: backlog(client, "celery", settings).in_flight == 2, 10, "both running, counted under shop:")
+        scaled = by_kind(render_chart({"celery": {"app": "shop:app", "keyPrefix": "shop:"},
+                                       "queues": {"cpu": None, "io": None, "mixed": None, "default": {"queue": "celery"}}}),
+                         "ScaledObject")
+        triggers = [t for so in scaled.values() for t in so["spec"]["triggers"] if t["type"] == "redis"]
+        # What KEDA's redis scaler reads: LLEN of a list, ZCARD of a sorted set.
+        seen = sum(client.zcard(key) if client.type(key) == b"zset" else client.llen(key)
+                   for key in (t["metadata"]["listName"] for t in triggers))
+        assert seen == 2, [t["metadata"]["listName"] for t in triggers]
         assert [r.get(timeout=30) for r in results] == [3, 3]
         eventually(lambda: backlog(client, "celery", settings).total == 0, 10, "both acknowledged")
         names = {k.decode() for k in client.scan_iter("*")}

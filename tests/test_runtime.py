@@ -105,6 +105,18 @@ def test_the_charts_priority_lists_must_match_the_apps_own():
     assert settings_of(app).separator == ":" and settings_of(app).priority_steps == (0, 5)
 
 
+def test_the_charts_key_prefix_must_be_the_apps_own_none_included():
+    """Workers of an app whose producers write unprefixed keys must not take the chart's prefix:
+    they would consume, and KEDA count, lists nobody writes."""
+    with pytest.raises(ConfigError, match=r"CELERY_KEY_PREFIX \('shop:'\) differs .*\['global_keyprefix'\] \(''\)"):
+        install_with({"CELERY_KEY_PREFIX": "shop:"})
+    with pytest.raises(ConfigError, match="CELERY_KEY_PREFIX .* differs"):
+        install_with({"CELERY_KEY_PREFIX": "shop:"}, broker_transport_options={"global_keyprefix": "web:"})
+    app = install_with({"CELERY_KEY_PREFIX": "shop:"}, broker_transport_options={"global_keyprefix": "shop:"})
+    assert settings_of(app).key_prefix == "shop:"
+    assert settings_of(install_with({}, broker_transport_options={"global_keyprefix": "shop:"})).key_prefix == "shop:"
+
+
 def test_a_sentinel_master_name_reaches_the_broker_and_a_sentinel_result_backend():
     app = install_with({"CELERY_SENTINEL_MASTER": "mymaster"}, broker_url="sentinel://s1:26379;sentinel://s2:26380/0",
                        result_backend="sentinel://s1:26379;sentinel://s2:26380/1")

@@ -96,8 +96,8 @@ def install(app, *, allow_unsafe: bool | None = None, environ: Mapping[str, str]
     (worker side) and registers :data:`ROUNDTRIP_TASK`.
 
     The environment (:data:`celery_autoscale.ENVIRONMENT`, set by the chart) wins over
-    ``app.conf``, except that its priority steps and separator must equal the app's own
-    ``broker_transport_options``: producers write the lists those name.
+    ``app.conf``, except that its priority steps, separator and key prefix must equal the app's
+    own ``broker_transport_options``: producers write the lists those name.
 
     Args:
         app: a ``celery.Celery`` app whose broker is Redis.
@@ -125,15 +125,17 @@ def install(app, *, allow_unsafe: bool | None = None, environ: Mapping[str, str]
         updates[key] = value
 
     transport = dict(conf.broker_transport_options or {})
-    for attr in ("priority_steps", "separator"):
+    for attr in ("priority_steps", "separator", "key_prefix"):
         wanted, setting = env.get(attr), SETTING[attr]
         name = setting.conf.removeprefix("transport.")
         if wanted is None:
             continue
         current = transport.get(name)
+        if attr == "key_prefix":  # no prefix is a value: the app's producers write unprefixed keys
+            current = current or ""
         if current is not None and (list(current) if attr == "priority_steps" else current) != wanted:
             raise ConfigError(f"{setting.env} ({wanted!r}) differs from the app's broker_transport_options"
-                              f"[{name!r}] ({transport[name]!r}): producers and KEDA would name other lists")
+                              f"[{name!r}] ({current!r}): producers and KEDA would name other keys")
         transport[name] = wanted
     if "visibility_timeout" in env:
         transport["visibility_timeout"] = env["visibility_timeout"]

@@ -187,6 +187,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("separator", "transport.sep", "CELERY_PRIORITY_SEPARATOR", None, _text,
             "kombu's `sep` between a queue name and its priority step; must equal the app's",
             'kombu\'s `"\\x06\\x16"`', strip=False),  # may be control characters
+    Setting("key_prefix", "transport.global_keyprefix", "CELERY_KEY_PREFIX", "", _text,
+            "kombu's `global_keyprefix`, prepended to every Redis key (the chart's `celery.keyPrefix`); must "
+            "equal the app's", "none", strip=False),
     Setting("soft_shutdown", "worker_soft_shutdown_timeout", "CELERY_SOFT_SHUTDOWN", 0.0,
             partial(_number, kind=float, low=0), "`worker_soft_shutdown_timeout`: seconds running tasks get on a "
             "cold shutdown (SIGQUIT) before they are requeued", "`0` s"),
@@ -276,7 +279,7 @@ def environ_overrides(env: Mapping[str, str] | None = None) -> dict[str, object]
 
 #: What the runtime needs of one app, resolved once by :func:`settings_of`.
 Settings = make_dataclass("Settings", [
-    ("broker_url", str), ("ssl", "dict | None"), ("key_prefix", str), ("unacked_key", str),
+    ("broker_url", str), ("ssl", "dict | None"), ("unacked_key", str),
     *((s.attr, object, field(default=s.default, repr=s.attr != "password")) for s in SETTINGS if s.attr not in ("password_file", "tls_ca_file")),
 ], frozen=True)
 Settings.__module__ = __name__
@@ -286,7 +289,6 @@ Attributes:
     broker_url: the app's broker URL (``redis://``, ``rediss://``, or ``sentinel://`` URLs joined
         by ``;``); may lack the password.
     ssl: redis-py TLS keyword arguments (``broker_use_ssl``), or None.
-    key_prefix: kombu's ``global_keyprefix``, prepended to every key in Redis.
     unacked_key: kombu's ``unacked_key``, the hash of unacknowledged messages.
     and one attribute per :data:`SETTINGS` entry (``Setting.attr``), as the app's configuration has it.
 """
@@ -334,7 +336,6 @@ def settings_of(app) -> Settings:
     values["password"] = values["password"] or None
     ssl = conf.broker_use_ssl if isinstance(conf.broker_use_ssl, dict) else None
     settings = Settings(broker_url=url, ssl=dict(ssl) if ssl else None,
-                        key_prefix=transport.get("global_keyprefix", ""),
                         unacked_key=transport.get("unacked_key", "unacked"), **values)
     app._autoscale_settings = settings
     return settings

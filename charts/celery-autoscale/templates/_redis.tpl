@@ -56,8 +56,8 @@ set), or through Sentinel. Include with (dict "root" $ "name" "queued_0" "key" "
   {{- end }}
 {{- end }}
 
-{{/* A key the runtime writes (src/celery_autoscale/keys.py names them all): include with
-(dict "part" "in-flight" "queue" "emails"). */}}
+{{/* A key the runtime writes (src/celery_autoscale/keys.py names them all), after kombu's
+global_keyprefix: include with (dict "prefix" "shop:" "part" "in-flight" "queue" "emails"). */}}
 {{- define "celery-autoscale.runtimeKey" -}}
-celery-autoscale:{{ .part }}:{{ .queue }}
+{{ .prefix }}celery-autoscale:{{ .part }}:{{ .queue }}
 {{- end }}
