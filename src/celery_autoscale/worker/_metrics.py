@@ -48,6 +48,17 @@ class Metrics:
         self.queue_wait = Histogram("celery_autoscale_queue_wait_seconds",
                                     "Time from publish to start of a task run.", ["queue"],
                                     buckets=BUCKETS, registry=None)
+        self._children: dict[tuple, object] = {}
+
+    def labelled(self, metric: str, *values: str):
+        """``getattr(self, metric).labels(*values)``, kept per label values: prometheus-client
+        validates the values and takes a lock on every ``labels`` call, twice or thrice per task.
+        The label sets are the app's queues, tasks and states: few."""
+        key = (metric, values)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = getattr(self, metric).labels(*values)
+        return child
 
     def serve(self, settings, queues: list[str], client) -> None:
         """Serve ``/metrics`` on ``settings.metrics_address``:``settings.metrics_port`` in a daemon thread.

@@ -189,7 +189,7 @@ class Runtime:
                 logger.exception("could not record task %s as in flight", task_id)
         published = getattr(task.request, "published_at", None)
         if self.metrics is not None and published is not None:
-            self.metrics.queue_wait.labels(queue).observe(max(0.0, now - float(published)))
+            self.metrics.labelled("queue_wait", queue).observe(max(0.0, now - float(published)))
 
     def task_finished(self, task_id=None, task=None, state=None, **_):
         if not self.owns(task):
@@ -203,9 +203,9 @@ class Runtime:
             except Exception:
                 logger.exception("could not clear the in-flight entry of task %s", task_id)
         if self.metrics is not None:
-            self.metrics.tasks.labels(queue, task.name, (state or "unknown").lower()).inc()
+            self.metrics.labelled("tasks", queue, task.name, (state or "unknown").lower()).inc()
             if took is not None:
-                self.metrics.runtime.labels(queue, task.name).observe(took)
+                self.metrics.labelled("runtime", queue, task.name).observe(took)
 
     def worker_init(self, sender=None, **_):
         """Before the pool forks: refuse an app without tasks; a clean multiprocess folder and the metrics.
