@@ -35,6 +35,15 @@ def test_the_backlog_is_drained_within_the_time_left_after_a_worker_starts():
     assert wanted(arrival_rate=3.0, run_seconds=2.0, busy=6, queued=16) == 6 + 4  # 32 s of work in 8 s
 
 
+def test_a_stale_arrival_rate_holds_no_more_processes_than_the_tasks_in_the_queue():
+    # The load fell: λ still decays from 0.45 tasks/s, R = 10 s, yet 2 tasks run and none waits
+    assert wanted(arrival_rate=0.45, run_seconds=10.0, busy=2) == 2
+    # λ·R capped at 3, and 8 s left is less than one run: a process for the waiting task
+    assert wanted(arrival_rate=0.45, run_seconds=10.0, busy=2, queued=1) == 3 + 1
+    # In steady state B + Q ≥ λ·R (Little's law over the queue): the cap does not bite
+    assert wanted(arrival_rate=3.0, run_seconds=2.0, busy=7, queued=1) == 7
+
+
 def test_as_the_oldest_wait_nears_the_target_every_waiting_task_gets_a_process():
     counts = [wanted(queued=40, oldest_wait=age) for age in (0, 4, 6, 8, 9, 9.5, 12)]
     assert counts == sorted(counts) and counts[0] == 5 and counts[-1] == 40

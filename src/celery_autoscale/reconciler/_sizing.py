@@ -32,13 +32,18 @@ backlog per instance = acceptable latency / average processing time", Applicatio
 only after ``S``, and the oldest task has already waited ``A``, so::
 
     T = W - max(S, A)
-    N = max(B, ceil(λ·R + min(Q, Q·R/T)))      (T > R; with T <= R, Q·R/T is Q: a process per task)
+    N = max(B, ceil(min(λ·R, B + Q) + min(Q, Q·R/T)))      (T > R; with T <= R, Q·R/T is Q: a process per task)
 
 never fewer than the busy processes (a scale-down must not take a running task's process), never
 zero while any task is unfinished (``N >= 1`` with ``Q``, ``B`` or ``scheduled`` above zero), and 0
 with none (``λ`` decays slowly; the HPA's scale-down stabilization window and KEDA's
 ``cooldownPeriod`` already keep replicas between the tasks of a steady stream). The
-``min(Q, ...)`` term is the correction as the oldest wait approaches the target: ``T`` shrinks, and at
+``min(λ·R, B + Q)`` keeps Little's term to the work that exists: on average the tasks in the queue,
+``B + Q``, are ``λ·(wait + R) >= λ·R`` (Little's law again, over the whole queue), so fewer of them
+means the smoothed ``λ`` is stale, the load having fallen (measured by `make report`: a trickle of
+30 s tasks after a wave of 4 s ones, ``λ`` still decaying from the wave and ``R`` half learnt, held
+the queue at 2 replicas with 1-3 tasks running, 154 replica-seconds against the default target's
+89). The ``min(Q, ...)`` term is the correction as the oldest wait approaches the target: ``T`` shrinks, and at
 ``T <= R`` every waiting task gets a process, which is the default target's one task per process.
 With no run measured yet (a queue's first tasks), ``R`` is unknown and the queue also gets one
 process per waiting task. The averages start from the first runs this process sees end, not from
@@ -104,7 +109,7 @@ def wanted_processes(target: float, busy: int, queued: int, scheduled: int, run_
     else:
         left = target - max(start_seconds, oldest_wait)
         drain = float(queued) if left <= run_seconds else min(float(queued), queued * run_seconds / left)
-    steady = arrival_rate * run_seconds if run_seconds else 0.0
+    steady = min(arrival_rate * run_seconds, busy + queued) if run_seconds else 0.0
     return max(busy, 1, math.ceil(round(steady + drain, 9)))
 
 
