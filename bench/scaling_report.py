@@ -25,6 +25,11 @@ cooldownPeriod 10 s, the HPA behaviour: scale-up window 0 s, scale-down stabiliz
   ``kubectl autoscale --cpu-percent=50``), 1 to 4 replicas (an HPA cannot go to zero), the same
   behaviour, the pods' CPU request raised to :data:`CPU_HPA_REQUEST`; its metrics come from
   metrics-server scraping the node's kubelet every 10 s.
+- ``celery-autoscale``: no KEDA; one fixed replica whose worker runs Celery's own autoscaler
+  (``--autoscale=16,1``, the prefork pool: Celery's threads pool cannot grow or shrink), so its
+  processes grow with the tasks it holds, up to :data:`AUTOSCALE_MAX` (the other configurations'
+  most: 4 replicas of 4). A pod that may hold 16 processes must be sized for them: its request is
+  :data:`AUTOSCALE_SIZE` io pods' (CPU and memory), and its replica-seconds count that many.
 
 Writes ``bench/results/scaling.json`` (every figure and sample, the versions, the machine),
 ``docs/scaling-report.md`` with its plots in ``docs/scaling/``, and prints one JSON line of
@@ -88,6 +93,7 @@ CONFIGS = {
     "fixed-1": "no autoscaler, 1 replica",
     "fixed-4": "no autoscaler, 4 replicas (maxReplicaCount)",
     "cpu-hpa": "a plain HPA on the pods' CPU utilisation (50 % of a 200m request), 1 to 4 replicas",
+    "celery-autoscale": "no KEDA; 1 replica of Celery's own --autoscale=16,1 (prefork), sized and counted as 4 pods",
 }
 #: The cpu-hpa configuration's target, percent of the pods' CPU request: the Kubernetes docs' HPA
 #: walkthrough (``kubectl autoscale deployment php-apache --cpu-percent=50 --min=1 --max=10``).
@@ -98,6 +104,26 @@ CPU_TARGET = 50
 CPU_HPA_REQUEST = "200m"
 
 AUTOSCALING = CI_VALUES["workerDefaults"]["autoscaling"]
+
+#: The celery-autoscale configuration: Celery's ``--autoscale`` maximum, processes (the most the
+#: other configurations run: ``maxReplicaCount`` × concurrency), and the size of its one pod in io
+#: pods (its request, and the weight of its replica-seconds).
+AUTOSCALE_MAX = HIGH * CONCURRENCY
+AUTOSCALE_SIZE = AUTOSCALE_MAX // CONCURRENCY
+
+
+def size(config: str) -> int:
+    """How many io pods (values/ci.yaml's request) one pod of ``config`` is sized as."""
+    return AUTOSCALE_SIZE if config == "celery-autoscale" else 1
+
+
+def scaled(resources: dict, times: int) -> dict:
+    """``resources`` (a pod's ``requests``/``limits``: CPU in m, memory in Mi) ``times`` over."""
+    def grow(value: str) -> str:
+        number, unit = (value[:-1], "m") if value.endswith("m") else (value[:-2], value[-2:])
+        return f"{int(number) * times}{unit}"
+
+    return {part: {name: grow(value) for name, value in values.items()} for part, values in resources.items()}
 
 
 def list_length_scaledobject(list_length: int) -> dict:
@@ -136,7 +162,7 @@ def cpu_hpa() -> dict:
 
 def rest(config: str) -> int:
     """The replicas ``config`` rests at with an empty queue."""
-    if config == "cpu-hpa":
+    if config in ("cpu-hpa", "celery-autoscale"):
         return 1
     return int(config.split("-")[1]) if config.startswith("fixed-") else LOW
 
@@ -158,6 +184,11 @@ def configure(release, config: str) -> int:
         release.upgrade({"queues": {QUEUE: {"replicas": rest(config), "autoscaling": {"enabled": False},
                                             "resources": {"requests": {"cpu": CPU_HPA_REQUEST}}}}})
         release.cluster.apply(cpu_hpa())
+    elif config == "celery-autoscale":
+        release.upgrade({"queues": {QUEUE: {
+            "replicas": rest(config), "autoscaling": {"enabled": False}, "pool": "prefork",
+            "extraArgs": [f"--autoscale={AUTOSCALE_MAX},1"],
+            "resources": scaled(CI_VALUES["queues"][QUEUE]["resources"], AUTOSCALE_SIZE)}}})
     else:
         release.upgrade({"queues": {QUEUE: {"replicas": rest(config), "autoscaling": {"enabled": False}}}})
     return rest(config)
@@ -166,9 +197,10 @@ def configure(release, config: str) -> int:
 class Recorder(threading.Thread):
     """One sample of ``io`` per second (see :mod:`loadgen.scaling`), plus who runs what."""
 
-    def __init__(self, release, deployments, settings, client, start: float):
+    def __init__(self, release, deployments, settings, client, start: float, processes: int = CONCURRENCY):
         super().__init__(daemon=True)
         self.release, self.deployments, self.settings, self.client = release, deployments, settings, client
+        self.processes = processes  # the most tasks one pod runs at once
         self.start_time = start
         self.samples: list[dict] = []
         self.owners: list[tuple[float, dict[str, int]]] = []  # (Unix time, {pod: tasks running})
@@ -193,7 +225,7 @@ class Recorder(threading.Thread):
                 self.samples.append({
                     "t": round(now - self.start_time, 3), "desired": replicas.desired, "ready_api": replicas.ready,
                     "ready": up, "pods": up + terminating, "queued": parts.queued, "in_flight": parts.in_flight,
-                    "scheduled": parts.scheduled, "busy": min(parts.in_flight, (up + terminating) * CONCURRENCY)})
+                    "scheduled": parts.scheduled, "busy": min(parts.in_flight, (up + terminating) * self.processes)})
             except Exception as exc:  # one missed second is a gap, not the end of the run
                 print(f"sample skipped: {type(exc).__name__}: {exc}", file=sys.stderr)
             if self._stop_event.wait(max(0.0, 1.0 - (time.time() - now))):
@@ -256,7 +288,7 @@ def run_once(release, deployments, config: str, pattern: str, floor: int) -> dic
     spec = build_spec(args, app)
     mark = len(release.events)
     started = time.time()
-    recorder = Recorder(release, deployments, settings, client, started)
+    recorder = Recorder(release, deployments, settings, client, started, CONCURRENCY * size(config))
     recorder.start()
     try:
         outcome = run(app, spec, wait=False, timeout=1)  # loadgen's own pacing; the waiting is ours
@@ -302,13 +334,18 @@ def figures(run: dict, window: float) -> dict:
         "drain_s": drained,
         "to_rest_s": scaling.to_rest(samples, None if drained is None else run["last_sent_s"] + drained),
         "queue_wait_s": run["queue_wait_s"],
-        **scaling.cost(costed, CONCURRENCY),
+        **weighted(scaling.cost(costed, CONCURRENCY * size(run["config"])), size(run["config"])),
         **scaling.accuracy(samples, CONCURRENCY, LOW, HIGH),
         "reversals_per_period": scaling.reversals(s["desired"] for s in samples) / periods,
         "busy_terminated": run["busy_terminated"], "redelivered": run["redelivered"],
         "lost": run["lost"], "stranded": run["stranded"], "run_twice": run["run_twice"], "sent": run["sent"],
         "window_s": window,
     }
+
+
+def weighted(spent: dict, times: int) -> dict:
+    """:func:`loadgen.scaling.cost`'s figures with each pod counted as ``times`` io pods."""
+    return {**spent, "replica_seconds": spent["replica_seconds"] * times}
 
 
 def analyse(runs: list[dict]) -> dict:
