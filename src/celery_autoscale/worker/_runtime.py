@@ -10,8 +10,8 @@ and workers:
 - ``task_prerun``: for a task with an ETA (or under a ``broker_transport`` other than kombu's Redis
   one, :data:`KOMBU_REDIS`), record the task in its queue's in-flight sorted set, its worker and
   deadline (start + its hard time limit) in the owners hash, and take it out of the scheduled set;
-  any other task was recorded when the worker took its message, with kombu's own delivery
-  (:mod:`~celery_autoscale.worker._delivery`, with the helpers :meth:`Runtime.start_commands` and
+  any other task was recorded when the worker took its message, in the script that also does
+  kombu's delivery (:mod:`~celery_autoscale.worker._delivery`; its restore path uses
   :meth:`Runtime.end_commands`);
 - ``task_postrun`` (sent after success, failure and retry alike): for those same tasks, remove it,
   keep ``"<started>,<finished>"`` under :func:`~celery_autoscale.keys.run_record_key` for
