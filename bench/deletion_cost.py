@@ -10,7 +10,10 @@ each of ``deletion_cost`` and ``no_deletion_cost``:
 - ``busy_removed``: removed pods that were running a task (their warm shutdown keeps it, but the
   pod stays terminating for the rest of it);
 - ``pod_seconds``: seconds the io pods' processes ran over the round, terminating ones included
-  (what the pods cost); ``terminating_seconds``: the part of it spent after SIGTERM.
+  (what the pods cost); ``terminating_seconds``: the part of it spent after SIGTERM;
+- ``first_running_seconds``: from the first task sent to both first tasks running;
+  ``dns_retried``: the pods that could not resolve Redis's name, when the round had to be run
+  again (see the scenario).
 
 Figures for the README, never asserted.
 """

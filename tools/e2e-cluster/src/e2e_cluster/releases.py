@@ -151,11 +151,22 @@ class CiRelease(PlacedRelease):
         return self.deployment_replicas(self.worker(queue))
 
     def explain(self, queue: str) -> str:
-        """The ScaledObject's and the HPA's view of ``queue``, and the pods, for a failure message."""
+        """The ScaledObject's and the HPA's view of ``queue``, the pods, the last lines of its
+        workers' logs, its backlog and its pods' last events, for a failure message: one line
+        each, the most telling last (CI keeps a log's head and tail)."""
+        from celery_autoscale import backlog
+
         so = self.get("scaledobject", self.worker(queue)).get("status", {})
         hpa = self.get("hpa", self.worker(queue)).get("status", {})
-        return json.dumps({"replicas": self.replicas(queue), "scaledobject": so, "hpa": hpa,
-                           "events": self.events[-10:]}, indent=1, default=str) + "\n" + self.scaling()
+        now = time.time()
+        logs = self.pod_events.log_lines(self.worker(queue)) if self.pod_events.logs else []
+        return "\n".join([
+            *logs[-15:], self.scaling(),
+            "scaledobject: " + json.dumps({k: v for k, v in so.items() if k not in ("health", "externalMetricNames")}),
+            "hpa: " + json.dumps(hpa),
+            f"replicas: {self.replicas(queue)}; backlog: {backlog(self.client(), queue, self.settings())}",
+            "pod events: " + "; ".join(f"{pod} {what} {now - at:.0f}s ago" for at, pod, what in self.events[-12:]),
+        ])
 
     def upgrade(self, values: dict, timeout: float = 120) -> None:
         """``helm upgrade`` with values/ci.yaml and ``values`` merged over it."""
@@ -280,6 +291,14 @@ class PodEvents:
         """Every line the worker pods named ``prefix*`` logged so far (see ``logs``)."""
         return [line for path in sorted(self.logs.glob(f"{prefix}*.log"))
                 for line in path.read_text(errors="replace").splitlines()]
+
+    def logged(self, prefix: str, text: str, since: float) -> list[str]:
+        """The worker pods named ``prefix*`` that started after ``since`` (a ``time.time()``) and
+        logged ``text`` so far (see ``logs``)."""
+        started = sorted({pod for at, pod, what in list(self.events)
+                          if what == "started" and at >= since and pod.startswith(prefix)})
+        return [pod for pod in started if (self.logs / f"{pod}.log").exists()
+                and text in (self.logs / f"{pod}.log").read_text(errors="replace")]
 
     def _loop(self) -> None:
         list_and_watch(self.api, self.namespace, "", self._listed, self._handle, self._stop)

@@ -8,6 +8,14 @@ import time
 from .harness import pod_seconds, wait_for, worker
 
 
+#: What a worker logs when its pod cannot resolve the Redis Service's name (glibc's EAI_AGAIN).
+UNRESOLVED = "Temporary failure in name resolution"
+
+
+class PodDnsFault(AssertionError):
+    """A worker pod of the round could not resolve Redis's name, so it never took a task."""
+
+
 def scale_down_with_busy_and_idle_pods(release, producer) -> dict:
     """io at concurrency 1 (upgrade first): two tasks of 36 s start on two pods, then (12 s later,
     so those pods are older) two of 50 s on two newer pods. When the first two end, the HPA scales
@@ -16,9 +24,25 @@ def scale_down_with_busy_and_idle_pods(release, producer) -> dict:
     four here never saw four running, as when the first tasks end before the newer pods consume:
     their pods then take the long tasks and the newer pods stay idle.)
 
+    The round needs every pod it starts to consume. On the e2e node a new pod, rarely, gets no
+    answer from the cluster DNS for a minute or more while the other pod of the same scale-up
+    resolves at once (its worker logs ``UNRESOLVED`` and retries; on 2026-12-07 once in CI, and
+    once in 74 pod starts here: 12 rounds of two and 50 bare pods): then the round is run once
+    more, after the queue is idle again, and ``dns_retried`` names the pods. A second such fault
+    fails.
+
     Returns ``busy_removed`` (removed pods that were running a 50 s task), ``removed`` (pod
-    names), and ``pod_seconds`` / ``terminating_seconds`` of the io pods over the round (from the
-    first task to io idle at 0). ``release``: a :class:`releases.CiRelease`."""
+    names), ``pod_seconds`` / ``terminating_seconds`` of the io pods over the round (from the
+    first task to io idle at 0), ``first_running_seconds`` (from the first task sent to both
+    first tasks running) and ``dns_retried``. ``release``: a :class:`releases.CiRelease`."""
+    try:
+        return {**_round(release, producer), "dns_retried": []}
+    except PodDnsFault as fault:
+        print(f"scale-down round run again: {fault.args[0]}")
+        return {**_round(release, producer), "dns_retried": fault.args[1]}
+
+
+def _round(release, producer) -> dict:
     from celery_autoscale import backlog
 
     settings = release.settings()
@@ -30,7 +54,19 @@ def scale_down_with_busy_and_idle_pods(release, producer) -> dict:
     def explain():
         return release.explain("io")
 
-    wait_for(lambda: backlog(client, "io", settings).in_flight == 2, 90, "two first tasks running", explain=explain)
+    try:
+        wait_for(lambda: backlog(client, "io", settings).in_flight == 2, 90, "two first tasks running",
+                 explain=explain)
+    except AssertionError:
+        unresolved = release.pod_events.logged(worker("io"), UNRESOLVED, began)
+        if not unresolved:
+            raise
+        for r in first:
+            r.get(timeout=180)
+        wait_for(lambda: backlog(client, "io", settings).total == 0 and release.replicas("io") == 0, 180,
+                 "io idle again")
+        raise PodDnsFault(f"pods {unresolved} could not resolve Redis's name", unresolved) from None
+    first_running = time.time() - began
     time.sleep(12)
     mark = len(release.events)
     long = [producer.send_task("tasks.io.transfer", kwargs={"size_bytes": 0, "wait_seconds": 50}, queue="io")
@@ -51,4 +87,5 @@ def scale_down_with_busy_and_idle_pods(release, producer) -> dict:
     time.sleep(2)
     total, terminating = pod_seconds(list(release.events), worker("io"), began, time.time())
     return {"busy_removed": sum(pod in long_pods for pod in removed), "removed": removed,
-            "pod_seconds": round(total, 1), "terminating_seconds": round(terminating, 1)}
+            "pod_seconds": round(total, 1), "terminating_seconds": round(terminating, 1),
+            "first_running_seconds": round(first_running, 1)}
