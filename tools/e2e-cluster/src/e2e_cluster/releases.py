@@ -297,8 +297,8 @@ class PodEvents:
         logged ``text`` so far (see ``logs``)."""
         started = sorted({pod for at, pod, what in list(self.events)
                           if what == "started" and at >= since and pod.startswith(prefix)})
-        return [pod for pod in started if (self.logs / f"{pod}.log").exists()
-                and text in (self.logs / f"{pod}.log").read_text(errors="replace")]
+        logs = {pod: self.logs / f"{pod}.log" for pod in started}
+        return [pod for pod, log in logs.items() if log.exists() and text in log.read_text(errors="replace")]
 
     def _loop(self) -> None:
         list_and_watch(self.api, self.namespace, "", self._listed, self._handle, self._stop)

@@ -13,7 +13,11 @@ UNRESOLVED = "Temporary failure in name resolution"
 
 
 class PodDnsFault(AssertionError):
-    """A worker pod of the round could not resolve Redis's name, so it never took a task."""
+    """Worker pods of the round (``pods``) could not resolve Redis's name, so they took no task."""
+
+    def __init__(self, pods: list[str]):
+        super().__init__(f"pods {pods} could not resolve Redis's name")
+        self.pods = pods
 
 
 def scale_down_with_busy_and_idle_pods(release, producer) -> dict:
@@ -38,8 +42,8 @@ def scale_down_with_busy_and_idle_pods(release, producer) -> dict:
     try:
         return {**_round(release, producer), "dns_retried": []}
     except PodDnsFault as fault:
-        print(f"scale-down round run again: {fault.args[0]}")
-        return {**_round(release, producer), "dns_retried": fault.args[1]}
+        print(f"scale-down round run again: {fault}")
+        return {**_round(release, producer), "dns_retried": fault.pods}
 
 
 def _round(release, producer) -> dict:
@@ -54,6 +58,9 @@ def _round(release, producer) -> dict:
     def explain():
         return release.explain("io")
 
+    def idle():
+        return backlog(client, "io", settings).total == 0 and release.replicas("io") == 0
+
     try:
         wait_for(lambda: backlog(client, "io", settings).in_flight == 2, 90, "two first tasks running",
                  explain=explain)
@@ -63,9 +70,8 @@ def _round(release, producer) -> dict:
             raise
         for r in first:
             r.get(timeout=180)
-        wait_for(lambda: backlog(client, "io", settings).total == 0 and release.replicas("io") == 0, 180,
-                 "io idle again")
-        raise PodDnsFault(f"pods {unresolved} could not resolve Redis's name", unresolved) from None
+        wait_for(idle, 180, "io idle again")
+        raise PodDnsFault(unresolved) from None
     first_running = time.time() - began
     time.sleep(12)
     mark = len(release.events)
@@ -83,7 +89,7 @@ def _round(release, producer) -> dict:
     removed = sorted({e[1] for e in release.events[mark:] if e[2] == "sigterm" and e[1].startswith(worker("io"))})
     for r in long:
         r.get(timeout=180)
-    wait_for(lambda: backlog(client, "io", settings).total == 0 and release.replicas("io") == 0, 180, "io idle again")
+    wait_for(idle, 180, "io idle again")
     time.sleep(2)
     total, terminating = pod_seconds(list(release.events), worker("io"), began, time.time())
     return {"busy_removed": sum(pod in long_pods for pod in removed), "removed": removed,
