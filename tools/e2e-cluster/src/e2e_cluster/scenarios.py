@@ -31,7 +31,7 @@ def scale_down_with_busy_and_idle_pods(release, producer) -> dict:
     The round needs every pod it starts to consume. On the e2e node a new pod, rarely, gets no
     answer from the cluster DNS for a minute or more while the other pod of the same scale-up
     resolves at once (its worker logs ``UNRESOLVED`` and retries; on 2026-12-07 once in CI, and
-    once in 74 pod starts here: 12 rounds of two and 50 bare pods): then the round is run once
+    once in 110 pod starts here: 30 rounds of two and 50 bare pods): then the round is run once
     more, after the queue is idle again, and ``dns_retried`` names the pods. A second such fault
     fails.
 
